@@ -1,0 +1,84 @@
+"""Backbones: build a tiny model and pretrain it on its family's pretext corpus, or copy a local one.
+
+The result is a save_pretrained directory (safetensors, config, tokenizer) that fine-tuning loads
+through the same from_pretrained path that loads hub models in the paper profile.
+"""
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lorarepro import families, paths
+from lorarepro.families.common import quiet_transformers
+from lorarepro.atomic import replace_dir, write_json
+from lorarepro.hashing import sha256_dir
+
+FAMILY_OF_ARCH = {"t5": "nlu", "vit": "vision", "llama": "generation"}
+
+
+def pretrain(name: str, cfg: dict, pretext_dir: Path, out_dir: Path, seed: int) -> dict:
+    """Build the backbone from `cfg['size']`, pretrain it, and save it to `out_dir` atomically."""
+    from lorarepro.data import load_split, vocabulary
+    from lorarepro.loop import make_optimizer, train_steps
+
+    family_name = FAMILY_OF_ARCH[cfg["arch"]]
+    family = families.get(family_name)
+    quiet_transformers()
+    torch.manual_seed(seed)
+    model, tokenizer = family.build_backbone(cfg["size"], vocabulary(family_name) if family.TEXT else [])
+    rows = load_split(pretext_dir, "pretext")
+    pre = cfg["pretrain"]
+    rng = np.random.default_rng(seed)
+    plan = [[rng.choice(len(rows), size=min(pre["batch_size"], len(rows)), replace=False).tolist()] for _ in range(pre["steps"])]
+    optimizer, scheduler = make_optimizer(model, pre["lr"], 0.01, pre["steps"], 0.05)
+    start = time.perf_counter()
+    history = train_steps(
+        model, plan, lambda idx: family.pretext_batch(tokenizer, rows.iloc[idx], rng, pre["max_length"]),
+        optimizer, scheduler, label=f"pretrain {name}",
+    )
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    info = {
+        "backbone": name, "arch": cfg["arch"], "source": "pretrain", "seed": seed,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "pretrain": pre, "seconds": round(time.perf_counter() - start, 2),
+        "first_loss": history.loss[0], "final_loss": float(np.mean(history.loss[-20:])),
+    }
+    return _finish(tmp, out_dir, info)
+
+
+def copy_local(name: str, cfg: dict, out_dir: Path) -> dict:
+    """Bring a local save_pretrained directory in; refuses directories without safetensors weights."""
+    src = Path(cfg["path"])
+    if not src.is_dir():
+        raise FileNotFoundError(f"backbones.{name}.path: directory not found: {src}")
+    if not any(src.glob("*.safetensors")):
+        raise FileNotFoundError(f"backbones.{name}.path: no *.safetensors in {src} (pickle weights are not loaded)")
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pth", "*.ckpt"))
+    return _finish(tmp, out_dir, {"backbone": name, "arch": cfg["arch"], "source": "local", "path": str(src)})
+
+
+def _finish(tmp: Path, out_dir: Path, info: dict) -> dict:
+    """Hash, write the completion marker last, and move the directory into place."""
+    info["sha256"] = sha256_dir(tmp)
+    write_json(tmp / paths.backbone_done("x").name, info)
+    replace_dir(tmp, out_dir)
+    return info
+
+
+def build(name: str, config: dict) -> dict:
+    """Make `models/<name>` from the config entry: pretrain it, or copy a local directory."""
+    cfg = config["backbones"][name]
+    torch.set_num_threads(config.get("threads", 1))
+    out = paths.backbone_dir(name)
+    if cfg["source"] == "local":
+        return copy_local(name, cfg, out)
+    return pretrain(name, cfg, paths.pretext_dir(name), out, config["data_seed"])

@@ -1,0 +1,159 @@
+"""Experiment configuration: load, deep-merge, validate, and resolve one run's settings.
+
+The JSON schema (workflow/schemas/params.schema.yaml) checks shapes and documents every key;
+`check` adds the cross-references a schema cannot express (a table naming an unknown method, a
+rank larger than the layer). Both run before any job starts: Snakemake calls them when it builds
+the DAG, and every entry point calls `load` again so a job never trusts an unchecked file.
+"""
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
+FAMILY_ARCH = {"nlu": "t5", "vision": "vit", "generation": "llama"}
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key."""
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Merge `override` into a copy of `base`, recursing into dicts (a shallow merge would drop nested defaults)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load(*paths: str | Path) -> dict:
+    """Read YAML files in order (later ones deep-merge over earlier), validate, and return the config."""
+    config: dict = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        config = deep_merge(config, data)
+    validate(config)
+    return config
+
+
+def validate(config: dict) -> None:
+    """Schema validation plus cross-reference checks; raises ConfigError naming the offending key."""
+    with open(SCHEMA) as fh:
+        schema = yaml.safe_load(fh)
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        key = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+        raise ConfigError(f"config key '{key}': {error.message}")
+    check(config)
+
+
+def check(config: dict) -> None:
+    """Cross-references the schema cannot express."""
+    for kind in ("tables", "figures"):
+        ids = [spec["id"] for spec in config.get(kind) or []]
+        if len(ids) != len(set(ids)):
+            raise ConfigError(f"config key '{kind}': duplicate ids {sorted({i for i in ids if ids.count(i) > 1})}")
+        for name, spec in specs(config, kind).items():
+            for task in spec["tasks"]:
+                if task not in config["tasks"]:
+                    raise ConfigError(f"config key '{kind}.{name}.tasks': unknown task '{task}' (known: {sorted(config['tasks'])})")
+            for method in spec["methods"]:
+                if method not in config["methods"]:
+                    raise ConfigError(f"config key '{kind}.{name}.methods': unknown method '{method}' (known: {sorted(config['methods'])})")
+    _check_tasks(config)
+    _check_methods(config)
+
+
+def specs(config: dict, kind: str) -> dict:
+    """The `tables` or `figures` list as {id: spec}, in config order."""
+    return {spec["id"]: spec for spec in config.get(kind) or []}
+
+
+def reported_pairs(config: dict) -> list[tuple[str, str]]:
+    """(task, method) pairs some table or figure needs: only these are trained and checked."""
+    pairs = set()
+    for kind in ("tables", "figures"):
+        for spec in specs(config, kind).values():
+            pairs.update((t, m) for t in spec["tasks"] for m in spec["methods"])
+    return sorted(pairs)
+
+
+def _check_tasks(config: dict) -> None:
+    from lorarepro.data import GENERATORS  # deferred: only needed when validating
+
+    for name, task in config["tasks"].items():
+        backbone = config["backbones"].get(task["backbone"])
+        if backbone is None:
+            raise ConfigError(f"config key 'tasks.{name}.backbone': unknown backbone '{task['backbone']}' (known: {sorted(config['backbones'])})")
+        if backbone["arch"] != FAMILY_ARCH[task["family"]]:
+            raise ConfigError(f"config key 'tasks.{name}.backbone': family '{task['family']}' needs a '{FAMILY_ARCH[task['family']]}' backbone, '{task['backbone']}' is '{backbone['arch']}'")
+        if task["generator"] not in GENERATORS:
+            raise ConfigError(f"config key 'tasks.{name}.generator': unknown generator '{task['generator']}' (known: {sorted(GENERATORS)})")
+        if task["family"] not in config["training"]:
+            raise ConfigError(f"config key 'training.{task['family']}': missing training defaults for family of task '{name}'")
+    for name, backbone in config["backbones"].items():
+        if backbone["source"] == "local" and "path" not in backbone:
+            raise ConfigError(f"config key 'backbones.{name}.path': required when source is 'local'")
+        if backbone["source"] == "pretrain" and not {"size", "pretrain"} <= backbone.keys():
+            raise ConfigError(f"config key 'backbones.{name}': source 'pretrain' needs 'size' and 'pretrain'")
+
+
+def _check_methods(config: dict) -> None:
+    for task_name, name in ((t, m) for t, m in reported_pairs(config)):
+        adapter, task = config["methods"][name]["adapter"], config["tasks"][task_name]
+        if adapter is not None:
+            backbone = config["backbones"][task["backbone"]]
+            smallest = _smallest_linear_dim(backbone)
+            if smallest is not None and adapter["r"] > smallest:
+                raise ConfigError(
+                    f"config key 'methods.{name}.adapter.r': rank {adapter['r']} exceeds the smallest "
+                    f"linear dimension {smallest} of backbone '{task['backbone']}' (task '{task_name}')"
+                )
+
+
+def _smallest_linear_dim(backbone: dict) -> int | None:
+    """Smallest in/out size of the backbone's linear layers, known before the model exists (pretrain only)."""
+    if backbone["source"] != "pretrain":
+        return None  # known only once a local model is loaded; checked at job start
+    size = backbone["size"]
+    dims = [v for k, v in size.items() if k in {"d_model", "d_ff", "hidden_size", "intermediate_size"}]
+    if "d_kv" in size:
+        dims.append(size["d_kv"] * size["num_heads"])
+    return min(dims) if dims else None
+
+
+def resolve_run(config: dict, task: str, method: str) -> dict:
+    """Everything one (task, method) run needs, with defaults deep-merged: family < method < task."""
+    if task not in config["tasks"]:
+        raise ConfigError(f"unknown task '{task}' (known: {sorted(config['tasks'])})")
+    if method not in config["methods"]:
+        raise ConfigError(f"unknown method '{method}' (known: {sorted(config['methods'])})")
+    task_cfg, method_cfg = config["tasks"][task], config["methods"][method]
+    training = deep_merge(config["training"][task_cfg["family"]], method_cfg.get("training") or {})
+    training = deep_merge(training, task_cfg.get("training") or {})
+    flat_defaults = training.pop("flat", {}) or {}
+    flat = None
+    if method_cfg.get("flat") is not None:
+        flat = deep_merge({"rho": 0.05, "mode": "exact", "scope": "lora"}, deep_merge(flat_defaults, method_cfg["flat"]))
+    return {
+        "task": task,
+        "method": method,
+        "family": task_cfg["family"],
+        "backbone": task_cfg["backbone"],
+        "adapter": copy.deepcopy(method_cfg["adapter"]),
+        "flat": flat,
+        "training": training,
+        "seeds": list(config["seeds"]),
+        "threads": config.get("threads", 1),
+    }

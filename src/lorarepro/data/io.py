@@ -1,0 +1,164 @@
+"""Shared helpers of the data families: the generator registry, seeding, splitting, and files.
+
+Every write is atomic (temp file in the same directory, then os.replace) so an interrupted
+pipeline never leaves a half-written file that a later rule would trust, and parquet bytes are a
+pure function of the data so the sha256 fingerprints in the manifests are stable across runs.
+"""
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SPLITS = ("train", "validation", "test")
+
+GENERATORS: dict[str, Callable] = {}
+
+
+def register(name: str) -> Callable:
+    """Decorator adding a generator `fn(task, task_cfg, data_seed) -> (splits, meta)`."""
+
+    def add(fn: Callable) -> Callable:
+        if name in GENERATORS:
+            raise ValueError(f"data generator {name!r} is already registered")
+        GENERATORS[name] = fn
+        return fn
+
+    return add
+
+
+def get_generator(task: str, generator: str) -> Callable:
+    if generator not in GENERATORS:
+        known = ", ".join(sorted(GENERATORS))
+        raise ValueError(f"task {task!r}: unknown data generator {generator!r}; known: {known}")
+    return GENERATORS[generator]
+
+
+def rng_for(data_seed: int, *keys: object) -> np.random.Generator:
+    """A generator seeded from data_seed and names; sha256 (not hash()) keeps it stable."""
+    text = "|".join([str(int(data_seed)), *(str(k) for k in keys)])
+    digest = hashlib.sha256(text.encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:16], "little"))
+
+
+def stable_bucket(text: str, buckets: int) -> int:
+    """Seed-independent bucket of a string: used to keep pretext and task sentences apart."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") % buckets
+
+
+def split_sizes(task: str, task_cfg: dict) -> dict[str, int]:
+    sizes = task_cfg.get("sizes") or {}
+    missing = [s for s in SPLITS if s not in sizes]
+    if missing:
+        raise ValueError(f"task {task!r}: sizes must give {list(SPLITS)}, missing {missing}")
+    out = {s: int(sizes[s]) for s in SPLITS}
+    if any(n < 0 for n in out.values()) or out["train"] == 0:
+        raise ValueError(f"task {task!r}: split sizes must be >= 0 and train > 0, got {out}")
+    return out
+
+
+def sample_unique(task: str, rng: np.random.Generator, make: Callable, key: str, n: int) -> list:
+    """Draw rows from `make(rng)` until n distinct values of row[key]; None rows are rejected."""
+    rows, seen = [], set()
+    for _ in range(50 * n + 1000):
+        if len(rows) == n:
+            return rows
+        row = make(rng)
+        if row is None or row[key] in seen:
+            continue
+        seen.add(row[key])
+        rows.append(row)
+    if len(rows) == n:
+        return rows
+    raise ValueError(f"task {task!r}: could only draw {len(rows)} distinct examples of {n} asked")
+
+
+def cut_splits(rows: list[dict], sizes: dict[str, int]) -> dict[str, pd.DataFrame]:
+    """Consecutive slices of already-shuffled distinct rows, so splits are disjoint."""
+    out, start = {}, 0
+    for split in SPLITS:
+        out[split] = pd.DataFrame(rows[start : start + sizes[split]])
+        start += sizes[split]
+    return out
+
+
+def flip_labels(rng: np.random.Generator, labels: np.ndarray, num_labels: int, rate: float):
+    """Replace a `rate` fraction of labels by a different random label (a known noise ceiling)."""
+    labels = np.asarray(labels, dtype=np.int64).copy()
+    flip = rng.random(len(labels)) < rate
+    shift = rng.integers(1, num_labels, size=len(labels))
+    labels[flip] = (labels[flip] + shift[flip]) % num_labels
+    return labels
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def fingerprint(split_hashes: Iterable[str]) -> str:
+    """One hash of a whole prepared dataset: sha256 over its sorted split hashes."""
+    return hashlib.sha256("\n".join(sorted(split_hashes)).encode()).hexdigest()
+
+
+def write_parquet(df: pd.DataFrame, path: Path) -> str:
+    """Write df atomically and return the sha256 of the bytes written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    tmp = _tmp(path)
+    pq.write_table(table, tmp, compression="zstd")
+    digest = file_sha256(tmp)
+    os.replace(tmp, path)
+    return digest
+
+
+def write_json(obj: dict, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def write_dataset(out_dir: Path, splits: dict[str, pd.DataFrame], header: dict) -> dict:
+    """Write every split, then the manifest LAST so its presence means the directory is complete."""
+    out_dir = Path(out_dir)
+    entries = {}
+    for split, df in splits.items():
+        name = f"{split}.parquet"
+        digest = write_parquet(df, out_dir / name)
+        entries[split] = {"file": name, "rows": int(len(df)), "sha256": digest}
+    manifest = {**header, "splits": entries}
+    manifest["sha256"] = fingerprint(e["sha256"] for e in entries.values())
+    write_json(manifest, out_dir / "manifest.json")
+    return manifest
+
+
+def load_split(task_dir: Path, split: str) -> pd.DataFrame:
+    path = Path(task_dir) / f"{split}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"prepared split file not found: {path}")
+    try:
+        return pq.read_table(path).to_pandas()
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"cannot read parquet file {path}: {err}") from err
+
+
+def load_manifest(task_dir: Path) -> dict:
+    path = Path(task_dir) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot parse manifest {path}: {err}") from err

@@ -1,0 +1,102 @@
+"""generation: math word problems with a causal LM (the paper's Llama-2 / GSM8K setting).
+
+Training is next-token prediction on `question solution`, with the loss on the solution only.
+Evaluation decodes greedily and compares the extracted final number with the answer (exact match).
+"""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lorarepro.families.common import Encoded, build_tokenizer, ids, load_tokenizer, pad, quiet_transformers
+
+TEXT = True  # has a tokenizer built from the family vocabulary
+ARCH = "llama"
+TRAIN_HEAD = False  # train the head in full beside an adapter (a new head per task)
+METRIC = "exact_match"
+MAX_NEW_TOKENS = 32
+
+
+def build_backbone(size: dict, vocab: list[str]):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer(vocab)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=128, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, **size,
+    )
+    return LlamaForCausalLM(config), tokenizer
+
+
+def _lm_batch(prompts: list[list[int]], answers: list[list[int]], pad_id: int) -> dict:
+    """Right-padded prompt+answer sequences with labels only on the answer part."""
+    seqs = [p + a for p, a in zip(prompts, answers)]
+    labels = [[-100] * len(p) + a for p, a in zip(prompts, answers)]
+    input_ids = pad(seqs, pad_id)
+    return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(), "labels": pad(labels, -100)}
+
+
+def pretext_batch(tokenizer, rows, rng: np.random.Generator, max_length: int) -> dict:
+    seqs = ids(tokenizer, rows["text"].tolist(), max_length - 1, eos=True)
+    return _lm_batch([[tokenizer.bos_token_id]] * len(seqs), seqs, tokenizer.pad_token_id)
+
+
+def load_for_task(backbone_dir: Path, manifest: dict):
+    from transformers import LlamaForCausalLM
+
+    quiet_transformers()
+    tokenizer = load_tokenizer(backbone_dir)
+    return LlamaForCausalLM.from_pretrained(str(backbone_dir), use_safetensors=True), tokenizer
+
+
+def head_modules() -> list[str]:
+    return ["lm_head"]
+
+
+def _prompts(tokenizer, df, max_length: int) -> list[list[int]]:
+    return [[tokenizer.bos_token_id] + s for s in ids(tokenizer, df["question"].tolist(), max_length, eos=False)]
+
+
+def encode(df, tokenizer, manifest: dict, max_length: int) -> Encoded:
+    columns = {
+        "prompts": _prompts(tokenizer, df, max_length),
+        "answers": ids(tokenizer, df["solution"].tolist(), max_length, eos=True),
+    }
+    pad_id = tokenizer.pad_token_id
+    return Encoded(columns, lambda c, idx: _lm_batch([c["prompts"][i] for i in idx], [c["answers"][i] for i in idx], pad_id))
+
+
+def extract_answer(tokens: list[str]) -> str | None:
+    """The final number of a decoded solution: after the last 'answer is', else the last number.
+
+    Digits are single tokens, so consecutive digit tokens are joined back into one number.
+    """
+    text = re.sub(r"(?<=\d) (?=\d)", "", " ".join(tokens))
+    if "answer is" in text:
+        numbers = re.findall(r"-?\d+", text.rsplit("answer is", 1)[1])
+        return numbers[0] if numbers else None
+    numbers = re.findall(r"-?\d+", text)
+    return numbers[-1] if numbers else None
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 128) -> float:
+    """Exact match (%) of the greedily decoded final number."""
+    model.eval()
+    prompts = _prompts(tokenizer, df, max_length)
+    answers = df["answer"].astype(str).tolist()
+    correct = 0
+    for i in range(0, len(prompts), batch_size):
+        input_ids = pad(prompts[i : i + batch_size], tokenizer.pad_token_id, left=True)
+        out = model.generate(
+            input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(),
+            max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        for row, gold in zip(out[:, input_ids.shape[1] :].tolist(), answers[i : i + batch_size]):
+            tokens = tokenizer.convert_ids_to_tokens([t for t in row if t not in (tokenizer.pad_token_id, tokenizer.eos_token_id)])
+            correct += extract_answer(tokens) == gold
+    return 100.0 * correct / len(prompts)

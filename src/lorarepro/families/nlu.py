@@ -1,0 +1,116 @@
+"""nlu: prompted classification as text-to-text with T5 (the paper's GLUE setting).
+
+The input is the prompt, the target is the label word; accuracy is greedy decoding's first token
+against the label word's token, as in the paper's T5 evaluation (each label word is one token here).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lorarepro.families.common import SENTINELS, Encoded, build_tokenizer, ids, load_tokenizer, pad, quiet_transformers
+
+TEXT = True  # has a tokenizer built from the family vocabulary
+ARCH = "t5"
+TRAIN_HEAD = False  # train the head in full beside an adapter (a new head per task)
+METRIC = "accuracy"
+
+
+def build_backbone(size: dict, vocab: list[str]):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = build_tokenizer(vocab, sentinels=True)
+    config = T5Config(
+        vocab_size=len(tokenizer), dropout_rate=0.0, feed_forward_proj="relu",
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id, **size,
+    )
+    return T5ForConditionalGeneration(config), tokenizer
+
+
+def pretext_batch(tokenizer, rows, rng: np.random.Generator, max_length: int) -> dict:
+    """T5's pretraining mixture: span corruption on plain sentences, text-to-text on rows with a target."""
+    supervised = rows["target"] != ""
+    inputs, targets = _span_corruption(tokenizer, rows[~supervised]["text"].tolist(), rng, max_length)
+    inputs += ids(tokenizer, rows[supervised]["text"].tolist(), max_length, eos=True)
+    targets += ids(tokenizer, rows[supervised]["target"].tolist(), max_length, eos=True)
+    return _batch(inputs, targets, tokenizer.pad_token_id)
+
+
+def _span_corruption(tokenizer, texts: list[str], rng: np.random.Generator, max_length: int):
+    """~15% of tokens in short spans become sentinels; the target spells the spans out."""
+    sentinel_ids = tokenizer.convert_tokens_to_ids(SENTINELS)
+    inputs, targets = [], []
+    for seq in ids(tokenizer, texts, max_length, eos=False):
+        n_spans = max(1, round(0.15 * len(seq) / 2))
+        starts = sorted(rng.choice(len(seq), size=min(n_spans, len(seq)), replace=False))
+        src, tgt, pos = [], [], 0
+        for k, start in enumerate(starts):
+            if start < pos:
+                continue
+            end = min(len(seq), start + int(rng.integers(1, 4)))
+            src += seq[pos:start] + [sentinel_ids[k]]
+            tgt += [sentinel_ids[k]] + seq[start:end]
+            pos = end
+        inputs.append(src + seq[pos:] + [tokenizer.eos_token_id])
+        targets.append(tgt + [tokenizer.eos_token_id])
+    return inputs, targets
+
+
+def _batch(inputs: list[list[int]], targets: list[list[int]], pad_id: int) -> dict:
+    input_ids = pad(inputs, pad_id)
+    labels = pad(targets, -100)
+    return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(), "labels": labels}
+
+
+def load_for_task(backbone_dir: Path, manifest: dict):
+    from transformers import T5ForConditionalGeneration
+
+    quiet_transformers()
+    tokenizer = load_tokenizer(backbone_dir)
+    model = T5ForConditionalGeneration.from_pretrained(str(backbone_dir), use_safetensors=True)
+    _label_ids(tokenizer, manifest)  # fail early if a label word is not one token
+    return model, tokenizer
+
+
+def head_modules() -> list[str]:
+    return ["lm_head"]  # excluded from LoRA targets; not trained for adapters (tied vocabulary head)
+
+
+def _label_ids(tokenizer, manifest: dict) -> list[int]:
+    out = []
+    for word in manifest["label_words"]:
+        tok = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(tok) != 1 or tok[0] == tokenizer.unk_token_id:
+            raise ValueError(f"label word '{word}' of task '{manifest['task']}' is not a single known token")
+        out.append(tok[0])
+    return out
+
+
+def encode(df, tokenizer, manifest: dict, max_length: int) -> Encoded:
+    label_ids = _label_ids(tokenizer, manifest)
+    columns = {
+        "inputs": ids(tokenizer, df["text"].tolist(), max_length, eos=True),
+        "targets": [[label_ids[y], tokenizer.eos_token_id] for y in df["label"].tolist()],
+    }
+    pad_id = tokenizer.pad_token_id
+    return Encoded(columns, lambda c, idx: _batch([c["inputs"][i] for i in idx], [c["targets"][i] for i in idx], pad_id))
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 256) -> float:
+    """Accuracy (%) of the greedily decoded first token against the label word."""
+    model.eval()
+    label_ids = torch.tensor(_label_ids(tokenizer, manifest))
+    inputs = ids(tokenizer, df["text"].tolist(), max_length, eos=True)
+    gold = label_ids[torch.tensor(df["label"].to_numpy())]
+    start = model.config.decoder_start_token_id
+    correct = 0
+    for i in range(0, len(inputs), batch_size):
+        input_ids = pad(inputs[i : i + batch_size], tokenizer.pad_token_id)
+        decoder_input_ids = torch.full((len(input_ids), 1), start, dtype=torch.long)
+        logits = model(input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(),
+                       decoder_input_ids=decoder_input_ids).logits[:, 0]
+        correct += (logits.argmax(-1) == gold[i : i + batch_size]).sum().item()
+    return 100.0 * correct / len(inputs)

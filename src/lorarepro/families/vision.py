@@ -1,0 +1,68 @@
+"""vision: image classification with a ViT (the paper's CLIP ViT-B/32 setting).
+
+Backbones are pretrained on a self-supervised pretext task (rotation prediction) on images disjoint
+from the downstream tasks; each downstream task gets a fresh classifier head trained in full beside
+the adapter (the paper freezes CLIP's text-derived head, which a tiny ViT does not have).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lorarepro.families.common import Encoded, quiet_transformers
+
+TEXT = False  # has a tokenizer built from the family vocabulary
+ARCH = "vit"
+TRAIN_HEAD = True  # train the head in full beside an adapter (a new head per task)
+METRIC = "accuracy"
+
+
+def _pixels(df) -> torch.Tensor:
+    """[N, 1, H, W] in [-1, 1] from the `pixels` column of flattened square images."""
+    x = torch.tensor(np.stack(df["pixels"].to_numpy()), dtype=torch.float32)
+    side = int(round(x.shape[1] ** 0.5))
+    return (x.view(-1, 1, side, side) - 0.5) / 0.5
+
+
+def build_backbone(size: dict, vocab: list[str]):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(num_channels=1, num_labels=4, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **size)
+    return ViTForImageClassification(config), None
+
+
+def pretext_batch(tokenizer, rows, rng: np.random.Generator, max_length: int) -> dict:
+    return {"pixel_values": _pixels(rows), "labels": torch.tensor(rows["label"].to_numpy(), dtype=torch.long)}
+
+
+def load_for_task(backbone_dir: Path, manifest: dict):
+    from transformers import ViTForImageClassification
+
+    quiet_transformers()
+    n = manifest["num_labels"]
+    model = ViTForImageClassification.from_pretrained(
+        str(backbone_dir), num_labels=n, id2label={i: str(i) for i in range(n)},
+        label2id={str(i): i for i in range(n)}, ignore_mismatched_sizes=True, use_safetensors=True,
+    )
+    return model, None
+
+
+def head_modules() -> list[str]:
+    return ["classifier"]
+
+
+def encode(df, tokenizer, manifest: dict, max_length: int) -> Encoded:
+    columns = {"pixel_values": _pixels(df), "labels": torch.tensor(df["label"].to_numpy(), dtype=torch.long)}
+    return Encoded(columns, lambda c, idx: {k: v[idx] for k, v in c.items()})
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 512) -> float:
+    model.eval()
+    x, y = _pixels(df), torch.tensor(df["label"].to_numpy())
+    correct = sum(
+        (model(pixel_values=x[i : i + batch_size]).logits.argmax(-1) == y[i : i + batch_size]).sum().item()
+        for i in range(0, len(x), batch_size)
+    )
+    return 100.0 * correct / len(x)

@@ -1,0 +1,231 @@
+"""Figures of the reproduced runs: training-loss curves and accuracy under corruption severity.
+
+Figures are drawn from whatever runs exist: a missing or unfinished run is skipped and named in
+a note on the figure, so a partial pipeline still gives a figure that says what it lacks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+
+from lorarepro import paths
+from lorarepro.config import specs
+from lorarepro.atomic import temp_sibling
+from lorarepro.tables import load_finished_run
+
+SEVERITIES = list(range(6))  # 0 = clean test set, 1..5 = ood_s1..ood_s5
+_SAVE_METADATA = {
+    "png": {"Software": None},
+    "pdf": {"CreationDate": None, "Producer": None, "Creator": None},
+}
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def _figure_spec(config: dict, figure_id: str) -> dict:
+    figures = specs(config, "figures")
+    if figure_id not in figures:
+        raise KeyError(f"figure {figure_id!r} is not configured under `figures:`")
+    return figures[figure_id]
+
+
+def _label(config: dict, method: str) -> str:
+    return (config.get("methods") or {}).get(method, {}).get("label", method)
+
+
+def _color(spec: dict, method: str) -> str:
+    """One color per method across every panel, so a line is recognisable without its legend."""
+    return f"C{list(spec['methods']).index(method) % 10}"
+
+
+def _new_figure(n_panels: int, caption: str):
+    """A pyplot-free Figure, so nothing leaks between figures drawn in one process."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    n_panels = max(1, n_panels)
+    ncols = min(3, n_panels)
+    nrows = math.ceil(n_panels / ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    fig.suptitle(textwrap.fill(caption, 60 * ncols), fontsize=10)
+    return fig, list(axes[:n_panels])
+
+
+def _add_missing_note(fig, missing: list[str]) -> None:
+    """Say which runs the figure lacks instead of silently drawing fewer lines."""
+    if missing:
+        text = "not available (missing or not FINISHED): " + ", ".join(missing)
+        fig.supxlabel(textwrap.fill(text, 150), fontsize=7, color="firebrick")
+
+
+def _empty_panel_note(ax) -> None:
+    if not ax.has_data():
+        ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center",
+                transform=ax.transAxes, color="firebrick")
+
+
+def _save(fig, figure_id: str) -> list[Path]:
+    """PNG and PDF, each written to a temp sibling then renamed, without volatile metadata."""
+    written = []
+    for ext, metadata in _SAVE_METADATA.items():
+        path = paths.figure(figure_id, ext)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_sibling(path)
+        try:
+            fig.savefig(tmp, format=ext, dpi=150, metadata=metadata)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        written.append(path)
+    return written
+
+
+# ----------------------------------------------------------------------------- training curves
+
+
+def _read_history(task: str, method: str, seed: int) -> pd.DataFrame | None:
+    """The run's per-step loss, only for a FINISHED run, so the curve matches the tables."""
+    if load_finished_run(paths.run_result(task, method, seed)) is None:
+        return None
+    path = paths.run_history(task, method, seed)
+    if not path.is_file():
+        return None
+    history = pd.read_csv(path)
+    lacking = {"step", "loss"} - set(history.columns)
+    if lacking:
+        raise ValueError(f"{path}: history lacks columns {sorted(lacking)}")
+    return history.sort_values("step") if len(history) else None
+
+
+def _smooth(loss: pd.Series) -> pd.Series:
+    """Short trailing mean: per-step loss is noisy at small batch sizes; the trend matters."""
+    window = max(1, len(loss) // 25)
+    return loss.rolling(window, min_periods=1).mean()
+
+
+def training_curves(config: dict) -> list[Path]:
+    """Loss vs optimizer step, one panel per task, one line per method, for the first seed."""
+    spec = _figure_spec(config, "training_curves")
+    seed = config["seeds"][0]
+    fig, axes = _new_figure(len(spec["tasks"]), spec["caption"])
+    missing = []
+    for ax, task in zip(axes, spec["tasks"]):
+        for method in spec["methods"]:
+            history = _read_history(task, method, seed)
+            if history is None:
+                missing.append(f"{task}/{method}/seed{seed}")
+                continue
+            ax.plot(history["step"], _smooth(history["loss"]), label=_label(config, method),
+                    color=_color(spec, method), linewidth=1.2)
+        ax.set(title=task, xlabel="step", ylabel="training loss")
+        if ax.has_data():
+            ax.legend(fontsize=7)
+        _empty_panel_note(ax)
+    _add_missing_note(fig, missing)
+    return _save(fig, "training_curves")
+
+
+# ----------------------------------------------------------------------------- OOD curve
+
+
+def _severity_values(run: dict, path: Path) -> list[float]:
+    metrics = run.get("metrics") or {}
+    keys = ["test"] + [f"ood_s{s}" for s in SEVERITIES[1:]]
+    absent = [key for key in keys if key not in metrics]
+    if absent:
+        raise ValueError(f"{path}: no {absent} in metrics; ood_curve needs vision tasks")
+    return [float(metrics[key]) for key in keys]
+
+
+def ood_stats(task: str, method: str, seeds: list[int]) -> tuple[pd.Series, pd.Series, int] | None:
+    """Mean and sample std per severity over the finished seeds (std 0 for one seed)."""
+    rows = []
+    for seed in seeds:
+        path = paths.run_result(task, method, seed)
+        run = load_finished_run(path)
+        if run is not None:
+            rows.append(_severity_values(run, path))
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows, columns=SEVERITIES)
+    return frame.mean(), frame.std(ddof=1).fillna(0.0), len(rows)
+
+
+def _plot_task(ax, config: dict, spec: dict, task: str, missing: list[str]) -> dict:
+    """One task's panel; returns the per-method means of complete methods for the average panel."""
+    seeds = list(config["seeds"])
+    complete = {}
+    for method in spec["methods"]:
+        stats = ood_stats(task, method, seeds)
+        if stats is None:
+            missing.append(f"{task}/{method}")
+            continue
+        mean, std, n = stats
+        label = _label(config, method) + ("" if n == len(seeds) else f" ({n}/{len(seeds)} seeds)")
+        ax.errorbar(SEVERITIES, mean, yerr=std, marker="o", markersize=3, capsize=3, label=label,
+                    color=_color(spec, method))
+        if n == len(seeds):
+            complete[method] = mean
+    ax.set(title=task, xlabel="corruption severity (0 = clean)", ylabel="accuracy (%)",
+           xticks=SEVERITIES)
+    if ax.has_data():
+        ax.legend(fontsize=7)
+    _empty_panel_note(ax)
+    return complete
+
+
+def _plot_average(ax, config: dict, spec: dict, per_task: list[dict]) -> None:
+    """Mean over tasks, only for methods complete on every task, as the paper averages."""
+    for method in spec["methods"]:
+        if all(method in task_means for task_means in per_task):
+            mean = sum(task_means[method] for task_means in per_task) / len(per_task)
+            ax.plot(SEVERITIES, mean, marker="o", markersize=3, label=_label(config, method),
+                    color=_color(spec, method))
+    ax.set(title="mean over tasks (complete methods only)",
+           xlabel="corruption severity (0 = clean)", ylabel="accuracy (%)", xticks=SEVERITIES)
+    if ax.has_data():
+        ax.legend(fontsize=7)
+    _empty_panel_note(ax)
+
+
+def ood_curve(config: dict) -> list[Path]:
+    """Accuracy vs corruption severity with std error bars over seeds, one panel per task."""
+    spec = _figure_spec(config, "ood_curve")
+    tasks = list(spec["tasks"])
+    with_average = len(tasks) > 1
+    fig, axes = _new_figure(len(tasks) + with_average, spec["caption"])
+    missing: list[str] = []
+    per_task = [_plot_task(ax, config, spec, task, missing) for ax, task in zip(axes, tasks)]
+    if with_average:
+        _plot_average(axes[-1], config, spec, per_task)
+    _add_missing_note(fig, missing)
+    return _save(fig, "ood_curve")
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+FIGURES = {"training_curves": training_curves, "ood_curve": ood_curve}
+
+
+def build_all_figures(config: dict) -> list[Path]:
+    """Every configured figure; unknown ids fail before anything is drawn."""
+    figure_ids = list(specs(config, "figures"))
+    unknown = [fid for fid in figure_ids if fid not in FIGURES]
+    if unknown:
+        raise ValueError(f"unknown figure id(s) {unknown}; known: {sorted(FIGURES)}")
+    written = []
+    for figure_id in figure_ids:
+        written += FIGURES[figure_id](config)
+    return written

@@ -1,0 +1,23 @@
+"""Content hashes for lineage: files, directories (sorted relative paths + bytes)."""
+
+import hashlib
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_dir(path: Path, exclude: tuple[str, ...] = ("lorarepro_backbone.json",)) -> str:
+    """One hash over every file under `path` (names and contents), independent of mtimes."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file() and p.name not in exclude):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()

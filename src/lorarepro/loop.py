@@ -1,0 +1,81 @@
+"""The one optimisation loop, shared by backbone pretraining and fine-tuning under every method.
+
+Methods hook in as small strategies (Flat-LoRA's noise wraps each optimizer step); the loop itself
+knows nothing about them beyond `begin_step` / `end_step`.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or inf; the message names the run and the step."""
+
+
+@dataclass
+class History:
+    steps: list = field(default_factory=list)
+    loss: list = field(default_factory=list)
+    lr: list = field(default_factory=list)
+
+
+def step_plan(n_examples: int, batch_size: int, grad_accum: int, epochs: int, seed: int) -> list[list[list[int]]]:
+    """Indices per optimizer step, split into micro-batches; reshuffled each epoch from `seed`.
+
+    The order depends on the seed only, so runs that share a seed see the same data order
+    (paired comparisons between methods).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    plan = []
+    for _ in range(epochs):
+        order = torch.randperm(n_examples, generator=gen).tolist()
+        for start in range(0, n_examples, batch_size):
+            batch = order[start : start + batch_size]
+            size = math.ceil(len(batch) / grad_accum)
+            plan.append([batch[i : i + size] for i in range(0, len(batch), size)])
+    return plan
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, total_steps: int, warmup_ratio: float):
+    """AdamW over trainable parameters with linear warm-up then cosine decay to zero."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
+    return optimizer, scheduler
+
+
+def train_steps(model, plan, batch_fn, optimizer, scheduler, *, hook=None, label: str = "", progress=None) -> History:
+    """Run every optimizer step of `plan`; `batch_fn(indices) -> dict` builds a micro-batch.
+
+    `hook` (optional) gets `begin_step(step)` before the first micro-batch and `end_step()` after the
+    last backward of each step: Flat-LoRA uses it to apply one noise draw per optimizer step.
+    """
+    history = History()
+    model.train()
+    for step, micro_batches in enumerate(plan):
+        if hook is not None:
+            hook.begin_step(step)
+        total = sum(len(m) for m in micro_batches)
+        step_loss = 0.0
+        for indices in micro_batches:
+            loss = model(**batch_fn(indices)).loss
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"{label}: loss is {loss.item()} at step {step}")
+            (loss * len(indices) / total).backward()
+            step_loss += loss.item() * len(indices) / total
+        if hook is not None:
+            hook.end_step()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        history.steps.append(step)
+        history.loss.append(step_loss)
+        history.lr.append(scheduler.get_last_lr()[0])
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{step_loss:.4f}", refresh=False)
+    return history

@@ -1,0 +1,1 @@
+"""Training-method components (Flat-LoRA's weight perturbation, ...)."""

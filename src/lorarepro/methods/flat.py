@@ -1,0 +1,445 @@
+"""Flat-LoRA: a random perturbation of the full weight space, regenerated from seeds.
+
+Specification: ``/work/shared/DESIGN.md``, section "Flat-LoRA (what the method is)".
+
+For every target linear layer with frozen weight ``W`` (m x n, out x in) and, for LoRA layers, the
+adapter delta ``s*BA``, at optimizer step ``t`` of ``T``::
+
+    W'      = W + s*BA                         (PEFT's ``get_delta_weight``; W itself otherwise)
+    sigma_i = f(t) * rho / sqrt(n) * ||W'_i,:||_2     (no grad, constant within the step)
+    eps_ij  ~ N(0, sigma_i^2)
+    f(t)    = 1/2 * (1 - cos(pi * t / T))
+
+and the loss of that step is taken at ``W + eps`` (gradients reach the trainable parameters only).
+The same ``eps`` serves every micro-batch of one optimizer step. It is never stored: each draw uses a
+private ``torch.Generator`` seeded with ``noise_seed(run_seed, step, layer_index)``, so every
+data-parallel rank draws the same noise, reruns are bit-identical and the global RNG is untouched.
+Persistent memory is O(m) per layer (the sigma rows and one integer seed).
+
+Two modes:
+
+``exact`` (default)
+    ``W`` is never written. While a step is armed, the target layer's ``forward`` is an instance
+    attribute that calls :class:`_PerturbedLinear`, an autograd function that regenerates ``eps``,
+    uses ``W + eps`` as a temporary, and saves only its input (plus the existing ``W`` by reference and
+    the O(m) sigma rows). Its backward regenerates ``eps`` again. Base weights stay bit-identical.
+``inplace``
+    As the official code, but seeded: ``eps`` is added to ``W`` in place by :meth:`FlatLoRA.begin_step`
+    and the regenerated ``eps`` subtracted by :meth:`FlatLoRA.end_step`. Floating-point rounding makes
+    ``(W + eps) - eps != W``; measure it with :meth:`FlatLoRA.drift` against a caller-held
+    :meth:`FlatLoRA.snapshot` and undo it with :meth:`FlatLoRA.restore`.
+
+Usage (one optimizer step, with gradient accumulation)::
+
+    flat = FlatLoRA(model, rho=0.05, total_steps=T, seed=run_seed)
+    for step in range(T):
+        flat.begin_step(step)
+        for micro_batch in ...:
+            loss(model, micro_batch).backward()
+        flat.end_step()
+        optimizer.step(); optimizer.zero_grad()
+    flat.close()
+
+Notes: the noise of half-precision weights is drawn in fp32 and ``W + eps`` rounded once; a step with
+``f(t) * rho == 0`` (step 0, or rho = 0) arms nothing, so the model is exactly the plain one; draws
+are identical across ranks of one device type (CPU and CUDA generators give different streams); a
+weight tied between several linears is perturbed once, at its first module in ``named_modules()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["FlatLoRA", "flat_factor", "noise_seed"]
+
+MODES = ("exact", "inplace")
+SCOPES = ("lora", "all")
+_SEED_MASK = (1 << 63) - 1
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def flat_factor(step: int, total_steps: int) -> float:
+    """Noise schedule f(t) = 1/2 * (1 - cos(pi * t / T)): 0 at t = 0, 1/2 at T/2, 1 at T.
+
+    ``step / total_steps`` is clamped to [0, 1], so a step count that overshoots ``total_steps`` (a
+    rounding difference in the trainer) keeps the full noise rather than decreasing it again.
+    """
+    if total_steps < 1:
+        raise ValueError(f"flat.total_steps must be >= 1, got {total_steps!r}")
+    frac = min(max(step / total_steps, 0.0), 1.0)
+    return 0.5 * (1.0 - math.cos(math.pi * frac))
+
+
+def noise_seed(run_seed: int, step: int, layer_index: int) -> int:
+    """A 63-bit non-negative seed derived from (run seed, optimizer step, layer index).
+
+    BLAKE2b of the decimal integers with a fixed personalisation: independent of the process, the
+    platform, ``PYTHONHASHSEED`` and the clock, and of the order in which seeds are asked for.
+    """
+    ints = (run_seed, step, layer_index)
+    if not all(isinstance(v, int) for v in ints):
+        raise TypeError(f"noise_seed takes integers, got {ints!r}")
+    data = ",".join(str(int(v)) for v in ints).encode("ascii")
+    digest = hashlib.blake2b(data, digest_size=8, person=b"flat-lora-eps").digest()
+    return int.from_bytes(digest, "little") & _SEED_MASK
+
+
+# --------------------------------------------------------------------------- noise generation
+
+
+def _compute_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    """fp32 for half types (the noise and W + eps are formed in fp32, then rounded once)."""
+    return torch.promote_types(weight_dtype, torch.float32)
+
+
+def _draw(sigma: torch.Tensor, seed: int, shape: torch.Size, device: torch.device) -> torch.Tensor:
+    """eps with eps[i, j] ~ N(0, sigma[i]^2), from a private generator (global RNG untouched)."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    eps = torch.randn(shape, generator=gen, device=device, dtype=sigma.dtype)
+    return eps.mul_(sigma.unsqueeze(1))
+
+
+def _perturbed(weight: torch.Tensor, sigma: torch.Tensor, seed: int) -> torch.Tensor:
+    """A temporary ``W + eps`` in W's dtype (formed in fp32 for half types: one rounding)."""
+    eps = _draw(sigma, seed, weight.shape, weight.device)
+    return eps.add_(weight).to(weight.dtype)
+
+
+class _PerturbedLinear(torch.autograd.Function):
+    """y = x (W + eps)^T + b, with eps regenerated from its seed in forward and again in backward.
+
+    Saved for backward: ``x``, ``W`` (the existing parameter, by reference) and the O(m) sigma rows;
+    ``W + eps`` is a temporary of each pass, never kept by autograd. ``cast`` is the autocast dtype
+    the surrounding region asked for (None outside autocast): inputs are cast to it by hand and the
+    matmuls run with autocast off, so forward and backward agree on the precision.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, sigma, seed, cast):  # type: ignore[override]
+        ctx.seed = seed
+        ctx.cast = cast
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.save_for_backward(x, weight, sigma)
+        with torch.autocast(x.device.type, enabled=False):
+            w = _perturbed(weight, sigma, seed)
+            if cast is not None:
+                x, w = x.to(cast), w.to(cast)
+                bias = None if bias is None else bias.to(cast)
+            return F.linear(x, w, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, weight, sigma = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = grad_w = grad_b = None
+        with torch.autocast(grad_out.device.type, enabled=False):
+            cast = ctx.cast
+            xc = x if cast is None else x.to(cast)
+            if need_x:
+                w = _perturbed(weight, sigma, ctx.seed)
+                w = w if cast is None else w.to(cast)
+                grad_x = (grad_out.to(w.dtype) @ w).to(x.dtype)
+                del w
+            g2 = grad_out.reshape(-1, grad_out.shape[-1])
+            if need_w:
+                x2 = xc.reshape(-1, xc.shape[-1])
+                grad_w = (g2.t().to(x2.dtype) @ x2).to(weight.dtype)
+            if need_b:
+                grad_b = g2.sum(0).to(ctx.bias_dtype)
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+class _ArmedForward:
+    """The exact-mode ``forward`` of an armed layer (an object, so a deepcopy binds to the copy)."""
+
+    def __init__(self, layer: nn.Linear, sigma: torch.Tensor, seed: int) -> None:
+        self.layer, self.sigma, self.seed = layer, sigma, seed
+
+    def __call__(self, input: torch.Tensor) -> torch.Tensor:
+        cast = _autocast_dtype(input.device.type) if input.is_floating_point() else None
+        layer = self.layer
+        return _PerturbedLinear.apply(input, layer.weight, layer.bias, self.sigma, self.seed, cast)
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+    except (RuntimeError, TypeError):  # device type without autocast support
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------- target discovery
+
+
+def _lora_wrappers(model: nn.Module) -> tuple[dict[int, list[nn.Module]], set[int]]:
+    """id(base linear) -> the PEFT LoraLayers wrapping it; ids of the modules of their adapters."""
+    from peft.tuners.lora import LoraLayer  # local import: peft is only needed with adapters
+
+    wrappers: dict[int, list[nn.Module]] = {}
+    adapter_parts: set[int] = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        base = module.get_base_layer()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"Flat-LoRA perturbs linear layers only; {name!r} wraps {type(base).__name__}")
+        wrappers.setdefault(id(base), []).append(module)
+        base_modules = {id(m) for m in base.modules()}
+        adapter_parts.update(id(m) for m in module.modules() if id(m) not in base_modules)
+    return wrappers, adapter_parts
+
+
+def _find_targets(model: nn.Module, scope: str) -> tuple[list[str], list[nn.Linear], list[list[nn.Module]]]:
+    """Target linears in ``named_modules()`` order, each with the LoRA layers that wrap it.
+
+    scope "lora": the base layer of every PEFT ``LoraLayer``. scope "all": every ``nn.Linear`` that
+    is not part of a LoRA adapter (lora_A / lora_B / ...), i.e. also un-adapted linears. A weight
+    shared by several linears (tied weights) is targeted once, at its first module.
+    """
+    wrappers, adapter_parts = _lora_wrappers(model)
+    names, layers, lora_of = [], [], []
+    seen_weights: set[int] = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or id(module) in adapter_parts:
+            continue
+        if (scope == "lora" and id(module) not in wrappers) or id(module.weight) in seen_weights:
+            continue
+        if not module.weight.is_floating_point():
+            raise TypeError(f"Flat-LoRA needs a floating-point weight; {name!r} has {module.weight.dtype}")
+        seen_weights.add(id(module.weight))
+        names.append(name)
+        layers.append(module)
+        lora_of.append(wrappers.get(id(module), []))
+    return names, layers, lora_of
+
+
+def _adapter_delta(lora_layer: nn.Module) -> torch.Tensor | None:
+    """Sum of s*BA over the layer's active, unmerged adapters (None when there is none)."""
+    if getattr(lora_layer, "disable_adapters", False):
+        return None
+    merged = set(getattr(lora_layer, "merged_adapters", ()))
+    total = None
+    for adapter in lora_layer.active_adapters:
+        if adapter not in lora_layer.lora_A or adapter in merged:
+            continue
+        delta = lora_layer.get_delta_weight(adapter)
+        total = delta if total is None else total + delta
+    return total
+
+
+# --------------------------------------------------------------------------- the method
+
+
+class FlatLoRA:
+    """Flat-LoRA's per-step random weight perturbation on a (PEFT) model; see the module docstring.
+
+    Persistent state: per target layer one sigma vector (m values) and one integer seed, plus
+    references to the modules. No m x n tensor is ever held between calls.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        rho: float,
+        total_steps: int,
+        seed: int,
+        mode: str = "exact",
+        scope: str = "lora",
+    ) -> None:
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 0:
+            raise ValueError(f"flat.rho must be a finite number >= 0, got {rho!r}")
+        if mode not in MODES:
+            raise ValueError(f"flat.mode must be one of {MODES}, got {mode!r}")
+        if scope not in SCOPES:
+            raise ValueError(f"flat.scope must be one of {SCOPES}, got {scope!r}")
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"flat.total_steps must be an integer >= 1, got {total_steps!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"flat.seed must be an integer, got {seed!r}")
+
+        self.rho = float(rho)
+        self.total_steps = total_steps
+        self.seed = seed
+        self.mode = mode
+        self.scope = scope
+        names, layers, lora_of = _find_targets(model, scope)
+        if not layers:
+            what = "no PEFT LoraLayer" if scope == "lora" else "no nn.Linear"
+            raise ValueError(f"Flat-LoRA found no target layer (flat.scope={scope!r}: {what} in the model)")
+        self.target_names: list[str] = names
+        self._layers: list[nn.Linear] = layers
+        self._lora_of: list[list[nn.Module]] = lora_of
+        self._sigma: list[torch.Tensor | None] = [None] * len(layers)
+        self._seeds: list[int | None] = [None] * len(layers)
+        self._step: int | None = None  # the step of the open window (None: closed)
+        self._active = False  # noise is in effect in the open window (False when f(t)*rho == 0)
+        self._saved_forward: list[Any] = []  # exact: instance forwards we shadowed (None: none)
+        self._closed = False
+
+    # ----------------------------------------------------------------- per-step protocol
+
+    def begin_step(self, step: int) -> None:
+        """Open optimizer step ``step`` (0-based): sigma rows and seeds; arm (exact) or add eps (inplace)."""
+        if self._closed:
+            raise RuntimeError("FlatLoRA.begin_step after close()")
+        if self._step is not None:
+            raise RuntimeError(f"FlatLoRA.begin_step({step}) while step {self._step} is open; call end_step() first")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be an integer >= 0, got {step!r}")
+        scale = flat_factor(step, self.total_steps) * self.rho
+        with torch.no_grad():
+            for idx in range(len(self._layers)):
+                self._sigma[idx] = self._sigma_rows(idx, scale)
+                self._seeds[idx] = noise_seed(self.seed, step, idx)
+        self._step = step
+        self._active = scale > 0.0
+        if not self._active:
+            return  # rho == 0 or f(t) == 0: exactly the plain model
+        if self.mode == "exact":
+            self._arm()
+        else:
+            self._shift_weights(+1)
+
+    def end_step(self) -> None:
+        """Close the open step, after the backward of its last micro-batch (inplace: subtract eps)."""
+        if self._step is None:
+            raise RuntimeError("FlatLoRA.end_step without a matching begin_step")
+        if self._active:
+            if self.mode == "exact":
+                self._disarm()
+            else:
+                self._shift_weights(-1)
+        self._step = None
+        self._active = False
+
+    def close(self) -> None:
+        """Undo everything: an open step is ended, every forward override removed. Idempotent."""
+        if self._closed:
+            return
+        if self._step is not None:
+            self.end_step()
+        self._disarm()
+        self._closed = True
+
+    # ----------------------------------------------------------------- inspection
+
+    def sigma(self, layer_index: int) -> torch.Tensor:
+        """The sigma rows (shape (m,), fp32 for half weights) of the most recent begin_step."""
+        sig = self._sigma[layer_index]
+        if sig is None:
+            raise RuntimeError("FlatLoRA.sigma: no step has begun yet")
+        return sig
+
+    def noise(self, layer_index: int) -> torch.Tensor:
+        """Regenerate eps (m x n, in the compute dtype) of the most recent begin_step (tests only)."""
+        sig = self.sigma(layer_index)
+        weight = self._layers[layer_index].weight
+        return _draw(sig, self._seeds[layer_index], weight.shape, weight.device)
+
+    # ----------------------------------------------------------------- drift (inplace mode)
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """Copies of the target weights, owned by the caller (the reference for drift/restore)."""
+        return {name: layer.weight.detach().clone() for name, layer in zip(self.target_names, self._layers)}
+
+    def drift(self, reference: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> dict[str, float]:
+        """How far the target weights are from ``reference`` (a snapshot, or tensors in target order).
+
+        Returns ``max_abs`` (largest |W - W_ref| entry), ``rel_fro`` (||W - W_ref||_F / ||W_ref||_F
+        over all targets together) and ``frac_changed`` (share of entries that differ at all).
+        """
+        refs = self._reference_list(reference)
+        max_abs, diff_sq, ref_sq, changed, total = 0.0, 0.0, 0.0, 0, 0
+        with torch.no_grad():
+            for layer, ref in zip(self._layers, refs):
+                w = layer.weight.detach().double()
+                r = ref.to(w.device).double()
+                d = w - r
+                if d.numel():
+                    max_abs = max(max_abs, d.abs().max().item())
+                diff_sq += d.square().sum().item()
+                ref_sq += r.square().sum().item()
+                changed += int((d != 0).sum().item())
+                total += d.numel()
+        rel = math.sqrt(diff_sq) / math.sqrt(ref_sq) if ref_sq > 0 else (0.0 if diff_sq == 0 else math.inf)
+        return {"max_abs": max_abs, "rel_fro": rel, "frac_changed": changed / max(total, 1)}
+
+    def restore(self, reference: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> None:
+        """Copy ``reference`` back into the target weights (inplace mode: undo the rounding drift)."""
+        if self._step is not None and self._active and self.mode == "inplace":
+            raise RuntimeError("FlatLoRA.restore inside an open inplace step; call end_step() first")
+        refs = self._reference_list(reference)
+        with torch.no_grad():
+            for layer, ref in zip(self._layers, refs):
+                layer.weight.copy_(ref)
+
+    # ----------------------------------------------------------------- internals
+
+    def _reference_list(self, reference) -> list[torch.Tensor]:
+        if isinstance(reference, Mapping):
+            missing = [n for n in self.target_names if n not in reference]
+            if missing:
+                raise KeyError(f"reference lacks target weights: {missing}")
+            refs = [reference[n] for n in self.target_names]
+        else:
+            refs = list(reference)
+            if len(refs) != len(self._layers):
+                raise ValueError(f"reference has {len(refs)} tensors, expected {len(self._layers)}")
+        for name, layer, ref in zip(self.target_names, self._layers, refs):
+            if ref.shape != layer.weight.shape:
+                raise ValueError(f"reference for {name!r}: shape {tuple(ref.shape)} != {tuple(layer.weight.shape)}")
+        return refs
+
+    def _sigma_rows(self, idx: int, scale: float) -> torch.Tensor:
+        """sigma_i = scale / sqrt(n) * ||(W + sum of s*BA)_i||, a fresh (m,) tensor (no grad)."""
+        weight = self._layers[idx].weight.detach()
+        cdt = _compute_dtype(weight.dtype)
+        full = weight.to(cdt)
+        for lora_layer in self._lora_of[idx]:
+            delta = _adapter_delta(lora_layer)
+            if delta is not None:
+                full = full + delta.detach().to(device=full.device, dtype=cdt)
+        n = weight.shape[1]
+        return torch.linalg.vector_norm(full, dim=1).mul_(scale / math.sqrt(n))
+
+    def _shift_weights(self, sign: int) -> None:
+        """inplace mode: W <- W + sign * eps, eps regenerated from the step's seed (no grad)."""
+        with torch.no_grad():
+            for idx, layer in enumerate(self._layers):
+                w = layer.weight
+                eps = _draw(self._sigma[idx], self._seeds[idx], w.shape, w.device)
+                if eps.dtype == w.dtype:
+                    w.add_(eps, alpha=sign)
+                else:  # half weights: form W +/- eps in fp32, round once
+                    w.copy_(eps.mul_(sign).add_(w))
+                del eps
+
+    def _arm(self) -> None:
+        """exact mode: give every target layer a perturbed forward (an instance attribute)."""
+        if self._saved_forward:
+            return
+        for idx, layer in enumerate(self._layers):
+            self._saved_forward.append(layer.__dict__.get("forward"))
+            layer.forward = _ArmedForward(layer, self._sigma[idx], self._seeds[idx])
+
+    def _disarm(self) -> None:
+        """Remove the forward overrides (restoring any instance forward that was there before)."""
+        for layer, previous in zip(self._layers, self._saved_forward):
+            if previous is None:
+                del layer.forward
+            else:
+                layer.forward = previous
+        self._saved_forward = []

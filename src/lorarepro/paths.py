@@ -1,0 +1,72 @@
+"""Every output path of the pipeline, computed from (task, method, seed) in one place.
+
+Paths are relative to the working directory (the repository root when Snakemake runs), so the
+Snakefile and the Python entry points agree on them without passing strings around.
+"""
+
+from pathlib import Path
+
+DATA = Path("data")
+MODELS = Path("models")
+CHECKPOINTS = Path("checkpoints")
+RESULTS = Path("results")
+LOGS = Path("logs")
+
+
+def prepared_dir(task: str) -> Path:
+    return DATA / "prepared" / task
+
+
+def manifest(task: str) -> Path:
+    return prepared_dir(task) / "manifest.json"
+
+
+def pretext_dir(backbone: str) -> Path:
+    return DATA / "pretext" / backbone
+
+
+def backbone_dir(backbone: str) -> Path:
+    return MODELS / backbone
+
+
+def backbone_done(backbone: str) -> Path:
+    """Marker written last by the backbone rule: its presence means the directory is complete."""
+    return backbone_dir(backbone) / "lorarepro_backbone.json"
+
+
+def checkpoint_dir(task: str, method: str, seed: int) -> Path:
+    return CHECKPOINTS / task / method / f"seed{seed}"
+
+
+def resume_dir(task: str, method: str, seed: int) -> Path:
+    """Step checkpoints for resuming an interrupted run; outside Snakemake's declared outputs."""
+    return CHECKPOINTS / "_resume" / task / method / f"seed{seed}"
+
+
+def run_result(task: str, method: str, seed: int) -> Path:
+    return RESULTS / "runs" / task / method / f"seed{seed}.json"
+
+
+def run_history(task: str, method: str, seed: int) -> Path:
+    """Per-step training loss of one run (CSV), beside its result JSON."""
+    return RESULTS / "runs" / task / method / f"seed{seed}.history.csv"
+
+
+def table(table_id: str, ext: str) -> Path:
+    return RESULTS / "tables" / f"{table_id}.{ext}"
+
+
+def tables_index() -> Path:
+    return RESULTS / "tables" / "index.json"
+
+
+def figure(figure_id: str, ext: str) -> Path:
+    return RESULTS / "figures" / f"{figure_id}.{ext}"
+
+
+def metrics_summary() -> Path:
+    return RESULTS / "metrics.json"
+
+
+def log(*parts: str) -> Path:
+    return LOGS.joinpath(*parts[:-1], f"{parts[-1]}.log")

@@ -1,0 +1,310 @@
+"""Result tables of the reproduced runs beside the paper's numbers (CSV, Markdown, LaTeX).
+
+Each cell is the mean ± sample std of the test metric over every configured seed. A cell with
+fewer finished seeds than configured is shown but flagged `(k/n)` and kept out of the row average,
+the best-cell marking and every comparison, so a missing seed can never pass for a full result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from statistics import mean, stdev
+
+import pandas as pd
+import yaml
+from tabulate import tabulate
+
+from lorarepro import paths
+from lorarepro.config import specs
+from lorarepro.atomic import write_text
+
+FINISHED = "FINISHED"
+CSV_COLUMNS = [
+    "table", "method", "label", "task", "mirrors", "n_seeds", "n_expected",
+    "mean", "std", "values", "paper", "best",
+]
+_PM = {"md": " ± ", "tex": r" $\pm$ "}
+_DASH = {"md": "—", "tex": "--"}
+_TEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
+
+
+# ----------------------------------------------------------------------------- small I/O helpers
+
+
+def load_reference(path: str | Path) -> dict:
+    """The paper's numbers; an empty file means "nothing known", not an error."""
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of paper tables, got {type(data).__name__}")
+    return data
+
+
+def load_finished_run(path: str | Path) -> dict | None:
+    """A run counts only once the trainer marked it FINISHED; anything else reads as missing."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: result file is not valid JSON ({err})") from err
+    return run if run.get("status") == FINISHED else None
+
+
+# ----------------------------------------------------------------------------- collecting cells
+
+
+def _spec(config: dict, table_id: str) -> dict:
+    tables = specs(config, "tables")
+    if table_id not in tables:
+        raise KeyError(f"unknown table id {table_id!r}; configured: {sorted(tables)}")
+    return tables[table_id]
+
+
+def _lookup(config: dict, section: str, key: str) -> dict:
+    entries = config.get(section) or {}
+    if key not in entries:
+        raise KeyError(f"{section}: no entry {key!r} (a table or figure refers to it)")
+    return entries[key]
+
+
+def _test_metric(run: dict, path: Path) -> float:
+    try:
+        return float(run["metrics"]["test"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: FINISHED run has no numeric metrics.test") from err
+
+
+def collect_cell(task: str, method: str, seeds: list[int]) -> dict:
+    """Per-seed test values of one (method, task); n_seeds < n_expected flags an incomplete cell."""
+    values, used = [], []
+    for seed in seeds:
+        path = paths.run_result(task, method, seed)
+        run = load_finished_run(path)
+        if run is not None:
+            values.append(_test_metric(run, path))
+            used.append(str(path))
+    n = len(values)
+    return {
+        "values": values, "runs": used, "n_seeds": n, "n_expected": len(seeds),
+        "mean": mean(values) if n else math.nan,
+        "std": (stdev(values) if n > 1 else 0.0) if n else math.nan,
+    }
+
+
+def paper_value(reference: dict | None, paper_table: str | None, row: str | None,
+                column: str | None) -> float | None:
+    """The paper's number for a cell, or None: unknown cells stay empty, never guessed."""
+    value = (((reference or {}).get(paper_table) or {}).get(row) or {}).get(column)
+    return None if value is None else float(value)
+
+
+def table_cells(table_id: str, config: dict, reference: dict | None = None) -> pd.DataFrame:
+    """Long form, one row per (method, task), with the best complete cell of each task marked."""
+    spec = _spec(config, table_id)
+    if not spec.get("methods") or not spec.get("tasks"):
+        raise ValueError(f"table {table_id!r} needs at least one method and one task")
+    seeds = list(config["seeds"])
+    records = []
+    for method in spec["methods"]:
+        method_cfg = _lookup(config, "methods", method)
+        for task in spec["tasks"]:
+            mirrors = _lookup(config, "tasks", task).get("mirrors")
+            cell = collect_cell(task, method, seeds)
+            records.append({
+                "table": table_id, "method": method,
+                "label": method_cfg.get("label", method), "task": task, "mirrors": mirrors,
+                **cell,
+                "paper": paper_value(reference, spec.get("paper_table"),
+                                     method_cfg.get("paper_row"), mirrors),
+            })
+    cells = pd.DataFrame.from_records(records)
+    return _mark_best(cells)
+
+
+def _complete(cells: pd.DataFrame) -> pd.Series:
+    return (cells["n_expected"] > 0) & (cells["n_seeds"] == cells["n_expected"])
+
+
+def _mark_best(cells: pd.DataFrame) -> pd.DataFrame:
+    """Only complete cells compete, so a lucky partial cell is never shown as the winner."""
+    cells = cells.copy()
+    complete = _complete(cells)
+    best_by_task = cells[complete].groupby("task")["mean"].max()
+    cells["best"] = complete & (cells["mean"] == cells["task"].map(best_by_task))
+    return cells
+
+
+def row_averages(cells: pd.DataFrame) -> pd.Series:
+    """Mean over tasks of a row's task means; NaN unless every task cell of the row is complete."""
+    cells = cells.assign(complete=_complete(cells))
+    grouped = cells.groupby("method", sort=False)
+    avg = grouped["mean"].mean()
+    return avg.where(grouped["complete"].all())
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _tex_escape(text: str) -> str:
+    return "".join(_TEX_SPECIAL.get(char, char) for char in str(text))
+
+
+def _bold(text: str, style: str) -> str:
+    return f"**{text}**" if style == "md" else rf"\textbf{{{text}}}"
+
+
+def _format_cell(cell, style: str) -> str:
+    if cell.n_seeds == 0:
+        text = f"{_DASH[style]} (0/{cell.n_expected})"
+    else:
+        text = f"{cell.mean:.2f}{_PM[style]}{cell.std:.2f}"
+        if cell.n_seeds < cell.n_expected:
+            text += f" ({cell.n_seeds}/{cell.n_expected})"
+    return _bold(text, style) if cell.best else text
+
+
+def _format_number(value, style: str, best: bool = False) -> str:
+    if value is None or pd.isna(value):
+        return ""
+    text = f"{value:.2f}"
+    return _bold(text, style) if best else text
+
+
+def _wide(cells: pd.DataFrame, style: str) -> tuple[list[str], list[list[str]]]:
+    """Display grid: each task column followed by its paper column, then Avg."""
+    tasks = list(dict.fromkeys(cells["task"]))
+    first = cells.drop_duplicates("task").set_index("task")
+    header = ["Method"]
+    for task in tasks:
+        header += [task, f"paper: {first.loc[task, 'mirrors'] or '?'}"]
+    header.append("Avg")
+    avg = row_averages(cells)
+    best_avg = avg.max()
+    rows = []
+    for method, group in cells.groupby("method", sort=False):
+        by_task = group.set_index("task")
+        row = [by_task["label"].iloc[0]]
+        for task in tasks:
+            cell = next(by_task.loc[[task]].itertuples())
+            row += [_format_cell(cell, style), _format_number(cell.paper, style)]
+        row.append(_format_number(avg[method], style, best=avg[method] == best_avg))
+        rows.append(row)
+    return header, rows
+
+
+def flat_vs_lora(cells: pd.DataFrame) -> list[str]:
+    """Honest tally of each flat_* row against its non-flat twin, over complete cells only."""
+    cells = cells.assign(complete=_complete(cells))
+    methods = list(dict.fromkeys(cells["method"]))
+    n_tasks = cells["task"].nunique()
+    sentences = []
+    for flat in (m for m in methods if m.startswith("flat_")):
+        base = flat.removeprefix("flat_")
+        if base not in methods:
+            continue
+        pair = cells[cells["method"].isin([flat, base])].pivot(
+            index="task", columns="method", values=["mean", "complete"])
+        comparable = pair["complete"].all(axis=1).astype(bool)
+        diff = (pair["mean"][flat] - pair["mean"][base])[comparable]
+        n = int(comparable.sum())
+        text = f"{flat} beats {base} on {int((diff > 0).sum())} of {n} task{'s' * (n != 1)}"
+        notes = []
+        if (ties := int((diff == 0).sum())):
+            notes.append(f"{ties} tied")
+        if n < n_tasks:
+            notes.append(f"{n_tasks - n} not comparable: incomplete seeds")
+        sentences.append(text + (f" ({'; '.join(notes)})" if notes else ""))
+    return sentences
+
+
+def render_markdown(cells: pd.DataFrame, caption: str, config: dict) -> str:
+    header, rows = _wide(cells, "md")
+    seeds = list(config["seeds"])
+    pairs = flat_vs_lora(cells)
+    lines = [
+        f"**{cells['table'].iloc[0]}.** {caption}", "",
+        tabulate(rows, headers=header, tablefmt="pipe", disable_numparse=True), "",
+        f"Cells are mean ± std (sample std) of the test metric over {len(seeds)} seeds "
+        f"({', '.join(map(str, seeds))}); `(k/{len(seeds)})` marks a cell with only k finished "
+        "seeds, left out of Avg, of the bold best and of the comparison below. "
+        "`paper:` columns are the paper's reported means for the mirrored task, empty where unknown.",
+        "",
+        "Flat-LoRA vs LoRA: " + ("; ".join(pairs) if pairs else "no flat_* row with its twin") + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_latex(cells: pd.DataFrame, caption: str, config: dict) -> str:
+    header, rows = _wide(cells, "tex")
+    n_seeds = len(config["seeds"])
+    full_caption = (f"{_tex_escape(caption)}. Mean $\\pm$ std over {n_seeds} seeds; "
+                    f"(k/{n_seeds}) marks incomplete cells.")
+    lines = [
+        "% generated by lorarepro.tables; needs \\usepackage{booktabs}",
+        "\\begin{table}[ht]", "\\centering", f"\\caption{{{full_caption}}}",
+        f"\\label{{tab:{cells['table'].iloc[0]}}}",
+        f"\\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}", "\\toprule",
+        " & ".join(_tex_escape(h) for h in header) + r" \\", "\\midrule",
+    ]
+    lines += [" & ".join([_tex_escape(row[0]), *row[1:]]) + r" \\" for row in rows]
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(cells: pd.DataFrame) -> str:
+    tidy = cells.assign(values=cells["values"].map(lambda vs: ";".join(str(v) for v in vs)))
+    return tidy[CSV_COLUMNS].round({"mean": 4, "std": 4}).to_csv(index=False)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def build_table(table_id: str, config: dict, reference: dict | None) -> dict:
+    """Write the table's CSV/MD/TeX and return its index entry, with the exact runs it read."""
+    spec = _spec(config, table_id)
+    cells = table_cells(table_id, config, reference)
+    files = {
+        "csv": write_text(paths.table(table_id, "csv"), render_csv(cells)),
+        "md": write_text(paths.table(table_id, "md"),
+                                render_markdown(cells, spec["caption"], config)),
+        "tex": write_text(paths.table(table_id, "tex"),
+                                 render_latex(cells, spec["caption"], config)),
+    }
+    return {
+        "id": table_id, "caption": spec["caption"],
+        "rows": list(spec["methods"]), "columns": list(spec["tasks"]),
+        "runs": sorted(run for runs in cells["runs"] for run in runs),
+        "files": [str(files[ext]) for ext in ("csv", "md", "tex")],
+    }
+
+
+def write_index(entries: list[dict]) -> None:
+    write_text(paths.tables_index(), json.dumps({"tables": entries}, indent=2) + "\n")
+
+
+def metrics_summary(config: dict) -> None:
+    """Flat {"table/method/task": mean} for `dvc metrics show`; incomplete cells are left out."""
+    summary = {}
+    for table_id in specs(config, "tables"):
+        cells = table_cells(table_id, config)
+        for cell in cells[_complete(cells)].itertuples():
+            summary[f"{table_id}/{cell.method}/{cell.task}"] = round(float(cell.mean), 4)
+        for method, avg in row_averages(cells).dropna().items():
+            summary[f"{table_id}/{method}/Avg"] = round(float(avg), 4)
+    write_text(paths.metrics_summary(), json.dumps(summary, indent=2) + "\n")
+
+
+def build_all(config: dict, reference_path: str | Path) -> None:
+    """Every configured table, the tables index and the metrics summary."""
+    reference = load_reference(reference_path)
+    write_index([build_table(table_id, config, reference) for table_id in specs(config, "tables")])
+    metrics_summary(config)

@@ -1,0 +1,119 @@
+"""MLflow tracking: one MLflow run per training run, in a local SQLite store unless configured.
+
+MLFLOW_TRACKING_URI in the environment overrides the config's tracking_uri, so a team server
+needs no config change. The store and experiment are created once before jobs fan out (`init`),
+because concurrent first use of one SQLite file races on schema creation.
+"""
+
+import contextlib
+import os
+import time
+
+
+def _mlflow(config: dict):
+    import mlflow
+
+    settings = config.get("mlflow") or {}
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or settings.get("tracking_uri", "sqlite:///mlflow.db"))
+    return mlflow, settings.get("experiment", "lorarepro")
+
+
+def _retry(fn, *args, attempts: int = 8, **kwargs):
+    """SQLite allows one writer at a time; parallel jobs retry briefly instead of failing."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # mlflow wraps sqlite's OperationalError in several types
+            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+
+
+def init(config: dict) -> str:
+    """Create the store and the experiment (idempotent); returns the experiment id."""
+    mlflow, name = _mlflow(config)
+    experiment = _retry(mlflow.get_experiment_by_name, name)
+    return experiment.experiment_id if experiment else _retry(mlflow.create_experiment, name)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+@contextlib.contextmanager
+def run(config: dict, name: str, params: dict, tags: dict):
+    """A tracked run; ends FAILED with the error message if the body raises."""
+    mlflow, experiment = _mlflow(config)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment_id = init(config)
+    tags = {k: str(v) for k, v in tags.items()}
+    parent = os.environ.get("LORAREPRO_MLFLOW_PARENT")
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    created = _retry(client.create_run, experiment_id, run_name=name, tags=tags)
+    run_id = created.info.run_id
+    params = {k: str(v) for k, v in _flatten(params).items()}
+    _retry(client.log_batch, run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
+    tracker = Tracker(client, run_id)
+    try:
+        yield tracker
+    except BaseException as exc:
+        _retry(client.set_tag, run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
+        _retry(client.set_terminated, run_id, "FAILED")
+        raise
+    _retry(client.set_terminated, run_id, "FINISHED")
+
+
+class Tracker:
+    """Batched logging into one run (one write per call keeps SQLite contention low)."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def metrics(self, values: dict, step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in values.items()]
+        _retry(self.client.log_batch, self.run_id, metrics=batch)
+
+    def series(self, key: str, values: list[float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(v), now, i) for i, v in enumerate(values)]
+        for start in range(0, len(batch), 1000):  # MLflow caps a batch at 1000 metrics
+            _retry(self.client.log_batch, self.run_id, metrics=batch[start : start + 1000])
+
+    def tags(self, values: dict) -> None:
+        from mlflow.entities import RunTag
+
+        _retry(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in values.items()])
+
+    def artifact(self, path) -> None:
+        _retry(self.client.log_artifact, self.run_id, str(path))
+
+
+def start_parent(config: dict, name: str) -> str:
+    """The run of one pipeline invocation; training runs become its children (via the environment)."""
+    mlflow, _ = _mlflow(config)
+    from mlflow.tracking import MlflowClient
+
+    created = _retry(MlflowClient().create_run, init(config), run_name=name, tags={"lorarepro.kind": "pipeline"})
+    return created.info.run_id
+
+
+def end_parent(config: dict, run_id: str, status: str) -> None:
+    _mlflow(config)
+    from mlflow.tracking import MlflowClient
+
+    _retry(MlflowClient().set_terminated, run_id, status)

@@ -1,0 +1,178 @@
+"""Fine-tune one (task, method) for every seed: train, evaluate, save the checkpoint and the result JSON.
+
+Called by the Snakemake `train` rule (workflow/scripts/train.py). One job covers all seeds of a
+(task, method) because importing torch + transformers + peft + mlflow costs ~7 s, more than a tiny
+run itself; every seed still gets its own checkpoint, result JSON and MLflow run.
+
+Everything in a result JSON is deterministic for a given config and machine except the keys
+listed in VOLATILE (timings, memory, the MLflow run id, the git state).
+"""
+
+import time
+from pathlib import Path
+
+import torch
+
+from lorarepro import families, paths
+from lorarepro.atomic import replace_dir, write_json, write_text
+from lorarepro.config import resolve_run
+from lorarepro.evaluate import evaluate_splits
+from lorarepro.families.common import quiet_transformers
+from lorarepro.hashing import sha256_dir
+from lorarepro.loop import make_optimizer, step_plan, train_steps
+from lorarepro.runinfo import git_state, peak_rss_mb, versions
+
+VOLATILE = ("resources", "lineage.mlflow_run_id", "lineage.git_commit", "lineage.git_dirty", "versions")
+
+
+def load_model(run: dict, manifest: dict, seed: int):
+    """Backbone for the task plus the method's adapter (PEFT), seeded so the adapter init is too."""
+    from lorarepro.methods import lora
+
+    family = families.get(run["family"])
+    torch.manual_seed(seed)
+    model, tokenizer = family.load_for_task(paths.backbone_dir(run["backbone"]), manifest)
+    if run["adapter"] is not None:
+        train_heads = family.head_modules() if family.TRAIN_HEAD else []
+        model = lora.apply(model, run["adapter"], family.head_modules(), train_heads)
+    return model, tokenizer
+
+
+def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
+    """Train and evaluate one seed; returns the result dict (also written to disk)."""
+    from lorarepro.data import load_manifest, load_split
+
+    task, method, tcfg = run["task"], run["method"], run["training"]
+    label = f"task={task} method={method} seed={seed}"
+    task_dir = paths.prepared_dir(task)
+    manifest = load_manifest(task_dir)
+    family = families.get(run["family"])
+    model, tokenizer = load_model(run, manifest, seed)
+    train_df = load_split(task_dir, "train")
+    encoded = family.encode(train_df, tokenizer, manifest, tcfg["max_length"])
+    plan = step_plan(len(encoded), tcfg["batch_size"], tcfg["grad_accum"], tcfg["epochs"], seed)
+    optimizer, scheduler = make_optimizer(model, tcfg["lr"], tcfg["weight_decay"], len(plan), tcfg["warmup_ratio"])
+    flat = _flat_hook(model, run, len(plan), seed)
+    start = time.perf_counter()
+    from tqdm import tqdm
+
+    with tqdm(total=len(plan), desc=label, mininterval=2.0) as progress:
+        try:
+            history = train_steps(model, plan, encoded.batch, optimizer, scheduler, hook=flat, label=label, progress=progress)
+        finally:
+            if flat is not None:
+                flat.close()
+    seconds = time.perf_counter() - start
+    flat_info = _finish_flat(model, run, flat)
+    metrics = evaluate_splits(family, model, tokenizer, task_dir, manifest, tcfg["max_length"])
+    ckpt = save_checkpoint(model, tokenizer, paths.checkpoint_dir(task, method, seed))
+    result = {
+        "task": task, "method": method, "seed": seed, "family": run["family"], "backbone": run["backbone"],
+        "status": "FINISHED", "metric": family.METRIC, "metrics": metrics, "config": run,
+        "train": {
+            "steps": len(plan), "final_loss": history.loss[-1],
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "total_params": sum(p.numel() for p in model.parameters()),
+        },
+        "flat": flat_info,
+        "resources": {"seconds": round(seconds, 3), "peak_memory_mb": round(peak_rss_mb(), 1), "device": "cpu"},
+        "lineage": {
+            "data_sha256": manifest["sha256"],
+            "backbone_sha256": _backbone_sha(run["backbone"]),
+            "checkpoint_sha256": ckpt,
+            "mlflow_run_id": tracker.run_id if tracker else None,
+            **{f"git_{k}": v for k, v in git_state().items()},
+        },
+        "versions": versions(),
+    }
+    write_text(paths.run_history(task, method, seed), _history_csv(history))
+    write_json(paths.run_result(task, method, seed), result)
+    return result
+
+
+def _flat_hook(model, run: dict, total_steps: int, seed: int):
+    if run["flat"] is None:
+        return None
+    from lorarepro.methods.flat import FlatLoRA
+
+    f = run["flat"]
+    return FlatLoRA(model, rho=f["rho"], total_steps=total_steps, seed=seed, mode=f["mode"], scope=f["scope"])
+
+
+def _finish_flat(model, run: dict, flat) -> dict | None:
+    """In-place mode leaves rounding drift in W: measure it, then restore W exactly from the backbone."""
+    if flat is None:
+        return None
+    info = {"mode": run["flat"]["mode"], "layers": len(flat.target_names)}
+    if run["flat"]["mode"] == "inplace":
+        info.update(restore_base_weights(model, paths.backbone_dir(run["backbone"])))
+    return info
+
+
+def restore_base_weights(model, backbone_dir: Path) -> dict:
+    """Copy the pristine backbone weights back into the (PEFT-wrapped) model; returns the drift found."""
+    from safetensors.torch import load_file
+
+    pristine = load_file(str(Path(backbone_dir) / "model.safetensors"))
+    params = dict(model.get_base_model().named_parameters()) if hasattr(model, "get_base_model") else dict(model.named_parameters())
+    max_abs, num, den = 0.0, 0.0, 0.0
+    with torch.no_grad():
+        for key, value in pristine.items():
+            head, _, leaf = key.rpartition(".")
+            current = params.get(f"{head}.base_layer.{leaf}", params.get(key))
+            if current is None or current.requires_grad or current.shape != value.shape:
+                continue
+            diff = (current.float() - value.float())
+            max_abs = max(max_abs, diff.abs().max().item())
+            num += diff.pow(2).sum().item()
+            den += value.float().pow(2).sum().item()
+            current.copy_(value)
+    return {"drift_max_abs": max_abs, "drift_rel_fro": (num / den) ** 0.5 if den else 0.0}
+
+
+def save_checkpoint(model, tokenizer, out_dir: Path) -> str:
+    """PEFT adapter (adapter_config.json + adapter_model.safetensors) or full save_pretrained; returns its hash."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None and not hasattr(model, "peft_config"):
+        tokenizer.save_pretrained(tmp)
+    digest = sha256_dir(tmp)
+    replace_dir(tmp, out_dir)
+    return digest
+
+
+def _backbone_sha(backbone: str) -> str:
+    import json
+
+    return json.loads(paths.backbone_done(backbone).read_text())["sha256"]
+
+
+def _history_csv(history) -> str:
+    rows = ["step,loss,lr"] + [f"{s},{l:.6g},{r:.6g}" for s, l, r in zip(history.steps, history.loss, history.lr)]
+    return "\n".join(rows) + "\n"
+
+
+def run_task_method(config: dict, task: str, method: str) -> list[dict]:
+    """Every seed of one (task, method), each tracked as its own MLflow run."""
+    from lorarepro import tracking
+
+    quiet_transformers()
+    torch.set_num_threads(config.get("threads", 1))
+    torch.use_deterministic_algorithms(True)
+    run = resolve_run(config, task, method)
+    results = []
+    for seed in run["seeds"]:
+        tags = {"task": task, "method": method, "seed": seed, "family": run["family"], "backbone": run["backbone"]}
+        with tracking.run(config, f"{task}/{method}/seed{seed}", run, tags) as tracker:
+            result = train_one(config, run, seed, tracker)
+            tracker.series("train_loss", _read_losses(task, method, seed))
+            tracker.metrics({f"{k}": v for k, v in result["metrics"].items()})
+            tracker.tags({k: v for k, v in result["lineage"].items() if k != "mlflow_run_id"})
+            tracker.artifact(paths.run_result(task, method, seed))
+        results.append(result)
+    return results
+
+
+def _read_losses(task: str, method: str, seed: int) -> list[float]:
+    lines = paths.run_history(task, method, seed).read_text().splitlines()[1:]
+    return [float(line.split(",")[1]) for line in lines]

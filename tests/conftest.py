@@ -1,0 +1,61 @@
+"""Shared fixtures: the repository's params.yaml and a reduced config for fast end-to-end runs."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def params() -> dict:
+    with open(ROOT / "params.yaml") as fh:
+        return yaml.safe_load(fh)
+
+
+def reduced(params: dict) -> dict:
+    """The embedded default shrunk to seconds: 1 task per family, tiny sizes, 2 seeds, few steps."""
+    cfg = copy.deepcopy(params)
+    cfg["seeds"] = [0, 1]
+    for name, bb in cfg["backbones"].items():
+        bb["pretrain"].update(steps=20, examples=min(bb["pretrain"]["examples"], 300))
+    cfg["tasks"] = {k: v for k, v in cfg["tasks"].items() if k in ("sentiment", "digits", "arithmetic")}
+    for task in cfg["tasks"].values():
+        task["sizes"] = {"train": 64, "validation": 16, "test": 32}
+    for family in cfg["training"].values():
+        family["epochs"] = 1
+    cfg["methods"] = {k: v for k, v in cfg["methods"].items() if k in ("full_ft", "lora_r8", "flat_lora_r8")}
+    cfg["tables"] = [
+        {"id": "table_small", "caption": "reduced", "paper_table": "table1",
+         "tasks": list(cfg["tasks"]), "methods": list(cfg["methods"])},
+    ]
+    cfg["figures"] = [
+        {"id": "ood_curve", "caption": "ood", "tasks": ["digits"], "methods": ["lora_r8", "flat_lora_r8"]},
+        {"id": "training_curves", "caption": "curves", "tasks": list(cfg["tasks"]), "methods": ["lora_r8"]},
+    ]
+    return cfg
+
+
+@pytest.fixture
+def small_config(params) -> dict:
+    return reduced(params)
+
+
+@pytest.fixture(scope="session")
+def prepared_root(tmp_path_factory, params):
+    """Data and backbones of the reduced config, built once per session."""
+    from workspace import prepare
+
+    root = tmp_path_factory.mktemp("workspace")
+    prepare(root, reduced(params))
+    return root
+
+
+@pytest.fixture
+def workspace(prepared_root, monkeypatch, params):
+    """chdir into the prepared workspace; yields the reduced config."""
+    monkeypatch.chdir(prepared_root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{prepared_root / 'mlflow.db'}")
+    return reduced(params)

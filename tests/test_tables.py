@@ -1,0 +1,227 @@
+"""Tables: statistics, incomplete/failed runs, best marking, paper columns, files and index."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lorarepro import paths, tables
+
+REPO = Path(__file__).resolve().parents[1]
+SEEDS = [0, 1, 2]
+REFERENCE = {"table1": {"LoRA r8": {"SST-2": 94.25, "MNLI": 86.24}, "Flat r8": {"SST-2": 94.75}}}
+
+
+def make_config(seeds=SEEDS):
+    return {
+        "seeds": list(seeds),
+        "tasks": {"sentiment": {"mirrors": "SST-2"}, "nli": {"mirrors": "MNLI"}},
+        "methods": {
+            "full_ft": {"label": "Full FT", "paper_row": "Full FT"},
+            "lora_r8": {"label": "LoRA (r=8)", "paper_row": "LoRA r8"},
+            "flat_lora_r8": {"label": "Flat-LoRA (r=8)", "paper_row": "Flat r8"},
+        },
+        "tables": [{
+            "id": "table_nlu", "caption": "NLU; accuracy (%)", "paper_table": "table1",
+            "tasks": ["sentiment", "nli"], "methods": ["full_ft", "lora_r8", "flat_lora_r8"],
+        }],
+    }
+
+
+def write_run(task, method, seed, test, status="FINISHED"):
+    path = paths.run_result(task, method, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"task": task, "method": method, "seed": seed, "status": status,
+                                "metric": "accuracy", "metrics": {"test": test}}))
+    return str(path)
+
+
+def write_grid(grid):
+    """grid: {(method, task): [value per seed or None]} -> list of written paths."""
+    written = []
+    for (method, task), values in grid.items():
+        written += [write_run(task, method, s, v) for s, v in enumerate(values) if v is not None]
+    return written
+
+
+FULL_GRID = {
+    ("full_ft", "sentiment"): [70.0, 71.0, 72.0], ("full_ft", "nli"): [60.0, 60.0, 60.0],
+    ("lora_r8", "sentiment"): [80.0, 82.0, 84.0], ("lora_r8", "nli"): [66.0, 65.0, 64.0],
+    ("flat_lora_r8", "sentiment"): [85.0, 86.0, 87.0], ("flat_lora_r8", "nli"): [61.0, 62.0, 63.0],
+}
+
+
+def md_grid(text):
+    """Markdown pipe table -> {row label: {column header: cell}}."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    split = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    header, body = split[0], split[2:]
+    return {row[0]: dict(zip(header, row)) for row in body}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def build(config=None, reference=REFERENCE):
+    config = config or make_config()
+    entry = tables.build_table("table_nlu", config, reference)
+    csv = pd.read_csv(paths.table("table_nlu", "csv"), keep_default_na=False)
+    md = paths.table("table_nlu", "md").read_text(encoding="utf-8")
+    return entry, csv, md
+
+
+def cell(csv, method, task):
+    return csv[(csv["method"] == method) & (csv["task"] == task)].iloc[0]
+
+
+def test_mean_and_sample_std(workdir):
+    write_grid(FULL_GRID)
+    _, csv, md = build()
+    row = cell(csv, "lora_r8", "sentiment")
+    assert (row["mean"], row["std"], row["n_seeds"], row["n_expected"]) == (82.0, 2.0, 3, 3)
+    assert row["values"] == "80.0;82.0;84.0"
+    assert list(csv.columns) == tables.CSV_COLUMNS
+    grid = md_grid(md)
+    assert grid["LoRA (r=8)"]["sentiment"] == "82.00 ± 2.00"
+    assert grid["LoRA (r=8)"]["Avg"] == "73.50"  # (82 + 65) / 2
+    assert "over 3 seeds" in md
+
+
+def test_single_seed_has_zero_std_and_no_flag(workdir):
+    write_grid(FULL_GRID)
+    _, csv, md = build(make_config(seeds=[0]))
+    assert cell(csv, "lora_r8", "sentiment")["std"] == 0.0
+    assert md_grid(md)["LoRA (r=8)"]["sentiment"] == "80.00 ± 0.00"
+
+
+def test_best_cell_marked_per_column(workdir):
+    write_grid(FULL_GRID)
+    _, csv, md = build()
+    best = csv[csv["best"].astype(str) == "True"][["task", "method"]].values.tolist()
+    assert sorted(best) == [["nli", "lora_r8"], ["sentiment", "flat_lora_r8"]]
+    grid = md_grid(md)
+    assert grid["Flat-LoRA (r=8)"]["sentiment"] == "**86.00 ± 1.00**"
+    assert grid["LoRA (r=8)"]["nli"] == "**65.00 ± 1.00**"
+    assert not grid["LoRA (r=8)"]["sentiment"].startswith("**")
+    tex = paths.table("table_nlu", "tex").read_text()
+    assert r"\textbf{86.00 $\pm$ 1.00}" in tex
+
+
+def test_missing_seed_flags_cell_and_blanks_avg(workdir):
+    grid = dict(FULL_GRID)
+    grid[("flat_lora_r8", "nli")] = [90.0, 92.0, None]  # higher than every complete cell
+    write_grid(grid)
+    _, csv, md = build()
+    row = cell(csv, "flat_lora_r8", "nli")
+    assert (row["n_seeds"], row["best"]) == (2, False)
+    flat = md_grid(md)["Flat-LoRA (r=8)"]
+    assert flat["nli"] == "91.00 ± 1.41 (2/3)"
+    assert flat["Avg"] == ""
+    assert md_grid(md)["LoRA (r=8)"]["nli"].startswith("**")  # best among complete cells
+
+
+def test_failed_run_is_missing_and_not_indexed(workdir):
+    used = write_grid(FULL_GRID)
+    failed = write_run("sentiment", "lora_r8", 2, 99.0, status="FAILED")
+    used.remove(failed)
+    entry, csv, md = build()
+    assert cell(csv, "lora_r8", "sentiment")["mean"] == 81.0
+    assert md_grid(md)["LoRA (r=8)"]["sentiment"] == "81.00 ± 1.41 (2/3)"
+    assert entry["runs"] == sorted(used)
+
+
+def test_no_runs_cell_shows_missing(workdir):
+    grid = {k: v for k, v in FULL_GRID.items() if k != ("full_ft", "nli")}
+    write_grid(grid)
+    _, _, md = build()
+    assert md_grid(md)["Full FT"]["nli"] == "— (0/3)"
+
+
+def test_paper_values_beside_the_right_columns(workdir):
+    write_grid(FULL_GRID)
+    _, csv, md = build()
+    header = next(line for line in md.splitlines() if line.startswith("|"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns == ["Method", "sentiment", "paper: SST-2", "nli", "paper: MNLI", "Avg"]
+    grid = md_grid(md)
+    assert grid["LoRA (r=8)"]["paper: SST-2"] == "94.25"
+    assert grid["LoRA (r=8)"]["paper: MNLI"] == "86.24"
+    assert grid["Flat-LoRA (r=8)"]["paper: MNLI"] == ""  # not in the reference
+    assert grid["Full FT"]["paper: SST-2"] == ""  # row not in the reference
+    assert float(cell(csv, "flat_lora_r8", "sentiment")["paper"]) == 94.75
+    assert cell(csv, "flat_lora_r8", "nli")["paper"] == ""
+
+
+def test_no_reference_leaves_paper_empty(workdir):
+    write_grid(FULL_GRID)
+    _, csv, _ = build(reference=None)
+    assert set(csv["paper"]) == {""}
+
+
+def test_index_entry_and_files(workdir):
+    used = write_grid(FULL_GRID)
+    entry, _, _ = build()
+    assert entry["id"] == "table_nlu"
+    assert entry["rows"] == ["full_ft", "lora_r8", "flat_lora_r8"]
+    assert entry["columns"] == ["sentiment", "nli"]
+    assert entry["runs"] == sorted(used) and len(used) == 18
+    assert entry["files"] == [str(paths.table("table_nlu", e)) for e in ("csv", "md", "tex")]
+    tex = Path(entry["files"][2]).read_text()
+    for needle in (r"\toprule", r"\midrule", r"\bottomrule", r"\caption{NLU; accuracy (\%)"):
+        assert needle in tex
+    assert not list(paths.table("x", "md").parent.glob(".*tmp*"))  # no temp files left
+
+
+@pytest.mark.parametrize("nli_flat, expected", [
+    ([61.0, 62.0, 63.0], "flat_lora_r8 beats lora_r8 on 1 of 2 tasks"),
+    ([70.0, 70.0, 70.0], "flat_lora_r8 beats lora_r8 on 2 of 2 tasks"),
+    ([65.0, 65.0, 65.0], "flat_lora_r8 beats lora_r8 on 1 of 2 tasks (1 tied)"),
+    ([61.0, 62.0, None], "flat_lora_r8 beats lora_r8 on 1 of 1 task (1 not comparable"),
+])
+def test_flat_vs_lora_sentence(workdir, nli_flat, expected):
+    write_grid({**FULL_GRID, ("flat_lora_r8", "nli"): nli_flat})
+    _, _, md = build()
+    line = next(line for line in md.splitlines() if line.startswith("Flat-LoRA vs LoRA:"))
+    assert expected in line
+
+
+def test_flat_loses_everywhere(workdir):
+    write_grid({**FULL_GRID, ("flat_lora_r8", "sentiment"): [50.0, 50.0, 50.0]})
+    _, _, md = build()
+    assert "flat_lora_r8 beats lora_r8 on 0 of 2 tasks" in md
+
+
+def test_build_all_writes_index_and_metrics(workdir):
+    write_grid({**FULL_GRID, ("full_ft", "nli"): [60.0, None, None]})
+    ref = workdir / "ref.yaml"
+    ref.write_text("table1:\n  LoRA r8: {SST-2: 94.25}\n")
+    tables.build_all(make_config(), ref)
+    index = json.loads(paths.tables_index().read_text())
+    assert [t["id"] for t in index["tables"]] == ["table_nlu"]
+    metrics = json.loads(paths.metrics_summary().read_text())
+    assert metrics["table_nlu/lora_r8/sentiment"] == 82.0
+    assert metrics["table_nlu/lora_r8/Avg"] == 73.5
+    assert "table_nlu/full_ft/nli" not in metrics and "table_nlu/full_ft/Avg" not in metrics
+
+
+def test_unknown_table_id_is_named(workdir):
+    with pytest.raises(KeyError, match="nope"):
+        tables.build_table("nope", make_config(), None)
+
+
+def test_reference_yaml_holds_the_paper_values():
+    ref = tables.load_reference(REPO / "workflow/configs/paper_reference.yaml")
+    assert ref["table1"]["Flat r16"]["CoLA"] == 84.08
+    assert ref["table1"]["LoRA r8"]["MRPC"] == 88.56
+    assert ref["table1"]["Full FT"] == {"MNLI": 86.19, "SST-2": 94.15, "CoLA": 82.84,
+                                        "QNLI": 93.10, "MRPC": 89.22}
+    assert ref["table2"]["LoRA r8"]["DTD"] == 76.86
+    assert ref["table2"]["Flat r16"]["CIFAR-100"] == 89.27
+    assert "Full FT" not in ref["table2"]
+    assert ref["table3"] == {"LoRA r8": {"GSM8K": 57.47}}
+    assert ref["table3_gains"] == {"Flat r8 - LoRA r8": {"MT-Bench": 0.20, "GSM8K": 3.18,
+                                                         "HumanEval": 3.08}}

@@ -1,0 +1,22 @@
+def backbone_inputs(wildcards):
+    if config["backbones"][wildcards.backbone]["source"] == "pretrain":
+        return [str(paths.pretext_dir(wildcards.backbone))]
+    return []
+
+
+rule backbone:
+    """Build and pretrain a tiny backbone (embedded default), or copy a local save_pretrained dir."""
+    input:
+        backbone_inputs,
+    output:
+        directory(str(paths.backbone_dir("{backbone}"))),
+    params:
+        backbone=lambda w: config["backbones"][w.backbone],
+    threads: config["threads"]
+    log:
+        str(paths.log("backbone", "{backbone}")),
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../scripts/backbone.py"

@@ -1,0 +1,30 @@
+rule prepare_data:
+    """Generate or load one task's splits (+ manifest with sha256) from the data seed."""
+    output:
+        directory(str(paths.prepared_dir("{task}"))),
+    params:
+        task=lambda w: config["tasks"][w.task],
+        data_seed=config["data_seed"],
+    log:
+        str(paths.log("prepare_data", "{task}")),
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../scripts/prepare_data.py"
+
+
+rule prepare_pretext:
+    """The pretraining corpus of one pipeline-built backbone, disjoint from all downstream data."""
+    output:
+        directory(str(paths.pretext_dir("{backbone}"))),
+    params:
+        backbone=lambda w: config["backbones"][w.backbone],
+        data_seed=config["data_seed"],
+    log:
+        str(paths.log("prepare_pretext", "{backbone}")),
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../scripts/prepare_pretext.py"

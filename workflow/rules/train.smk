@@ -1,0 +1,20 @@
+rule train:
+    """Fine-tune one (task, method) for every seed; writes checkpoints, result JSONs, loss histories."""
+    input:
+        data=str(paths.prepared_dir("{task}")),
+        backbone=lambda w: str(paths.backbone_dir(config["tasks"][w.task]["backbone"])),
+    output:
+        results=[str(paths.run_result("{task}", "{method}", s)) for s in SEEDS],
+        histories=[str(paths.run_history("{task}", "{method}", s)) for s in SEEDS],
+        checkpoints=[directory(str(paths.checkpoint_dir("{task}", "{method}", s))) for s in SEEDS],
+    params:
+        # The resolved settings of this run: changing a method's entry reruns only its jobs.
+        run=lambda w: resolve_run(config, w.task, w.method),
+    threads: config["threads"]
+    log:
+        str(paths.log("train", "{task}", "{method}")),
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    script:
+        "../scripts/train.py"

@@ -1,0 +1,7 @@
+"""Snakemake adapter: fine-tune one (task, method) for every seed (logic in lorarepro.train)."""
+from lorarepro.workflow import logged
+
+with logged(snakemake.log[0]):
+    from lorarepro.train import run_task_method
+
+    run_task_method(snakemake.config, snakemake.wildcards.task, snakemake.wildcards.method)
