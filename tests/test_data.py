@@ -262,7 +262,12 @@ def test_generation_mixes_one_and_two_step(prepared):
 
 def test_generation_pretext_has_no_word_problems(prepared, pretext):
     rows = list(load_split(pretext["generation"][0], "pretext")["text"])
-    assert not any(w in r.split() for r in rows for w in ["question", "answer", "?", "many"])
+    assert not any(w in r.split() for r in rows for w in ["question", "?", "many"])
+    # "the answer is N" only restates the equation right before it (math text, not a Q/A pair)
+    for r in rows:
+        for before, after in zip(r.split(" . "), r.split(" . ")[1:]):
+            if after.startswith("the answer is"):
+                assert "=" in before and after.split()[3] == before.split()[-1]
     questions = " | ".join(load_split(prepared["arithmetic"][0], s)["question"].str.cat(sep=" | ")
                            for s in SPLITS)
     narrative = [s + " ." for r in rows for s in r.removesuffix(" .").split(" . ") if "=" not in s]

@@ -135,10 +135,25 @@ def _narrative(rng: np.random.Generator) -> str:
             return sentence
 
 
+def _linked(rng: np.random.Generator) -> str:
+    """Math text as pretraining corpora hold it: a number from the narrative reused in an
+    equation, or an equation whose result is restated. Never a question with its answer."""
+    if rng.random() < 0.5:
+        equation = _equation(rng)
+        return f"{equation} the answer is {equation.split()[-2]} ."
+    while True:
+        slots = _slots(rng, False)
+        sentence = SENTENCES["has"].format(**slots)
+        if is_pretext_sentence(sentence):
+            y = int(rng.integers(1, 21))
+            return f"{sentence} {slots['a']} + {y} = {slots['a'] + y} ."
+
+
 def _pretext_row(rng: np.random.Generator) -> dict:
     segments: list[str] = []
     for _ in range(int(rng.integers(2, 5))):
-        segment = _equation(rng) if rng.random() < 0.6 else _narrative(rng)
+        u = rng.random()
+        segment = _equation(rng) if u < 0.4 else _narrative(rng) if u < 0.65 else _linked(rng)
         if token_count(" ".join(segments + [segment])) > PRETEXT_MAX_TOKENS:
             break
         segments.append(segment)
