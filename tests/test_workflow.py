@@ -5,6 +5,7 @@ only that method's jobs, and that a bad config is refused before any job starts.
 """
 
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -20,9 +21,11 @@ from conftest import ROOT, reduced
 pytestmark = pytest.mark.slow
 
 
-def snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "reduced.yaml", *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
+def snakemake(cwd: Path, *args: str, config: str = "reduced.yaml") -> subprocess.CompletedProcess:
+    """Snakemake as a user runs it, with no tracking settings inherited from the test process."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LORAREPRO_MLFLOW_PARENT")}
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", config, *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +79,7 @@ def test_changing_one_method_reruns_only_its_jobs(repo, params):
     cfg = reduced(params)
     cfg["methods"]["lora_r8"]["training"] = {"lr": 0.004}
     (repo / "changed.yaml").write_text(yaml.safe_dump(cfg))
-    plan = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "changed.yaml", "--dry-run"],
-        cwd=repo, capture_output=True, text=True, timeout=300,
-    )
+    plan = snakemake(repo, "--dry-run", config="changed.yaml")
     assert plan.returncode == 0, plan.stderr
     jobs = re.findall(r"^rule (\w+):", plan.stdout, flags=re.M)
     trained = set(re.findall(r"wildcards: task=(\w+), method=(\w+)", plan.stdout))
@@ -92,10 +92,7 @@ def test_bad_config_is_refused_before_any_job(repo, params):
     cfg["methods"]["lora_r8"]["adapter"]["rnak"] = 8
     (repo / "bad.yaml").write_text(yaml.safe_dump(cfg))
     before = {p: p.stat().st_mtime_ns for p in (repo / "results").rglob("*") if p.is_file()}
-    bad = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "bad.yaml"],
-        cwd=repo, capture_output=True, text=True, timeout=300,
-    )
+    bad = snakemake(repo, config="bad.yaml")
     assert bad.returncode != 0
     assert "rnak" in bad.stdout + bad.stderr
     assert before == {p: p.stat().st_mtime_ns for p in (repo / "results").rglob("*") if p.is_file()}

@@ -10,12 +10,14 @@ import os
 import time
 
 
-def _mlflow(config: dict):
-    import mlflow
+def _client(config: dict):
+    """A client bound to the configured store; no global MLflow state (set_tracking_uri leaks
+    into os.environ and so into every subprocess)."""
+    from mlflow.tracking import MlflowClient
 
     settings = config.get("mlflow") or {}
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or settings.get("tracking_uri", "sqlite:///mlflow.db"))
-    return mlflow, settings.get("experiment", "lorarepro")
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.get("tracking_uri", "sqlite:///mlflow.db")
+    return MlflowClient(tracking_uri=uri), settings.get("experiment", "lorarepro")
 
 
 def _retry(fn, *args, attempts: int = 8, **kwargs):
@@ -31,9 +33,9 @@ def _retry(fn, *args, attempts: int = 8, **kwargs):
 
 def init(config: dict) -> str:
     """Create the store and the experiment (idempotent); returns the experiment id."""
-    mlflow, name = _mlflow(config)
-    experiment = _retry(mlflow.get_experiment_by_name, name)
-    return experiment.experiment_id if experiment else _retry(mlflow.create_experiment, name)
+    client, name = _client(config)
+    experiment = _retry(client.get_experiment_by_name, name)
+    return experiment.experiment_id if experiment else _retry(client.create_experiment, name)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -50,10 +52,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 @contextlib.contextmanager
 def run(config: dict, name: str, params: dict, tags: dict):
     """A tracked run; ends FAILED with the error message if the body raises."""
-    mlflow, experiment = _mlflow(config)
-    from mlflow.tracking import MlflowClient
+    from mlflow.entities import Param
 
-    client = MlflowClient()
+    client, _ = _client(config)
     experiment_id = init(config)
     tags = {k: str(v) for k, v in tags.items()}
     parent = os.environ.get("LORAREPRO_MLFLOW_PARENT")
@@ -62,7 +63,7 @@ def run(config: dict, name: str, params: dict, tags: dict):
     created = _retry(client.create_run, experiment_id, run_name=name, tags=tags)
     run_id = created.info.run_id
     params = {k: str(v) for k, v in _flatten(params).items()}
-    _retry(client.log_batch, run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
+    _retry(client.log_batch, run_id, params=[Param(k, v) for k, v in params.items()])
     tracker = Tracker(client, run_id)
     try:
         yield tracker
@@ -105,15 +106,10 @@ class Tracker:
 
 def start_parent(config: dict, name: str) -> str:
     """The run of one pipeline invocation; training runs become its children (via the environment)."""
-    mlflow, _ = _mlflow(config)
-    from mlflow.tracking import MlflowClient
-
-    created = _retry(MlflowClient().create_run, init(config), run_name=name, tags={"lorarepro.kind": "pipeline"})
+    client, _ = _client(config)
+    created = _retry(client.create_run, init(config), run_name=name, tags={"lorarepro.kind": "pipeline"})
     return created.info.run_id
 
 
 def end_parent(config: dict, run_id: str, status: str) -> None:
-    _mlflow(config)
-    from mlflow.tracking import MlflowClient
-
-    _retry(MlflowClient().set_terminated, run_id, status)
+    _retry(_client(config)[0].set_terminated, run_id, status)

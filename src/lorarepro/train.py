@@ -75,7 +75,7 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
             "total_params": sum(p.numel() for p in model.parameters()),
         },
         "flat": flat_info,
-        "resources": {"seconds": round(seconds, 3), "peak_memory_mb": round(peak_rss_mb(), 1), "device": "cpu"},
+        "resources": {"seconds": round(seconds, 3), "peak_rss_mb": round(peak_rss_mb(), 1), "device": "cpu"},
         "lineage": {
             "data_sha256": manifest["sha256"],
             "backbone_sha256": _backbone_sha(run["backbone"]),
