@@ -34,6 +34,7 @@ def repo(tmp_path_factory, params):
     for item in ("Snakefile", "params.yaml", "workflow"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item)
+    (root / "profiles").symlink_to("workflow/profiles")  # as in the repository
     (root / "reduced.yaml").write_text(yaml.safe_dump(reduced(params)))
     done = snakemake(root)
     assert done.returncode == 0, done.stderr[-5000:]
@@ -72,6 +73,7 @@ def test_every_training_run_is_in_mlflow_under_one_parent(repo):
 def test_second_run_does_nothing(repo):
     again = snakemake(repo, "--dry-run")
     assert again.returncode == 0
+    assert "Using workflow specific profile profiles/default" in again.stdout + again.stderr
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
