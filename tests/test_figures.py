@@ -97,7 +97,48 @@ def test_build_all_figures_dispatches(workdir):
 
 def test_unknown_figure_id_is_named(workdir):
     config = make_config()
-    config["figures"].append({"id": "loss_landscape", "caption": "", "tasks": [], "methods": []})
-    with pytest.raises(ValueError, match="loss_landscape"):
+    config["figures"].append({"id": "no_such_figure", "caption": "", "tasks": [], "methods": []})
+    with pytest.raises(ValueError, match="no_such_figure"):
         figures.build_all_figures(config)
     assert not paths.figure("training_curves", "png").exists()  # failed before drawing
+
+
+# ----------------------------------------------------------------------------- loss landscape
+
+
+def landscape_config():
+    config = make_config()
+    config["figures"] = [{"id": "loss_landscape", "caption": "Loss along a random direction",
+                          "tasks": ["sentiment", "digits"], "methods": ["lora_r8", "flat_lora_r8"]}]
+    return config
+
+
+def write_landscape(task, method, seed=0, curvature=1.0, landscape=None):
+    write_run(task, method, seed)
+    alphas = [i / 10 for i in range(-10, 11)]
+    landscape = landscape or {"alphas": alphas, "loss": [0.5 + curvature * a * a for a in alphas]}
+    paths.run_sharpness(task, method, seed).write_text(json.dumps({"landscape": landscape}))
+
+
+def test_loss_landscape_written(workdir):
+    for task in ("sentiment", "digits"):
+        write_landscape(task, "lora_r8", curvature=2.0)
+        write_landscape(task, "flat_lora_r8", curvature=0.5)
+    assert_png_pdf(figures.loss_landscape(landscape_config()), "loss_landscape")
+    assert figures._read_landscape("digits", "lora_r8", 0)[1][10] == 0.5
+
+
+def test_loss_landscape_with_missing_measures(workdir):
+    write_landscape("sentiment", "lora_r8")
+    write_run("digits", "flat_lora_r8", 0)  # finished but not measured
+    write_landscape("digits", "lora_r8")
+    write_run("digits", "lora_r8", 0, status="FAILED")  # measured, but the run no longer counts
+    assert figures._read_landscape("digits", "flat_lora_r8", 0) is None
+    assert figures._read_landscape("digits", "lora_r8", 0) is None
+    assert_png_pdf(figures.build_all_figures(landscape_config()), "loss_landscape")
+
+
+def test_malformed_landscape_names_the_file(workdir):
+    write_landscape("sentiment", "lora_r8", landscape={"alphas": [0.0, 1.0], "loss": [1.0]})
+    with pytest.raises(ValueError, match=r"seed0\.sharpness\.json"):
+        figures.loss_landscape(landscape_config())

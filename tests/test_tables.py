@@ -104,7 +104,7 @@ def test_best_cell_marked_per_column(workdir):
     best = csv[csv["best"].astype(str) == "True"][["task", "method"]].values.tolist()
     assert sorted(best) == [["nli", "lora_r8"], ["sentiment", "flat_lora_r8"]]
     grid = md_grid(md)
-    assert grid["Flat-LoRA (r=8)"]["sentiment"] == "**86.00 ± 1.00**"
+    assert grid["Flat-LoRA (r=8)"]["sentiment"] == "**86.00 ± 1.00** ↑"  # bold best, and a significant gain
     assert grid["LoRA (r=8)"]["nli"] == "**65.00 ± 1.00**"
     assert not grid["LoRA (r=8)"]["sentiment"].startswith("**")
     tex = paths.table("table_nlu", "tex").read_text()
@@ -169,7 +169,8 @@ def test_index_entry_and_files(workdir):
     assert entry["rows"] == ["full_ft", "lora_r8", "flat_lora_r8"]
     assert entry["columns"] == ["sentiment", "nli"]
     assert entry["runs"] == sorted(used) and len(used) == 18
-    assert entry["files"] == [str(paths.table("table_nlu", e)) for e in ("csv", "md", "tex")]
+    assert entry["files"] == [str(paths.table("table_nlu", e)) for e in ("csv", "md", "tex")] + [
+        str(paths.table("table_nlu_significance", e)) for e in ("csv", "md")]
     tex = Path(entry["files"][2]).read_text()
     for needle in (r"\toprule", r"\midrule", r"\bottomrule", r"\caption{NLU; accuracy (\%)"):
         assert needle in tex
@@ -225,3 +226,151 @@ def test_reference_yaml_holds_the_paper_values():
     assert ref["table3"] == {"LoRA r8": {"GSM8K": 57.47}}
     assert ref["table3_gains"] == {"Flat r8 - LoRA r8": {"MT-Bench": 0.20, "GSM8K": 3.18,
                                                          "HumanEval": 3.08}}
+
+
+# ----------------------------------------------------------------------------- significance
+
+
+def read_sig(table_id="table_nlu"):
+    csv = pd.read_csv(paths.table(f"{table_id}_significance", "csv"), keep_default_na=False)
+    md = paths.table(f"{table_id}_significance", "md").read_text(encoding="utf-8")
+    return csv, md
+
+
+def sig_row(csv, task):
+    return csv[csv["task"] == task].iloc[0]
+
+
+def test_significance_file_written_with_paired_tests(workdir):
+    write_grid(FULL_GRID)
+    build()
+    csv, md = read_sig()
+    assert list(csv.columns) == tables.SIG_COLUMNS
+    assert set(zip(csv["flat_method"], csv["base_method"])) == {("flat_lora_r8", "lora_r8")}
+    gain = sig_row(csv, "sentiment")  # diffs [5, 4, 3]: mean 4, sd 1, t = 4√3 on 2 df
+    assert (gain["n"], gain["mean_diff"], gain["seeds"]) == (3, 4.0, "0;1;2")
+    half = 4.302653 / 3 ** 0.5
+    assert (gain["ci_lo"], gain["ci_hi"]) == pytest.approx((4 - half, 4 + half), abs=1e-5)
+    # t on 2 df: two-sided p = 1 - t/√(t² + 2) = 1 - 6.928203/√50
+    assert gain["p_ttest"] == pytest.approx(0.020204, abs=1e-5)
+    assert (gain["p_sign"], gain["p_permutation"], gain["significant"]) == (0.25, 0.25, "better")
+    noise = sig_row(csv, "nli")  # diffs [-5, -3, -1]: CI straddles 0
+    assert noise["significant"] == "n.s." and noise["ci_lo"] < 0 < noise["ci_hi"]
+    assert "paired t-test; with fewer than 5 seeds also exact sign and permutation tests" in md
+    assert "3 seeds configured" in md
+
+
+def test_clear_gain_marked_and_noise_not(workdir):
+    write_grid(FULL_GRID)
+    _, _, md = build()
+    grid = md_grid(md)
+    assert grid["Flat-LoRA (r=8)"]["sentiment"].endswith(" ↑")
+    assert grid["Flat-LoRA (r=8)"]["nli"] == "62.00 ± 1.00"  # worse on average, but not significantly
+    assert not any("↑" in c or "↓" in c for c in grid["LoRA (r=8)"].values())
+    assert "paired t-test over the 3 seeds" in md
+    tex = paths.table("table_nlu", "tex").read_text()
+    assert r"\textbf{86.00 $\pm$ 1.00}$^\uparrow$" in tex and "paired t-test" in tex
+
+
+def test_clear_loss_marked_down(workdir):
+    write_grid({**FULL_GRID, ("flat_lora_r8", "sentiment"): [70.0, 71.5, 73.0]})
+    _, _, md = build()
+    assert md_grid(md)["Flat-LoRA (r=8)"]["sentiment"] == "71.50 ± 1.50 ↓"
+    assert "$^\\downarrow$" in paths.table("table_nlu", "tex").read_text()
+
+
+def test_incomplete_cell_tested_on_common_seeds_but_not_marked(workdir):
+    write_grid({**FULL_GRID, ("flat_lora_r8", "sentiment"): [90.0, 91.0, None]})
+    _, _, md = build()
+    assert md_grid(md)["Flat-LoRA (r=8)"]["sentiment"] == "90.50 ± 0.71 (2/3)"
+    row = sig_row(read_sig()[0], "sentiment")
+    assert (row["n"], row["seeds"], row["significant"]) == (2, "0;1", "better")
+
+
+def test_single_common_seed_gives_empty_statistics(workdir):
+    write_grid({**FULL_GRID, ("flat_lora_r8", "nli"): [61.0, None, None]})
+    build()
+    row = sig_row(read_sig()[0], "nli")
+    assert (row["n"], row["mean_diff"], row["significant"]) == (1, -5.0, "n.s.")
+    assert row["ci_lo"] == row["p_ttest"] == row["p_sign"] == row["p_permutation"] == ""
+
+
+def test_paper_gain_from_paper_values_and_from_claimed_gains(workdir):
+    write_grid(FULL_GRID)
+    build()
+    csv, md = read_sig()
+    assert float(sig_row(csv, "sentiment")["paper_gain"]) == pytest.approx(0.5)  # 94.75 - 94.25
+    assert sig_row(csv, "nli")["paper_gain"] == ""  # Flat r8 MNLI not in the reference
+    config = make_config()
+    config["tasks"]["nli"]["mirrors"] = "GSM8K"
+    config["tables"][0]["paper_table"] = "table3"
+    reference = {"table3": {"LoRA r8": {"GSM8K": 57.47}},
+                 "table3_gains": {"Flat r8 - LoRA r8": {"GSM8K": 3.18}}}
+    build(config, reference)
+    assert float(sig_row(read_sig()[0], "nli")["paper_gain"]) == pytest.approx(3.18)
+
+
+def test_table_without_flat_pair_still_writes_significance(workdir):
+    write_grid(FULL_GRID)
+    config = make_config()
+    config["tables"][0]["methods"] = ["full_ft", "lora_r8"]
+    build(config)
+    csv, md = read_sig()
+    assert len(csv) == 0 and list(csv.columns) == tables.SIG_COLUMNS
+    assert "No Flat variant" in md
+
+
+# ----------------------------------------------------------------------------- sharpness table
+
+
+def write_measures(task, method, seed, sharp, lam, test, ood=None):
+    write_run(task, method, seed, test)
+    run = json.loads(paths.run_result(task, method, seed).read_text())
+    if ood is not None:
+        run["metrics"].update({f"ood_s{s}": ood for s in range(1, 6)})
+        paths.run_result(task, method, seed).write_text(json.dumps(run))
+    paths.run_sharpness(task, method, seed).write_text(json.dumps({
+        "expected_sharpness": {"0.01": sharp / 10, "0.05": sharp}, "hessian_top": {"eigenvalue": lam},
+        "landscape": {"alphas": [0.0], "loss": [1.0]}}))
+
+
+def test_sharpness_table_and_honest_verdict(workdir):
+    for seed in (0, 1, 2):
+        for task, flat_sharp in (("sentiment", 0.1), ("nli", 0.5)):  # flatter on sentiment only
+            write_measures(task, "lora_r8", seed, 0.3, 10.0 + seed, 80.0, ood=50.0)
+            write_measures(task, "flat_lora_r8", seed, flat_sharp, 20.0, 81.0, ood=52.0)
+        write_measures("sentiment", "full_ft", seed, 1.0, 30.0, 70.0)
+    entry = tables.sharpness_table(make_config())
+    assert entry["id"] == "table_sharpness"
+    assert entry["files"] == [str(paths.table("table_sharpness", e)) for e in ("csv", "md")]
+    csv = pd.read_csv(entry["files"][0]).set_index("method")
+    assert list(csv.index) == ["full_ft", "lora_r8", "flat_lora_r8"]
+    assert csv.loc["flat_lora_r8", "rho=0.05"] == pytest.approx(0.3)  # (0.1 + 0.5) / 2
+    assert csv.loc["lora_r8", "lambda_max"] == pytest.approx(11.0)
+    assert (csv.loc["flat_lora_r8", "n_tasks"], csv.loc["flat_lora_r8", "n_runs"]) == (2, 6)
+    assert csv.loc["flat_lora_r8", "ood"] == pytest.approx(52.0)
+    assert pd.isna(csv.loc["full_ft", "ood"])
+    md = Path(entry["files"][1]).read_text(encoding="utf-8")
+    assert ("Flat-LoRA (r=8) is flatter than LoRA (r=8) on 1 of 2 tasks by expected sharpness at "
+            "ρ=0.05 and by λ_max on 0 of 2; test accuracy higher on 2 of 2, OOD accuracy on 2 of 2.") in md
+
+
+def test_sharpness_verdict_says_when_not_flatter(workdir):
+    for seed in (0, 1, 2):
+        write_measures("sentiment", "lora_r8", seed, 0.3, 10.0, 80.0)
+        write_measures("sentiment", "flat_lora_r8", seed, 0.4, 12.0, 79.0)
+    md = Path(tables.sharpness_table(make_config())["files"][1]).read_text(encoding="utf-8")
+    assert "on 0 of 1 task by expected sharpness" in md
+    assert "not flatter by either measure on any task" in md
+
+
+def test_sharpness_table_without_measures(workdir):
+    entry = tables.sharpness_table(make_config())
+    assert entry["runs"] == [] and "No sharpness measured yet" in Path(entry["files"][1]).read_text()
+
+
+def test_malformed_sharpness_file_is_named(workdir):
+    write_measures("sentiment", "lora_r8", 0, 0.3, 10.0, 80.0)
+    paths.run_sharpness("sentiment", "lora_r8", 0).write_text(json.dumps({"landscape": {}}))
+    with pytest.raises(ValueError, match=r"lora_r8/seed0\.sharpness\.json"):
+        tables.sharpness_table(make_config())

@@ -43,11 +43,15 @@ def repo(tmp_path_factory, params):
 
 def test_pipeline_produces_every_output(repo, params):
     cfg = reduced(params)
-    runs = sorted((repo / "results" / "runs").rglob("seed*.json"))
+    runs = sorted((repo / "results" / "runs").rglob("seed?.json"))
     assert len(runs) == 3 * 3 * 2  # tasks x methods x seeds
     assert all(json.loads(p.read_text())["status"] == "FINISHED" for p in runs)
     for ext in ("csv", "md", "tex"):
         assert (repo / "results" / "tables" / f"table_small.{ext}").is_file()
+    for name in ("table_small_significance.csv", "table_sharpness.md"):
+        assert (repo / "results" / "tables" / name).is_file()
+    sharp = json.loads((repo / "results" / "runs" / "digits" / "flat_lora_r8" / "seed0.sharpness.json").read_text())
+    assert sharp["hessian_top"]["eigenvalue"] > 0 and sharp["expected_sharpness"]["0.05"] is not None
     index = json.loads((repo / "results" / "tables" / "index.json").read_text())
     assert len(index["tables"][0]["runs"]) == 18
     for fig in ("ood_curve", "training_curves"):
@@ -64,10 +68,12 @@ def test_every_training_run_is_in_mlflow_under_one_parent(repo):
         parents = {r[0] for r in rows if r[2] == "snakemake"}
         children = db.execute("select run_uuid, value from tags where key = 'mlflow.parentRunId'").fetchall()
         losses = db.execute("select count(*) from metrics where key = 'train_loss'").fetchone()[0]
+        hessians = db.execute("select count(*) from latest_metrics where key = 'hessian_top'").fetchone()[0]
     assert len(parents) == 1 and len(rows) == 19
     assert {status for _, status, _ in rows} == {"FINISHED"}
     assert len(children) == 18 and {v for _, v in children} == parents
     assert losses > 18
+    assert hessians == 18  # flatness measured after training lands in each training run
 
 
 def test_second_run_does_nothing(repo):
@@ -85,7 +91,8 @@ def test_changing_one_method_reruns_only_its_jobs(repo, params):
     assert plan.returncode == 0, plan.stderr
     jobs = re.findall(r"^rule (\w+):", plan.stdout, flags=re.M)
     trained = set(re.findall(r"wildcards: task=(\w+), method=(\w+)", plan.stdout))
-    assert sorted(jobs) == sorted(["train"] * 3 + ["tables", "figures", "all"])
+    # the per-task sharpness jobs reread the changed runs' checkpoints
+    assert sorted(jobs) == sorted(["train"] * 3 + ["sharpness"] * 3 + ["tables", "figures", "all"])
     assert trained == {(t, "lora_r8") for t in ("sentiment", "digits", "arithmetic")}
 
 

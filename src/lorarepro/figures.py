@@ -1,4 +1,5 @@
-"""Figures of the reproduced runs: training-loss curves and accuracy under corruption severity.
+"""Figures of the reproduced runs: training-loss curves, accuracy under corruption severity, and
+1-D loss-landscape slices of the merged weights (from lorarepro.sharpness).
 
 Figures are drawn from whatever runs exist: a missing or unfinished run is skipped and named in
 a note on the figure, so a partial pipeline still gives a figure that says what it lacks.
@@ -114,26 +115,36 @@ def _smooth(loss: pd.Series) -> pd.Series:
     return loss.rolling(window, min_periods=1).mean()
 
 
-def training_curves(config: dict) -> list[Path]:
-    """Loss vs optimizer step, one panel per task, one line per method, for the first seed."""
-    spec = _figure_spec(config, "training_curves")
+def _lines_per_task(config: dict, figure_id: str, read, xlabel: str, ylabel: str, **style) -> list[Path]:
+    """One panel per task, one line per method for the first seed; `read(task, method, seed)`
+    returns (x, y) or None for a missing run, which is noted in the figure."""
+    spec = _figure_spec(config, figure_id)
     seed = config["seeds"][0]
     fig, axes = _new_figure(len(spec["tasks"]), spec["caption"])
     missing = []
     for ax, task in zip(axes, spec["tasks"]):
         for method in spec["methods"]:
-            history = _read_history(task, method, seed)
-            if history is None:
+            curve = read(task, method, seed)
+            if curve is None:
                 missing.append(f"{task}/{method}/seed{seed}")
                 continue
-            ax.plot(history["step"], _smooth(history["loss"]), label=_label(config, method),
-                    color=_color(spec, method), linewidth=1.2)
-        ax.set(title=task, xlabel="step", ylabel="training loss")
+            ax.plot(*curve, label=_label(config, method), color=_color(spec, method), linewidth=1.2, **style)
+        ax.set(title=task, xlabel=xlabel, ylabel=ylabel)
         if ax.has_data():
             ax.legend(fontsize=7)
         _empty_panel_note(ax)
     _add_missing_note(fig, missing)
-    return _save(fig, "training_curves")
+    return _save(fig, figure_id)
+
+
+def training_curves(config: dict) -> list[Path]:
+    """Loss vs optimizer step, one panel per task, one line per method, for the first seed."""
+
+    def read(task, method, seed):
+        history = _read_history(task, method, seed)
+        return None if history is None else (history["step"], _smooth(history["loss"]))
+
+    return _lines_per_task(config, "training_curves", read, "step", "training loss")
 
 
 # ----------------------------------------------------------------------------- OOD curve
@@ -213,10 +224,33 @@ def ood_curve(config: dict) -> list[Path]:
     return _save(fig, "ood_curve")
 
 
+# ----------------------------------------------------------------------------- loss landscape
+
+
+def _read_landscape(task: str, method: str, seed: int) -> tuple[list, list] | None:
+    """(alphas, losses) of a measured run, only beside a FINISHED result, like the other figures."""
+    import json
+
+    path = paths.run_sharpness(task, method, seed)
+    if load_finished_run(paths.run_result(task, method, seed)) is None or not path.is_file():
+        return None
+    landscape = json.loads(path.read_text(encoding="utf-8")).get("landscape") or {}
+    if not {"alphas", "loss"} <= landscape.keys() or len(landscape["alphas"]) != len(landscape["loss"]):
+        raise ValueError(f"{path}: `landscape` needs equally long `alphas` and `loss` lists")
+    return landscape["alphas"], landscape["loss"]
+
+
+def loss_landscape(config: dict) -> list[Path]:
+    """Eval loss along one random filter-normalised direction of the merged weights, one panel per
+    task, one line per method, first seed (the direction is drawn from the seed, so it is shared)."""
+    return _lines_per_task(config, "loss_landscape", _read_landscape, "α (filter-normalised direction)",
+                           "eval loss L(W + αd)", marker="o", markersize=2)
+
+
 # ----------------------------------------------------------------------------- registry
 
 
-FIGURES = {"training_curves": training_curves, "ood_curve": ood_curve}
+FIGURES = {"training_curves": training_curves, "ood_curve": ood_curve, "loss_landscape": loss_landscape}
 
 
 def build_all_figures(config: dict) -> list[Path]:

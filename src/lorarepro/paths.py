@@ -52,6 +52,16 @@ def run_history(task: str, method: str, seed: int) -> Path:
     return RESULTS / "runs" / task / method / f"seed{seed}.history.csv"
 
 
+def run_sharpness(task: str, method: str, seed: int) -> Path:
+    """Flatness measures of one run's merged model (lorarepro.sharpness), beside its result JSON."""
+    return RESULTS / "runs" / task / method / f"seed{seed}.sharpness.json"
+
+
+def task_sharpness(task: str) -> Path:
+    """Written last by sharpness.measure_task: which runs of the task were measured (a fixed output)."""
+    return RESULTS / "runs" / task / "sharpness.json"
+
+
 def table(table_id: str, ext: str) -> Path:
     return RESULTS / "tables" / f"{table_id}.{ext}"
 

@@ -3,6 +3,10 @@
 Each cell is the mean ± sample std of the test metric over every configured seed. A cell with
 fewer finished seeds than configured is shown but flagged `(k/n)` and kept out of the row average,
 the best-cell marking and every comparison, so a missing seed can never pass for a full result.
+
+Each table also gets `{id}_significance.csv|md`: every Flat variant against its base (pairing rule
+in `stats.flat_pairs`), per task, paired by seed; a Flat cell of the main table is marked ↑/↓ only
+when the 95% CI of its per-seed gain excludes 0 and both cells are complete.
 """
 
 from __future__ import annotations
@@ -19,12 +23,18 @@ from tabulate import tabulate
 from lorarepro import paths
 from lorarepro.config import specs
 from lorarepro.atomic import write_text
+from lorarepro.stats import flat_pairs, flatness_verdicts, method_summary, paired_test, verdict
 
 FINISHED = "FINISHED"
 CSV_COLUMNS = [
     "table", "method", "label", "task", "mirrors", "n_seeds", "n_expected",
     "mean", "std", "values", "paper", "best",
 ]
+SIG_COLUMNS = [
+    "table", "task", "flat_method", "base_method", "n", "mean_diff", "paper_gain",
+    "ci_lo", "ci_hi", "p_ttest", "p_sign", "p_permutation", "significant", "seeds",
+]
+_MARK = {"md": {"better": " ↑", "worse": " ↓"}, "tex": {"better": r"$^\uparrow$", "worse": r"$^\downarrow$"}}
 _PM = {"md": " ± ", "tex": r" $\pm$ "}
 _DASH = {"md": "—", "tex": "--"}
 _TEX_SPECIAL = {
@@ -151,6 +161,98 @@ def row_averages(cells: pd.DataFrame) -> pd.Series:
     return avg.where(grouped["complete"].all())
 
 
+# ----------------------------------------------------------------------------- significance
+
+
+def seed_values(task: str, method: str, seeds: list[int]) -> dict[int, float]:
+    """{seed: test metric} of the FINISHED runs, so two methods can be paired seed by seed."""
+    values = {}
+    for seed in seeds:
+        path = paths.run_result(task, method, seed)
+        run = load_finished_run(path)
+        if run is not None:
+            values[seed] = _test_metric(run, path)
+    return values
+
+
+def paper_gain(reference: dict | None, spec: dict, config: dict, flat: str, base: str,
+               task: str) -> float | None:
+    """The paper's gain of `flat` over `base` on the mirrored task: an explicit claim under
+    `{paper_table}_gains` ("<flat row> - <base row>"), else paper flat − paper base, else None."""
+    methods, mirrors = config["methods"], _lookup(config, "tasks", task).get("mirrors")
+    rows = [methods[m].get("paper_row") for m in (flat, base)]
+    gains = (reference or {}).get(f"{spec.get('paper_table')}_gains") or {}
+    claimed = (gains.get(f"{rows[0]} - {rows[1]}") or {}).get(mirrors)
+    if claimed is not None:
+        return float(claimed)
+    values = [paper_value(reference, spec.get("paper_table"), row, mirrors) for row in rows]
+    return None if None in values else round(values[0] - values[1], 4)
+
+
+def significance(table_id: str, config: dict, reference: dict | None = None) -> pd.DataFrame:
+    """One row per (flat, base, task): paired tests over the seeds finished for both methods."""
+    spec = _spec(config, table_id)
+    seeds = list(config["seeds"])
+    records = []
+    for flat, base in flat_pairs(config.get("methods") or {}, list(spec["methods"])):
+        for task in spec["tasks"]:
+            a, b = seed_values(task, flat, seeds), seed_values(task, base, seeds)
+            common = [s for s in seeds if s in a and s in b]
+            test = paired_test([a[s] for s in common], [b[s] for s in common])
+            lo, hi = test["ci95"] or (None, None)
+            records.append({
+                "table": table_id, "task": task, "flat_method": flat, "base_method": base,
+                "n": test["n"], "mean_diff": test["mean_diff"],
+                "paper_gain": paper_gain(reference, spec, config, flat, base, task),
+                "ci_lo": lo, "ci_hi": hi, "p_ttest": test["p_ttest"], "p_sign": test["p_sign"],
+                "p_permutation": test["p_permutation"], "significant": verdict(test),
+                "seeds": ";".join(map(str, common)),
+            })
+    return pd.DataFrame.from_records(records, columns=SIG_COLUMNS)
+
+
+def _attach_marks(cells: pd.DataFrame, sig: pd.DataFrame) -> pd.DataFrame:
+    """`sig` column for the Flat cells to mark; only when both cells are complete, like every comparison."""
+    cells = cells.assign(sig="")
+    complete = cells[_complete(cells)].set_index(["method", "task"]).index
+    for row in sig.itertuples():
+        if row.significant in ("better", "worse") and {(row.flat_method, row.task),
+                                                        (row.base_method, row.task)} <= set(complete):
+            cells.loc[(cells["method"] == row.flat_method) & (cells["task"] == row.task), "sig"] = row.significant
+    return cells
+
+
+def _sig_text(value, spec: str) -> str:
+    return "" if value is None or pd.isna(value) else format(value, spec)
+
+
+def render_significance_md(sig: pd.DataFrame, table_id: str, config: dict) -> str:
+    seeds = list(config["seeds"])
+    digits = {"mean_diff": ".2f", "paper_gain": ".2f", "ci_lo": ".2f", "ci_hi": ".2f",
+              "p_ttest": ".3g", "p_sign": ".3g", "p_permutation": ".3g"}
+    rows = [[_sig_text(getattr(r, c), digits[c]) if c in digits else str(getattr(r, c))
+             for c in SIG_COLUMNS[1:]] for r in sig.itertuples()]
+    body = (tabulate(rows, headers=SIG_COLUMNS[1:], tablefmt="pipe", disable_numparse=True)
+            if rows else "No Flat variant with its base among this table's rows.")
+    lines = [
+        f"**{table_id}: significance.** Flat variants against their base, per task, paired by seed.", "",
+        body, "",
+        f"{len(seeds)} seeds configured ({', '.join(map(str, seeds))}); `n` = seeds finished for both "
+        "methods (`seeds` lists them). Tests: paired t-test; with fewer than 5 seeds also exact sign "
+        "and permutation tests (all three are always reported; with n pairs the exact tests cannot "
+        f"give p below 2/2^n, {2 ** (1 - len(seeds)):.4g} for {len(seeds)} seeds). `mean_diff` = flat − base "
+        "in points of the test metric, with its 95% t-interval `ci_lo`..`ci_hi`; `paper_gain` = the "
+        "paper's gain for the mirrored task, empty where unknown; `significant` is better/worse only "
+        "when the 95% CI excludes 0, else n.s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_significance_csv(sig: pd.DataFrame) -> str:
+    numeric = ["mean_diff", "paper_gain", "ci_lo", "ci_hi", "p_ttest", "p_sign", "p_permutation"]
+    return sig.astype({c: float for c in numeric}).round(6).to_csv(index=False)
+
+
 # ----------------------------------------------------------------------------- rendering
 
 
@@ -169,7 +271,8 @@ def _format_cell(cell, style: str) -> str:
         text = f"{cell.mean:.2f}{_PM[style]}{cell.std:.2f}"
         if cell.n_seeds < cell.n_expected:
             text += f" ({cell.n_seeds}/{cell.n_expected})"
-    return _bold(text, style) if cell.best else text
+    text = _bold(text, style) if cell.best else text
+    return text + _MARK[style].get(getattr(cell, "sig", ""), "")
 
 
 def _format_number(value, style: str, best: bool = False) -> str:
@@ -236,7 +339,10 @@ def render_markdown(cells: pd.DataFrame, caption: str, config: dict) -> str:
         f"Cells are mean ± std (sample std) of the test metric over {len(seeds)} seeds "
         f"({', '.join(map(str, seeds))}); `(k/{len(seeds)})` marks a cell with only k finished "
         "seeds, left out of Avg, of the bold best and of the comparison below. "
-        "`paper:` columns are the paper's reported means for the mirrored task, empty where unknown.",
+        "`paper:` columns are the paper's reported means for the mirrored task, empty where unknown. "
+        "↑/↓ after a Flat cell: significantly better/worse than its base (paired t-test over the "
+        f"{len(seeds)} seeds, 95% CI of the per-seed difference excludes 0; complete cells only; "
+        f"all tests in `{cells['table'].iloc[0]}_significance.md`).",
         "",
         "Flat-LoRA vs LoRA: " + ("; ".join(pairs) if pairs else "no flat_* row with its twin") + ".",
     ]
@@ -247,7 +353,9 @@ def render_latex(cells: pd.DataFrame, caption: str, config: dict) -> str:
     header, rows = _wide(cells, "tex")
     n_seeds = len(config["seeds"])
     full_caption = (f"{_tex_escape(caption)}. Mean $\\pm$ std over {n_seeds} seeds; "
-                    f"(k/{n_seeds}) marks incomplete cells.")
+                    f"(k/{n_seeds}) marks incomplete cells; $^\\uparrow$/$^\\downarrow$: Flat variant "
+                    f"significantly better/worse than its base (paired t-test over the {n_seeds} seeds, "
+                    "95\\% CI excludes 0).")
     lines = [
         "% generated by lorarepro.tables; needs \\usepackage{booktabs}",
         "\\begin{table}[ht]", "\\centering", f"\\caption{{{full_caption}}}",
@@ -271,20 +379,61 @@ def render_csv(cells: pd.DataFrame) -> str:
 def build_table(table_id: str, config: dict, reference: dict | None) -> dict:
     """Write the table's CSV/MD/TeX and return its index entry, with the exact runs it read."""
     spec = _spec(config, table_id)
-    cells = table_cells(table_id, config, reference)
+    sig = significance(table_id, config, reference)
+    cells = _attach_marks(table_cells(table_id, config, reference), sig)
     files = {
         "csv": write_text(paths.table(table_id, "csv"), render_csv(cells)),
         "md": write_text(paths.table(table_id, "md"),
                                 render_markdown(cells, spec["caption"], config)),
         "tex": write_text(paths.table(table_id, "tex"),
                                  render_latex(cells, spec["caption"], config)),
+        "sig_csv": write_text(paths.table(f"{table_id}_significance", "csv"), render_significance_csv(sig)),
+        "sig_md": write_text(paths.table(f"{table_id}_significance", "md"),
+                             render_significance_md(sig, table_id, config)),
     }
     return {
         "id": table_id, "caption": spec["caption"],
         "rows": list(spec["methods"]), "columns": list(spec["tasks"]),
         "runs": sorted(run for runs in cells["runs"] for run in runs),
-        "files": [str(files[ext]) for ext in ("csv", "md", "tex")],
+        "files": [str(files[ext]) for ext in ("csv", "md", "tex", "sig_csv", "sig_md")],
     }
+
+
+SHARPNESS_ID = "table_sharpness"
+SHARPNESS_CAPTION = (
+    "Flatness in the full weight space, on the merged weights (W + s·BA for LoRA) of every linear "
+    "layer LoRA targets: expected loss increase E[L(W+ε)] − L(W) under Flat-LoRA's filter-wise noise "
+    "of radius ρ, and the top Hessian eigenvalue λ_max, on a fixed validation batch set; clean test "
+    "and mean OOD (ood_s1-5) accuracy (%) of the same runs. Lower ρ-columns and λ_max = flatter."
+)
+
+
+def sharpness_table(config: dict) -> dict:
+    """Write table_sharpness.csv|md (per method, mean over seeds then over the main tables' tasks)
+    with a verdict per Flat/base pair; returns its index entry. Reads paths.run_sharpness files."""
+    from lorarepro import sharpness  # deferred: pulls in torch
+
+    tables = specs(config, "tables").values()
+    tasks = list(dict.fromkeys(t for spec in tables for t in spec["tasks"]))
+    methods = list(dict.fromkeys(m for spec in tables for m in spec["methods"]))
+    frame = sharpness.runs_frame(config, tasks, methods)
+    summary = method_summary(frame) if len(frame) else pd.DataFrame(columns=["method"])
+    summary.insert(1, "label", [_lookup(config, "methods", m).get("label", m) for m in summary["method"]])
+    shown = summary.drop(columns="method")
+    body = (tabulate(shown.values.tolist(), headers=list(shown.columns), tablefmt="pipe", floatfmt=".4g")
+            if len(shown) else "No sharpness measured yet.")
+    md = "\n".join([
+        f"**{SHARPNESS_ID}.** {SHARPNESS_CAPTION}", "", body, "",
+        f"Means over the {len(config['seeds'])} configured seeds where measured (`n_runs`), then over "
+        "tasks (`n_tasks`); averages across tasks mix loss scales, so the verdict counts tasks, "
+        "comparing seed-paired means per task:", "",
+        *(f"- {line}" for line in flatness_verdicts(frame, config, methods)),
+    ]) + "\n"
+    files = [write_text(paths.table(SHARPNESS_ID, "csv"), summary.round(6).to_csv(index=False)),
+             write_text(paths.table(SHARPNESS_ID, "md"), md)]
+    return {"id": SHARPNESS_ID, "caption": SHARPNESS_CAPTION, "rows": list(summary["method"]),
+            "columns": [c for c in summary.columns if c not in ("method", "label")],
+            "runs": sorted(frame["path"]), "files": [str(f) for f in files]}
 
 
 def write_index(entries: list[dict]) -> None:
@@ -306,5 +455,8 @@ def metrics_summary(config: dict) -> None:
 def build_all(config: dict, reference_path: str | Path) -> None:
     """Every configured table, the tables index and the metrics summary."""
     reference = load_reference(reference_path)
-    write_index([build_table(table_id, config, reference) for table_id in specs(config, "tables")])
+    entries = [build_table(table_id, config, reference) for table_id in specs(config, "tables")]
+    if config.get("sharpness") is not None:
+        entries.append(sharpness_table(config))
+    write_index(entries)
     metrics_summary(config)

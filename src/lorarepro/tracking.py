@@ -113,3 +113,9 @@ def start_parent(config: dict, name: str) -> str:
 
 def end_parent(config: dict, run_id: str, status: str) -> None:
     _retry(_client(config)[0].set_terminated, run_id, status)
+
+
+def log_metrics(config: dict, run_id: str, values: dict) -> None:
+    """Add metrics to an existing (possibly finished) run, e.g. flatness measured after training."""
+    client, _ = _client(config)
+    Tracker(client, run_id).metrics(values)

@@ -12,6 +12,18 @@ TABLES = specs(config, "tables")
 FIGURES = specs(config, "figures")
 
 
+def table_pairs():
+    """(task, method) pairs in some table: these get significance tests and sharpness measures."""
+    return sorted({(t, m) for spec in TABLES.values() for t in spec["tasks"] for m in spec["methods"]})
+
+
+SHARPNESS_TASKS = sorted({t for t, _ in table_pairs()}) if config.get("sharpness") is not None else []
+
+
+def sharpness_outputs():
+    return [str(paths.task_sharpness(t)) for t in SHARPNESS_TASKS]
+
+
 def run_results(pairs):
     return [str(paths.run_result(t, m, s)) for t, m in pairs for s in SEEDS]
 
@@ -21,7 +33,11 @@ def final_outputs():
 
 
 def table_outputs():
-    return [str(paths.table(t, ext)) for t in TABLES for ext in ("csv", "md", "tex")]
+    tables = [str(paths.table(t, ext)) for t in TABLES for ext in ("csv", "md", "tex")]
+    tables += [str(paths.table(f"{t}_significance", ext)) for t in TABLES for ext in ("csv", "md")]
+    if SHARPNESS_TASKS:
+        tables += [str(paths.table("table_sharpness", ext)) for ext in ("csv", "md")]
+    return tables
 
 
 def figure_outputs():

@@ -1,7 +1,27 @@
+rule sharpness:
+    """Flatness of every run of one task in the full weight space, from its checkpoint (never retrains)."""
+    input:
+        runs=lambda w: [str(paths.run_result(w.task, m, s)) for t, m in table_pairs() if t == w.task for s in SEEDS],
+    output:
+        str(paths.task_sharpness("{task}")),
+    params:
+        options=config.get("sharpness"),
+    threads: config["threads"]
+    log:
+        str(paths.log("sharpness", "{task}")),
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../scripts/sharpness.py"
+
+
 rule tables:
-    """Every paper table (csv, md, tex) with the paper's numbers beside ours, index.json, metrics summary."""
+    """Every paper table (csv, md, tex) with the paper's numbers beside ours and its significance
+    companion, the sharpness table, index.json and the metrics summary."""
     input:
         runs=run_results(reported_pairs(config)),
+        sharpness=sharpness_outputs(),
         reference="workflow/configs/paper_reference.yaml",
     output:
         tables=table_outputs(),
@@ -16,9 +36,10 @@ rule tables:
 
 
 rule figures:
-    """Training curves and the OOD-severity curve."""
+    """Training curves, the OOD-severity curve and the loss landscape."""
     input:
         runs=run_results(reported_pairs(config)),
+        sharpness=sharpness_outputs(),
     output:
         figure_outputs(),
     params:

@@ -1,0 +1,403 @@
+"""Flatness of a trained run in the FULL weight space, measured on the merged model, no retraining.
+
+Flat-LoRA claims that training the adapter under full-weight noise puts W + s·BA in a flatter region
+of the full weight space than plain LoRA. This module measures that directly, for every method
+alike: LoRA runs are merged (PEFT `merge_and_unload`, weights W + s·BA), full-FT runs are their saved
+model, and the probed parameters are the weights of every linear layer LoRA targets
+(`lora.linear_targets`: all nn.Linear but the family's head), so the numbers are comparable.
+
+On a fixed batch set (the first n_eval validation rows, the family's training loss):
+- expected sharpness E_ε[L(W+ε)] − L(W), with Flat-LoRA's filter-wise noise
+  ε_ij ~ N(0, (ρ/√n·‖W_i,:‖)²) per output row i (n = in_features);
+- the top Hessian eigenvalue λ_max, by power iteration with Hessian-vector products;
+- a 1-D slice L(W + α·d) along a random filter-normalised direction d (Li et al., 2018).
+
+Randomness comes only from private torch.Generators seeded from `seed` (never the global RNG); the
+same seed gives the same draws for equally shaped models, so LoRA and Flat-LoRA runs of one task and
+seed are probed with identical noise and direction (measure_run uses the run's seed). Perturbed
+weights are copied back from a saved copy after every evaluation: bit-identical afterwards.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+
+import pandas as pd
+import torch
+
+from lorarepro import families, paths
+from lorarepro.atomic import write_json
+from lorarepro.config import specs
+from lorarepro.methods.lora import linear_targets
+from lorarepro.tables import load_finished_run
+
+RADII = (0.01, 0.02, 0.05, 0.1)
+ALPHAS = tuple(round(-1.0 + 0.1 * i, 10) for i in range(21))  # linspace(-1, 1, 21)
+_NOISE, _HESSIAN, _DIRECTION = 0, 1, 2  # separate random streams per measure
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def _generator(seed: int, stream: int) -> torch.Generator:
+    """A private CPU generator per (seed, measure), so measures do not share draws."""
+    return torch.Generator().manual_seed((int(seed) & 0xFFFFFFFF) * 16 + stream)
+
+
+def target_weights(model: torch.nn.Module, targets: list[str]) -> list[torch.nn.Parameter]:
+    """Weight of each named module, each tied weight once (perturbing it twice would double ε)."""
+    modules = dict(model.named_modules())
+    missing = [name for name in targets if not hasattr(modules.get(name), "weight")]
+    if missing:
+        raise KeyError(f"target modules without a weight in the model: {missing[:5]}")
+    seen, weights = set(), []
+    for name in targets:
+        weight = modules[name].weight
+        if id(weight) not in seen:
+            seen.add(id(weight))
+            weights.append(weight)
+    return weights
+
+
+def _row_norms(weight: torch.Tensor) -> torch.Tensor:
+    """‖W_i,:‖ per output row as an (m, 1) column (a 1-D weight is one row)."""
+    return weight.detach().float().reshape(weight.shape[0], -1).norm(dim=1).view(-1, *[1] * (weight.dim() - 1))
+
+
+def _loss_at(weights: list, saved: list, loss_fn, delta) -> float:
+    """L(W + Δ) with Δ_k = delta(k, W_k) added in place; W is copied back bit-exactly afterwards.
+
+    Deltas are made one layer at a time, so the transient memory stays within one layer.
+    """
+    try:
+        with torch.no_grad():
+            for k, weight in enumerate(weights):
+                weight.add_(delta(k, saved[k]).to(weight.dtype))
+            return float(loss_fn())
+    finally:
+        with torch.no_grad():
+            for weight, original in zip(weights, saved):
+                weight.copy_(original)
+
+
+class EvalLoss:
+    """The model's own loss (`model(**batch).loss`) averaged over a fixed batch list.
+
+    Callable for the mean loss; `terms()` splits it per batch so a Hessian-vector product holds
+    one batch's double-backward graph at a time.
+    """
+
+    def __init__(self, model: torch.nn.Module, batches: list[dict]):
+        if not batches:
+            raise ValueError("EvalLoss needs at least one batch")
+        self.model, self.batches = model, list(batches)
+
+    def _one(self, batch: dict) -> torch.Tensor:
+        return self.model(**batch).loss
+
+    def __call__(self) -> torch.Tensor:
+        return sum(self._one(batch) for batch in self.batches) / len(self.batches)
+
+    def terms(self) -> list[tuple[float, object]]:
+        return [(1.0 / len(self.batches), functools.partial(self._one, b)) for b in self.batches]
+
+
+def _terms(loss_fn) -> list:
+    return loss_fn.terms() if hasattr(loss_fn, "terms") else [(1.0, loss_fn)]
+
+
+# ----------------------------------------------------------------------------- the three measures
+
+
+def expected_sharpness(model, loss_fn, targets: list[str], radii=RADII, draws: int = 8,
+                       seed: int = 0) -> dict[float, float]:
+    """{ρ: mean over `draws` of L(W+ε) − L(W)} under Flat-LoRA's filter-wise noise.
+
+    Every ρ reuses the same standard-normal draws z (ε = ρ/√n·‖W_i‖·z), so the curve over ρ is not
+    blurred by fresh noise per radius. ρ = 0 gives exactly 0 (W + 0 == W bitwise). Cost: one
+    forward pass over the batch set per (ρ, draw).
+    """
+    weights = target_weights(model, targets)
+    saved = [w.detach().clone() for w in weights]
+    with torch.no_grad():
+        clean = float(loss_fn())
+    out = {}
+    for rho in radii:
+        gen = _generator(seed, _NOISE)
+
+        def noise(k, w, rho=rho, gen=gen):
+            z = torch.randn(w.shape, generator=gen, dtype=torch.float32)
+            return z * (rho / math.sqrt(w[0].numel())) * _row_norms(w)  # n = in_features
+
+        out[rho] = sum(_loss_at(weights, saved, loss_fn, noise) - clean for _ in range(draws)) / draws
+    return out
+
+
+def _filter_normalised(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A Gaussian direction whose every row i is rescaled to ‖W_i,:‖ (Li et al., 2018)."""
+    d = torch.randn(w.shape, generator=gen, dtype=torch.float32)
+    d_norms = d.reshape(w.shape[0], -1).norm(dim=1).clamp_min(1e-12).view_as(_row_norms(w))
+    return d / d_norms * _row_norms(w)
+
+
+def landscape_1d(model, loss_fn, targets: list[str], alphas=ALPHAS, seed: int = 0) -> list[float]:
+    """L(W + α·d) for each α along one random filter-normalised direction d (same d for every α).
+
+    The direction is regenerated from `seed` for each α instead of being stored (memory: one layer).
+    α = 0 gives exactly the unperturbed loss. Cost: one forward pass over the batch set per α.
+    """
+    weights = target_weights(model, targets)
+    saved = [w.detach().clone() for w in weights]
+    losses = []
+    for alpha in alphas:
+        gen = _generator(seed, _DIRECTION)
+        losses.append(_loss_at(weights, saved, loss_fn,
+                               lambda k, w, a=alpha, g=gen: a * _filter_normalised(w, g)))
+    return losses
+
+
+class _GradOnly:
+    """Context: only `weights` require grad (other parameters build no graph); flags restored after."""
+
+    def __init__(self, model: torch.nn.Module, weights: list):
+        self.model, self.weights = model, weights
+
+    def __enter__(self):
+        self.flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        for p, _ in self.flags:
+            p.requires_grad_(False)
+        for w in self.weights:
+            w.requires_grad_(True)
+
+    def __exit__(self, *exc):
+        for p, flag in self.flags:
+            p.requires_grad_(flag)
+
+
+def _hvp(loss_fn, weights: list, v: list) -> list[torch.Tensor]:
+    """H·v by double backprop (grad with create_graph, then the grad of g·v), summed over batches."""
+    hv = [torch.zeros_like(w) for w in weights]
+    for share, term in _terms(loss_fn):
+        grads = torch.autograd.grad(term(), weights, create_graph=True, allow_unused=True)
+        dot = sum((g * x).sum() for g, x in zip(grads, v) if g is not None)
+        if not torch.is_tensor(dot) or not dot.requires_grad:
+            continue  # the loss is linear in these weights: no curvature from this batch
+        for acc, h in zip(hv, torch.autograd.grad(dot, weights, allow_unused=True)):
+            if h is not None:
+                acc.add_(h.detach(), alpha=share)
+    return hv
+
+
+def _normalised(vectors: list) -> list[torch.Tensor]:
+    norm = math.sqrt(sum(float((x.float() ** 2).sum()) for x in vectors))
+    return [x / max(norm, 1e-30) for x in vectors]
+
+
+def _power_iteration(apply, v: list, iters: int, tol: float) -> tuple[float, int]:
+    """(Rayleigh quotient vᵀAv of the dominant eigenvector, iterations), v <- Av/‖Av‖ until the
+    quotient changes by less than tol (relative) or iters is reached."""
+    value, previous, iteration = 0.0, None, 0
+    for iteration in range(1, iters + 1):
+        av = apply(v)
+        value = float(sum((a.float() * x.float()).sum() for a, x in zip(av, v)))
+        v = _normalised(av)
+        if previous is not None and abs(value - previous) <= tol * max(abs(previous), 1e-12):
+            break
+        previous = value
+    return value, iteration
+
+
+def hessian_top_eigenvalue(model, loss_fn, targets: list[str], iters: int = 20, tol: float = 1e-3,
+                           seed: int = 0) -> dict:
+    """λ_max, the largest eigenvalue of the Hessian of the loss w.r.t. the target weights.
+
+    Power iteration with Hessian-vector products finds the dominant (largest |λ|) eigenvalue; away
+    from a minimum that can be negative, and then a second run on H − λ_dom·I (all eigenvalues >= 0)
+    gives λ_max − λ_dom. Returns {"eigenvalue": λ_max, "dominant": λ_dom, "iterations", "seconds"}.
+    Then λ_max is a difference of two estimates: its absolute precision is about tol·|λ_dom|.
+
+    Cost: one Hessian-vector product ≈ one forward plus 2-3 backward passes over the batch set (the
+    first backward keeps its graph), so iters x (3-4 passes), twice when λ_dom < 0; memory: the
+    double-backward graph of one batch plus a few copies of the target weights. Attention runs on
+    SDPA's math backend here: the fused CPU kernel has no double backward.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    weights = target_weights(model, targets)
+    gen = _generator(seed, _HESSIAN)
+    v0 = _normalised([torch.randn(w.shape, generator=gen, dtype=torch.float32).to(w.dtype) for w in weights])
+    start = time.perf_counter()
+    with _GradOnly(model, weights), sdpa_kernel([SDPBackend.MATH]):
+        hvp = functools.partial(_hvp, loss_fn, weights)
+        dominant, iterations = _power_iteration(hvp, v0, iters, tol)
+        top = dominant
+        if dominant < 0:
+            shifted = lambda v: [h - dominant * x for h, x in zip(hvp(v), v)]  # noqa: E731
+            gap, more = _power_iteration(shifted, v0, iters, tol)
+            top, iterations = dominant + gap, iterations + more
+    return {"eigenvalue": top, "dominant": dominant, "iterations": iterations,
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+# ----------------------------------------------------------------------------- one trained run
+
+
+def _finished_result(task: str, method: str, seed: int) -> dict:
+    path = paths.run_result(task, method, seed)
+    result = load_finished_run(path)
+    if result is None:
+        raise FileNotFoundError(f"{path}: no FINISHED result for task={task} method={method} seed={seed}")
+    if not isinstance(result.get("config"), dict):
+        raise ValueError(f"{path}: result has no `config` (the resolved run) to load its checkpoint with")
+    return result
+
+
+def load_merged(run: dict, seed: int):
+    """(plain model with merged weights, tokenizer, manifest) of a saved run.
+
+    LoRA: backbone + PEFT adapter, merged (W + s·BA); full FT: the saved model. Loading may
+    initialise a fresh head before the saved one overrides it: it runs under a forked RNG, so the
+    caller's global RNG state is untouched.
+    """
+    from lorarepro.data import load_manifest
+
+    family = families.get(run["family"])
+    manifest = load_manifest(paths.prepared_dir(run["task"]))
+    ckpt = paths.checkpoint_dir(run["task"], run["method"], seed)
+    if not ckpt.is_dir():
+        raise FileNotFoundError(f"{ckpt}: checkpoint of task={run['task']} method={run['method']} seed={seed} is missing")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if run["adapter"] is None:
+            model, tokenizer = family.load_for_task(ckpt, manifest)
+        else:
+            from peft import PeftModel
+
+            base, tokenizer = family.load_for_task(paths.backbone_dir(run["backbone"]), manifest)
+            model = PeftModel.from_pretrained(base, str(ckpt)).merge_and_unload()
+    return model.eval(), tokenizer, manifest
+
+
+def eval_batches(run: dict, tokenizer, manifest: dict, n_eval: int) -> list[dict]:
+    """The first n_eval validation rows, encoded by the family, in training-sized batches (fixed set)."""
+    from lorarepro.data import load_split
+
+    family = families.get(run["family"])
+    df = load_split(paths.prepared_dir(run["task"]), "validation").head(n_eval)
+    encoded = family.encode(df, tokenizer, manifest, run["training"]["max_length"])
+    size = run["training"]["batch_size"]
+    return [encoded.batch(list(range(i, min(i + size, len(encoded))))) for i in range(0, len(encoded), size)]
+
+
+def measure_run(config: dict, task: str, method: str, seed: int, *, n_eval: int = 128, draws: int = 8,
+                hessian_iters: int = 20, radii=RADII, alphas=ALPHAS) -> dict:
+    """All three measures of one finished run; written atomically to paths.run_sharpness.
+
+    The run's own result JSON supplies its resolved config (family, backbone, adapter, batch size),
+    so the checkpoint is loaded exactly as it was trained. Seeded with the run's seed.
+    """
+    for section, key in (("tasks", task), ("methods", method)):
+        if key not in (config.get(section) or {}):
+            raise KeyError(f"{section}: no entry {key!r} in the config")
+    start = time.perf_counter()
+    run = _finished_result(task, method, seed)["config"]
+    model, tokenizer, manifest = load_merged(run, seed)
+    targets = linear_targets(model, families.get(run["family"]).head_modules())
+    batches = eval_batches(run, tokenizer, manifest, n_eval)
+    loss_fn = EvalLoss(model, batches)
+    with torch.no_grad():
+        clean = float(loss_fn())
+    sharp = expected_sharpness(model, loss_fn, targets, radii, draws, seed)
+    hessian = hessian_top_eigenvalue(model, loss_fn, targets, iters=hessian_iters, seed=seed)
+    losses = landscape_1d(model, loss_fn, targets, alphas, seed=seed)
+    weights = target_weights(model, targets)
+    out = {
+        "task": task, "method": method, "seed": seed, "base_loss": clean,
+        "expected_sharpness": {str(rho): value for rho, value in sharp.items()},
+        "hessian_top": hessian, "landscape": {"alphas": list(alphas), "loss": losses},
+        "n_eval": sum(len(next(iter(b.values()))) for b in batches), "draws": draws,
+        "targets": len(weights), "target_params": sum(w.numel() for w in weights),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    write_json(paths.run_sharpness(task, method, seed), out)
+    return out
+
+
+def measure_task(config: dict, task: str, **options) -> list[dict]:
+    """Every (method, seed) of `task` that a table lists and whose result is FINISHED, in one process
+    (imports cost ~7 s a job). Also writes paths.task_sharpness(task), a fixed output naming what
+    was measured, for the workflow. `options` go to measure_run."""
+    from lorarepro.families.common import quiet_transformers
+
+    if task not in (config.get("tasks") or {}):
+        raise KeyError(f"tasks: no entry {task!r} in the config")
+    quiet_transformers()
+    torch.set_num_threads(config.get("threads", 1))
+    methods = dict.fromkeys(m for spec in specs(config, "tables").values() if task in spec["tasks"]
+                            for m in spec["methods"])
+    done, skipped = [], []
+    for method in methods:
+        for seed in config["seeds"]:
+            if load_finished_run(paths.run_result(task, method, seed)) is None:
+                skipped.append(f"{method}/seed{seed}")
+            else:
+                done.append(measure_run(config, task, method, seed, **options))
+                _log_to_mlflow(config, done[-1])
+    write_json(paths.task_sharpness(task), {
+        "task": task, "skipped_not_finished": skipped,
+        "measured": [str(paths.run_sharpness(task, r["method"], r["seed"])) for r in done],
+    })
+    return done
+
+
+def _log_to_mlflow(config: dict, measures: dict) -> None:
+    """Attach the flatness numbers to the training run's MLflow run."""
+    from lorarepro import tracking
+
+    result = _finished_result(measures["task"], measures["method"], measures["seed"])
+    run_id = result["lineage"].get("mlflow_run_id")
+    if run_id:
+        values = {f"sharpness_rho{rho}": v for rho, v in measures["expected_sharpness"].items()}
+        tracking.log_metrics(config, run_id, {**values, "hessian_top": measures["hessian_top"]["eigenvalue"]})
+
+
+# ----------------------------------------------------------------------------- summary over runs
+
+
+def load_measures(task: str, method: str, seed: int) -> dict | None:
+    """The run's sharpness JSON, only beside a FINISHED result, so accuracy and flatness agree."""
+    path = paths.run_sharpness(task, method, seed)
+    result = load_finished_run(paths.run_result(task, method, seed))
+    if result is None or not path.is_file():
+        return None
+    try:
+        measures = json.loads(path.read_text(encoding="utf-8"))
+        summary = {"expected_sharpness": {str(k): float(v) for k, v in measures["expected_sharpness"].items()},
+                   "lambda_max": float(measures["hessian_top"]["eigenvalue"])}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{path}: not a sharpness file with expected_sharpness and "
+                         f"hessian_top.eigenvalue ({err!r})") from err
+    return {**summary, "metrics": result.get("metrics") or {}, "path": str(path)}
+
+
+def runs_frame(config: dict, tasks: list[str], methods: list[str]):
+    """One row per measured run: sharpness per ρ (`rho=…` columns), λ_max, test and mean OOD accuracy."""
+    rows = []
+    for method in methods:
+        for task in tasks:
+            for seed in config["seeds"]:
+                m = load_measures(task, method, seed)
+                if m is None:
+                    continue
+                ood = [float(v) for k, v in m["metrics"].items() if k.startswith("ood_s")]
+                rows.append({"method": method, "task": task, "seed": seed, "path": m["path"],
+                             **{f"rho={rho}": v for rho, v in m["expected_sharpness"].items()},
+                             "lambda_max": m["lambda_max"],
+                             "test": float(m["metrics"].get("test", math.nan)),
+                             "ood": sum(ood) / len(ood) if ood else math.nan})
+    if not rows:
+        return pd.DataFrame(columns=["method", "task", "seed", "path", "lambda_max", "test", "ood"])
+    return pd.DataFrame.from_records(rows)
