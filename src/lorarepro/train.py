@@ -87,6 +87,8 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
     }
     write_text(paths.run_history(task, method, seed), _history_csv(history))
     write_json(paths.run_result(task, method, seed), result)
+    if tracker is not None:
+        tracker.series("train_loss", history.loss)
     return result
 
 
@@ -165,14 +167,8 @@ def run_task_method(config: dict, task: str, method: str) -> list[dict]:
         tags = {"task": task, "method": method, "seed": seed, "family": run["family"], "backbone": run["backbone"]}
         with tracking.run(config, f"{task}/{method}/seed{seed}", run, tags) as tracker:
             result = train_one(config, run, seed, tracker)
-            tracker.series("train_loss", _read_losses(task, method, seed))
-            tracker.metrics({f"{k}": v for k, v in result["metrics"].items()})
+            tracker.metrics(result["metrics"])
             tracker.tags({k: v for k, v in result["lineage"].items() if k != "mlflow_run_id"})
             tracker.artifact(paths.run_result(task, method, seed))
         results.append(result)
     return results
-
-
-def _read_losses(task: str, method: str, seed: int) -> list[float]:
-    lines = paths.run_history(task, method, seed).read_text().splitlines()[1:]
-    return [float(line.split(",")[1]) for line in lines]

@@ -3,6 +3,7 @@ and how its metric is computed. One module per family, registered by name.
 
 Each family module provides:
     ARCH, METRIC                                   architecture key and metric name
+    TEXT, TRAIN_HEAD                               has a tokenizer; trains a new head beside an adapter
     build_backbone(size, vocab) -> (model, tokenizer | None)
     pretext_batch(tokenizer, rows, rng, max_length) -> dict   one pretraining batch from pretext rows
     load_for_task(backbone_dir, manifest) -> (model, tokenizer | None)
