@@ -100,6 +100,7 @@ def test_inplace_flat_measures_drift_and_restores_pristine_weights(workspace):
     result = train_one(cfg, run, seed=0)
     assert result["flat"]["mode"] == "inplace"
     assert result["flat"]["drift_max_abs"] > 0  # add-then-subtract does not round-trip in float
+    assert 0 < result["flat"]["drift_frac_changed"] <= 1
     # The evaluated model was pristine base + adapter: reloading reproduces the metric exactly.
     from peft import PeftModel
 

@@ -107,29 +107,24 @@ def _finish_flat(model, run: dict, flat) -> dict | None:
         return None
     info = {"mode": run["flat"]["mode"], "layers": len(flat.target_names)}
     if run["flat"]["mode"] == "inplace":
-        info.update(restore_base_weights(model, paths.backbone_dir(run["backbone"])))
+        pristine = pristine_targets(flat.target_names, paths.backbone_dir(run["backbone"]))
+        info.update({f"drift_{k}": v for k, v in flat.drift(pristine).items()})
+        flat.restore(pristine)
     return info
 
 
-def restore_base_weights(model, backbone_dir: Path) -> dict:
-    """Copy the pristine backbone weights back into the (PEFT-wrapped) model; returns the drift found."""
+def pristine_targets(target_names: list[str], backbone_dir: Path) -> dict:
+    """The saved backbone's weights of the perturbed layers, keyed by their (PEFT-wrapped) names."""
     from safetensors.torch import load_file
 
-    pristine = load_file(str(Path(backbone_dir) / "model.safetensors"))
-    params = dict(model.get_base_model().named_parameters()) if hasattr(model, "get_base_model") else dict(model.named_parameters())
-    max_abs, num, den = 0.0, 0.0, 0.0
-    with torch.no_grad():
-        for key, value in pristine.items():
-            head, _, leaf = key.rpartition(".")
-            current = params.get(f"{head}.base_layer.{leaf}", params.get(key))
-            if current is None or current.requires_grad or current.shape != value.shape:
-                continue
-            diff = (current.float() - value.float())
-            max_abs = max(max_abs, diff.abs().max().item())
-            num += diff.pow(2).sum().item()
-            den += value.float().pow(2).sum().item()
-            current.copy_(value)
-    return {"drift_max_abs": max_abs, "drift_rel_fro": (num / den) ** 0.5 if den else 0.0}
+    saved = load_file(str(Path(backbone_dir) / "model.safetensors"))
+    out = {}
+    for name in target_names:
+        key = name.removeprefix("base_model.model.").removesuffix(".base_layer") + ".weight"
+        if key not in saved:
+            raise KeyError(f"{backbone_dir}/model.safetensors has no weight '{key}' for perturbed layer '{name}'")
+        out[name] = saved[key]
+    return out
 
 
 def save_checkpoint(model, tokenizer, out_dir: Path) -> str:
