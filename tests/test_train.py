@@ -54,6 +54,8 @@ def test_method_trains_and_records_everything(workspace, task, method):
         assert train["trainable_params"] == train["total_params"]
     else:
         assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in ckpt.iterdir()}
+        targets = json.loads((ckpt / "adapter_config.json").read_text())["target_modules"]
+        assert targets == sorted(targets)  # not in set order, which varies with the hash seed
         assert 0 < train["trainable_params"] < train["total_params"] / 2
     assert not list(ckpt.glob("*.bin"))
     history = paths.run_history(task, method, 0).read_text().splitlines()

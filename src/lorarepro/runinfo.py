@@ -19,14 +19,18 @@ def versions() -> dict:
     return out
 
 
+# Outputs the pipeline itself rewrites: regenerating committed results must not count as dirty code.
+NOT_CODE = (":(exclude)results", ":(exclude)dvc.lock")
+
+
 def git_state(cwd: Path | None = None) -> dict:
-    """Commit and dirty flag of the working tree; nulls outside a git checkout."""
+    """Commit, and whether tracked code or config differ from it; nulls outside a git checkout."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE))
     except (subprocess.CalledProcessError, FileNotFoundError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": dirty}

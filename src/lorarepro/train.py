@@ -133,9 +133,22 @@ def save_checkpoint(model, tokenizer, out_dir: Path) -> str:
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None and not hasattr(model, "peft_config"):
         tokenizer.save_pretrained(tmp)
+    _canonical_adapter_config(tmp / "adapter_config.json")
     digest = sha256_dir(tmp)
     replace_dir(tmp, out_dir)
     return digest
+
+
+def _canonical_adapter_config(path: Path) -> None:
+    """PEFT keeps target_modules as a set, so its JSON order follows Python's per-process hash seed;
+    a sorted list makes identical adapters hash identically (PEFT reads either)."""
+    import json
+
+    if path.is_file():
+        config = json.loads(path.read_text())
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+            write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _backbone_sha(backbone: str) -> str:
