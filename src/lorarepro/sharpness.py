@@ -341,11 +341,12 @@ def measure_task(config: dict, task: str, **options) -> list[dict]:
     done, skipped = [], []
     for method in methods:
         for seed in config["seeds"]:
-            if load_finished_run(paths.run_result(task, method, seed)) is None:
+            result = load_finished_run(paths.run_result(task, method, seed))
+            if result is None:
                 skipped.append(f"{method}/seed{seed}")
             else:
                 done.append(measure_run(config, task, method, seed, **options))
-                _log_to_mlflow(config, done[-1])
+                _log_to_mlflow(config, result, done[-1])
     write_json(paths.task_sharpness(task), {
         "task": task, "skipped_not_finished": skipped,
         "measured": [str(paths.run_sharpness(task, r["method"], r["seed"])) for r in done],
@@ -353,11 +354,10 @@ def measure_task(config: dict, task: str, **options) -> list[dict]:
     return done
 
 
-def _log_to_mlflow(config: dict, measures: dict) -> None:
+def _log_to_mlflow(config: dict, result: dict, measures: dict) -> None:
     """Attach the flatness numbers to the training run's MLflow run."""
     from lorarepro import tracking
 
-    result = _finished_result(measures["task"], measures["method"], measures["seed"])
     run_id = result["lineage"].get("mlflow_run_id")
     if run_id:
         values = {f"sharpness_rho{rho}": v for rho, v in measures["expected_sharpness"].items()}

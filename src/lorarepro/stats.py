@@ -103,7 +103,7 @@ def _stripped(method_cfg: dict) -> dict:
 def flat_pairs(methods_cfg: dict, methods: list[str]) -> list[tuple[str, str]]:
     """(flat, base) pairs among `methods`, in row order.
 
-    Rule 1 (by name): `flat_X` pairs with `X`, as `tables.flat_vs_lora` does.
+    Rule 1 (by name): `flat_X` pairs with `X`.
     Rule 2 (by config), for flat methods rule 1 leaves unpaired: a method with a non-null `flat:`
     pairs with the first method whose config is identical once `flat`, `label` and `paper_row` are
     dropped and whose `flat` is null, so `dora_flat` finds `dora` without a naming convention.

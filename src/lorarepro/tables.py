@@ -304,16 +304,12 @@ def _wide(cells: pd.DataFrame, style: str) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def flat_vs_lora(cells: pd.DataFrame) -> list[str]:
-    """Honest tally of each flat_* row against its non-flat twin, over complete cells only."""
+def flat_vs_lora(cells: pd.DataFrame, methods_cfg: dict) -> list[str]:
+    """Honest tally of each Flat row against its base (`stats.flat_pairs`), over complete cells only."""
     cells = cells.assign(complete=_complete(cells))
-    methods = list(dict.fromkeys(cells["method"]))
     n_tasks = cells["task"].nunique()
     sentences = []
-    for flat in (m for m in methods if m.startswith("flat_")):
-        base = flat.removeprefix("flat_")
-        if base not in methods:
-            continue
+    for flat, base in flat_pairs(methods_cfg, list(dict.fromkeys(cells["method"]))):
         pair = cells[cells["method"].isin([flat, base])].pivot(
             index="task", columns="method", values=["mean", "complete"])
         comparable = pair["complete"].all(axis=1).astype(bool)
@@ -332,7 +328,7 @@ def flat_vs_lora(cells: pd.DataFrame) -> list[str]:
 def render_markdown(cells: pd.DataFrame, caption: str, config: dict) -> str:
     header, rows = _wide(cells, "md")
     seeds = list(config["seeds"])
-    pairs = flat_vs_lora(cells)
+    pairs = flat_vs_lora(cells, config.get("methods") or {})
     lines = [
         f"**{cells['table'].iloc[0]}.** {caption}", "",
         tabulate(rows, headers=header, tablefmt="pipe", disable_numparse=True), "",
@@ -344,7 +340,7 @@ def render_markdown(cells: pd.DataFrame, caption: str, config: dict) -> str:
         f"{len(seeds)} seeds, 95% CI of the per-seed difference excludes 0; complete cells only; "
         f"all tests in `{cells['table'].iloc[0]}_significance.md`).",
         "",
-        "Flat-LoRA vs LoRA: " + ("; ".join(pairs) if pairs else "no flat_* row with its twin") + ".",
+        "Flat-LoRA vs LoRA: " + ("; ".join(pairs) if pairs else "no Flat row with its base") + ".",
     ]
     return "\n".join(lines) + "\n"
 
