@@ -8,6 +8,7 @@ because concurrent first use of one SQLite file races on schema creation.
 import contextlib
 import os
 import time
+import warnings
 
 
 def _client(config: dict):
@@ -103,6 +104,10 @@ class Tracker:
     def artifact(self, path) -> None:
         _retry(self.client.log_artifact, self.run_id, str(path))
 
+    def dict_artifact(self, values: dict, name: str) -> None:
+        """A small JSON artifact (e.g. the resolved config) written straight from memory."""
+        _retry(self.client.log_dict, self.run_id, values, name)
+
 
 def start_parent(config: dict, name: str) -> str:
     """The run of one pipeline invocation; training runs become its children (via the environment)."""
@@ -115,7 +120,20 @@ def end_parent(config: dict, run_id: str, status: str) -> None:
     _retry(_client(config)[0].set_terminated, run_id, status)
 
 
-def log_metrics(config: dict, run_id: str, values: dict) -> None:
-    """Add metrics to an existing (possibly finished) run, e.g. flatness measured after training."""
+def log_metrics(config: dict, run_id: str, values: dict) -> bool:
+    """Add metrics to an existing (possibly finished) run, e.g. flatness measured after training.
+
+    A result JSON pulled from elsewhere (a clone, `dvc pull`) names a run of another store: warn
+    and skip rather than fail the job; returns whether the metrics were logged."""
+    from mlflow.exceptions import MlflowException
+
     client, _ = _client(config)
+    try:
+        _retry(client.get_run, run_id)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        warnings.warn(f"MLflow run {run_id} is not in {client.tracking_uri}; metrics {sorted(values)} not logged")
+        return False
     Tracker(client, run_id).metrics(values)
+    return True

@@ -162,18 +162,29 @@ def _history_csv(history) -> str:
     return "\n".join(rows) + "\n"
 
 
-def run_task_method(config: dict, task: str, method: str) -> list[dict]:
-    """Every seed of one (task, method), each tracked as its own MLflow run."""
+def run_task_method(config: dict, task: str, method: str, job: dict | None = None) -> list[dict]:
+    """Every seed of one (task, method), each tracked as its own MLflow run (a child of the pipeline's).
+
+    `job` names the Snakemake job (rule, wildcards) for the run's tags. The input hashes and git
+    state are tagged when the run starts, so a run that fails still says what it ran on."""
     from lorarepro import tracking
+    from lorarepro.data import load_manifest
 
     quiet_transformers()
     torch.set_num_threads(config.get("threads", 1))
     torch.use_deterministic_algorithms(True)
     run = resolve_run(config, task, method)
+    inputs = {"data_sha256": load_manifest(paths.prepared_dir(task))["sha256"],
+              "backbone_sha256": _backbone_sha(run["backbone"]),
+              **{f"git_{k}": v for k, v in git_state().items()}}
+    job_tags = {f"snakemake_{k}": v for k, v in (job or {}).items()}
     results = []
     for seed in run["seeds"]:
-        tags = {"task": task, "method": method, "seed": seed, "family": run["family"], "backbone": run["backbone"]}
-        with tracking.run(config, f"{task}/{method}/seed{seed}", run, tags) as tracker:
+        tags = {"task": task, "method": method, "seed": seed, "family": run["family"], "backbone": run["backbone"],
+                **inputs, **job_tags}
+        resolved = {**run, "seed": seed}
+        with tracking.run(config, f"{task}/{method}/seed{seed}", resolved, tags) as tracker:
+            tracker.dict_artifact(resolved, "config.json")
             result = train_one(config, run, seed, tracker)
             tracker.metrics(result["metrics"])
             tracker.tags({k: v for k, v in result["lineage"].items() if k != "mlflow_run_id"})

@@ -16,3 +16,9 @@ def logged(log_path: str):
             print(f"ERROR: {type(exc).__name__}: {exc}", file=log, flush=True)
             print(f"ERROR ({log_path}): {type(exc).__name__}: {exc}", file=sys.__stderr__, flush=True)
             raise
+
+
+def job_tags(smk) -> dict:
+    """The Snakemake job behind a tracked run: its rule and wildcards (the script object has no job id)."""
+    wildcards = ",".join(f"{k}={v}" for k, v in smk.wildcards.items())
+    return {"rule": smk.rule, "job": f"{smk.rule}[{wildcards}]"}

@@ -28,6 +28,12 @@ def run_results(pairs):
     return [str(paths.run_result(t, m, s)) for t, m in pairs for s in SEEDS]
 
 
+def upstream_settings(task):
+    """Every setting the inputs of a task's train jobs are made from (inputs are ancient)."""
+    backbone = config["tasks"][task]["backbone"]
+    return {"task": config["tasks"][task], "data_seed": config["data_seed"], "backbone": config["backbones"][backbone]}
+
+
 def final_outputs():
     return table_outputs() + figure_outputs() + [str(paths.tables_index()), str(paths.metrics_summary())]
 
