@@ -1,5 +1,7 @@
 """MLflow tracking: runs end FINISHED or FAILED (with the error), params and metrics land, parents link."""
 
+import os
+
 import pytest
 
 from lorarepro import tracking
@@ -55,3 +57,42 @@ def test_tracking_uri_from_environment_wins(config, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
     tracking.init(config)
     assert (tmp_path / "other.db").is_file() and not (tmp_path / "mlflow.db").exists()
+
+
+STRESS_STEPS = 30
+
+
+def _stress_worker(uri: str, i: int) -> str:
+    """One training job's MLflow traffic: per-step writes, a loss series, eval metrics, tags."""
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    config = {"mlflow": {"experiment": "stress"}}
+    with tracking.run(config, f"job{i}", {"training": {"lr": i}}, {"job": i}) as tracker:
+        for step in range(STRESS_STEPS):
+            tracker.metrics({"grad_norm": step}, step=step)
+        tracker.series("train_loss", [1.0 / (s + 1) for s in range(STRESS_STEPS * 10)])
+        tracker.metrics({"test": i})
+        tracker.tags({"checkpoint_sha256": f"{i:064x}"})
+    return tracker.run_id
+
+
+@pytest.mark.slow
+def test_concurrent_processes_lose_no_run_or_metric(tmp_path, config):
+    """16 processes write to one SQLite store at once (as 16 parallel Snakemake jobs do)."""
+    import multiprocessing
+    import sqlite3
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = 16
+    uri = config["mlflow"]["tracking_uri"]
+    tracking.init({"mlflow": {"experiment": "stress", "tracking_uri": uri}})  # as Snakemake's onstart does
+    context = multiprocessing.get_context("forkserver")  # fresh processes, but MLflow imported only once
+    context.set_forkserver_preload(["mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store"])
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        run_ids = list(pool.map(_stress_worker, [uri] * jobs, range(jobs)))
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        status = dict(db.execute("select run_uuid, status from runs").fetchall())
+        counts = db.execute("select key, count(*) from metrics group by key").fetchall()
+        tags = db.execute("select count(*) from tags where key = 'checkpoint_sha256'").fetchone()[0]
+    assert sorted(status) == sorted(run_ids) and set(status.values()) == {"FINISHED"}
+    assert dict(counts) == {"grad_norm": jobs * STRESS_STEPS, "train_loss": jobs * STRESS_STEPS * 10, "test": jobs}
+    assert tags == jobs

@@ -14,7 +14,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sha256_dir(path: Path, exclude: tuple[str, ...] = ("lorarepro_backbone.json",)) -> str:
+# Not content: our backbone marker (it holds the hash) and the empty file Snakemake adds to every
+# directory() output after the job, which would otherwise change a checkpoint's hash after the fact.
+NOT_CONTENT = ("lorarepro_backbone.json", ".snakemake_timestamp")
+
+
+def sha256_dir(path: Path, exclude: tuple[str, ...] = NOT_CONTENT) -> str:
     """One hash over every file under `path` (names and contents), independent of mtimes."""
     digest = hashlib.sha256()
     for file in sorted(p for p in Path(path).rglob("*") if p.is_file() and p.name not in exclude):
