@@ -7,6 +7,7 @@ regenerate identical results. Also: result lineage against MLflow tags, `dvc par
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -173,3 +174,20 @@ def test_dvc_params_diff_and_metrics_show(origin, clone):
         assert "pipeline" in dvc(second, "status")  # the stage is out of date with the new params
     finally:
         sh(second, "git", "checkout", "--", "params.yaml")
+
+
+def test_where_jobs_ran_upstream_changes_still_retrain(origin):
+    """Train inputs are ancient only where the job never ran (a clone); here, on the machine that
+    ran it, changing one task's data or one backbone retrains exactly the jobs that use them."""
+    root, _ = origin
+    cfg = yaml.safe_load((root / "params.yaml").read_text())
+    cfg["tasks"]["sentiment"]["sizes"]["train"] = 48
+    cfg["backbones"]["llama-tiny"]["pretrain"]["steps"] = 10
+    changed = root / "logs" / "changed.yaml"  # ignored by git
+    changed.write_text(yaml.safe_dump(cfg, sort_keys=False))  # same key order: params compare as text
+    plan = snakemake(root, "--dry-run", "--configfile", str(changed))
+    trained = set(re.findall(r"wildcards: task=(\w+), method=(\w+)", plan))
+    assert trained == {(t, m) for t in ("sentiment", "arithmetic") for m in cfg["methods"]}
+    jobs = re.findall(r"^rule (\w+):", plan, flags=re.M)
+    assert jobs.count("prepare_data") == 1 and jobs.count("backbone") == 1
+    assert "wildcards: task=sentiment\n" in plan and "wildcards: backbone=llama-tiny\n" in plan

@@ -1,7 +1,7 @@
 def backbone_inputs(wildcards):
     if config["backbones"][wildcards.backbone]["source"] == "pretrain":
-        # ancient: see the train rule; the corpus depends only on params below.
-        return [ancient(str(paths.pretext_dir(wildcards.backbone)))]
+        pretext = str(paths.pretext_dir(wildcards.backbone))
+        return [ancient_unless_ran_here(pretext, paths.log("backbone", wildcards.backbone))]
     return []
 
 
@@ -13,7 +13,6 @@ rule backbone:
         directory(str(paths.backbone_dir("{backbone}"))),
     params:
         backbone=lambda w: config["backbones"][w.backbone],
-        data_seed=config["data_seed"],
     threads: config["threads"]
     log:
         str(paths.log("backbone", "{backbone}")),

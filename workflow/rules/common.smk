@@ -1,3 +1,6 @@
+from pathlib import Path
+
+
 # Names only: letters, digits, '_' and '-' (the schema enforces the same for config keys).
 wildcard_constraints:
     task="[A-Za-z0-9][A-Za-z0-9_-]*",
@@ -28,10 +31,13 @@ def run_results(pairs):
     return [str(paths.run_result(t, m, s)) for t, m in pairs for s in SEEDS]
 
 
-def upstream_settings(task):
-    """Every setting the inputs of a task's train jobs are made from (inputs are ancient)."""
-    backbone = config["tasks"][task]["backbone"]
-    return {"task": config["tasks"][task], "data_seed": config["data_seed"], "backbone": config["backbones"][backbone]}
+def ancient_unless_ran_here(path, log):
+    """`path` as an input whose mtime counts only where this checkout ran the job (its log, which
+    neither git nor DVC carries, exists). After `git clone` + `dvc pull`, outputs and inputs carry
+    checkout-time mtimes that say nothing about what was made from what: without this, every
+    pulled checkpoint would look older than its data and be retrained. (`--rerun-triggers`
+    without mtime does not help: Snakemake 9 compares mtimes regardless.)"""
+    return path if Path(log).exists() else ancient(path)
 
 
 def final_outputs():
