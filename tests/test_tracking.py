@@ -59,6 +59,18 @@ def test_tracking_uri_from_environment_wins(config, tmp_path, monkeypatch):
     assert (tmp_path / "other.db").is_file() and not (tmp_path / "mlflow.db").exists()
 
 
+
+def test_metrics_for_a_run_of_another_store_are_skipped_with_a_warning(config):
+    """A result JSON pulled from another machine names a run this store lacks: flatness measured
+    here must not fail the job."""
+    with tracking.run(config, "t/m/seed0", {}, {}) as tracker:
+        pass
+    assert tracking.log_metrics(config, tracker.run_id, {"hessian_top": 2.0})
+    assert _client(config).get_run(tracker.run_id).data.metrics["hessian_top"] == 2.0
+    with pytest.warns(UserWarning, match="not logged"):
+        assert not tracking.log_metrics(config, "0" * 32, {"hessian_top": 2.0})
+
+
 STRESS_STEPS = 30
 
 
