@@ -14,7 +14,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sha256_dir(path: Path, exclude: tuple[str, ...] = ("lorarepro_backbone.json",)) -> str:
+# The backbone's completion marker holds the hash itself; Snakemake adds `.snakemake_timestamp` to
+# directory() outputs after the job, so neither is content.
+NOT_CONTENT = ("lorarepro_backbone.json", ".snakemake_timestamp")
+
+
+def sha256_dir(path: Path, exclude: tuple[str, ...] = NOT_CONTENT) -> str:
     """One hash over every file under `path` (names and contents), independent of mtimes."""
     digest = hashlib.sha256()
     for file in sorted(p for p in Path(path).rglob("*") if p.is_file() and p.name not in exclude):
