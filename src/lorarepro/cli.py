@@ -36,7 +36,6 @@ def audit(args) -> int:
     from pathlib import Path
 
     from lorarepro import audit as auditing
-    from lorarepro.audit.report import write
     from lorarepro.config import ConfigError, load
 
     try:
@@ -47,19 +46,11 @@ def audit(args) -> int:
     except (ConfigError, ValueError, TypeError) as err:
         print(f"lorarepro audit: {err}", file=sys.stderr)
         return 2
-    result = auditing.run(config, options)
-    report, document = write(result, args.report and Path(args.report), args.json and Path(args.json))
-    print(summary(result, report, document))
-    return 0 if result["passed"] else 1
-
-
-def summary(result: dict, report, document) -> str:
-    """The verdict, the counts and every non-passing line, for the terminal and the job log."""
-    counts = ", ".join(f"{n} {s}" for s, n in result["counts"].items())
-    lines = [f"audit {'PASSED' if result['passed'] else 'FAILED'}: {counts} (report: {report}, {document})"]
-    lines += [f"  {r['status'].upper()} {r['check']} {r['file']}: {r['detail']}" + (f" -- fix: {r['fix']}" if r["fix"] else "")
-              for r in result["records"] if r["status"] in ("fail", "warn", "skip")]
-    return "\n".join(lines)
+    try:
+        auditing.run_and_write(config, args.report and Path(args.report), args.json and Path(args.json), options)
+    except auditing.AuditFailed:
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

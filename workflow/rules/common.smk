@@ -29,7 +29,8 @@ def run_results(pairs):
 
 
 def final_outputs():
-    return table_outputs() + figure_outputs() + [str(paths.tables_index()), str(paths.metrics_summary())]
+    return table_outputs() + figure_outputs() + [str(paths.tables_index()), str(paths.metrics_summary()),
+                                                 str(paths.audit_report()), str(paths.audit_json())]
 
 
 def table_outputs():

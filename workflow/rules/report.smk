@@ -48,3 +48,21 @@ rule figures:
         str(paths.log("figures")),
     script:
         "../scripts/figures.py"
+
+
+rule audit:
+    """Trace every table cell to its runs and verify every artifact (lorarepro.audit): fails the
+    pipeline when a check fails, with every failing line in its log."""
+    input:
+        rules.tables.output,
+        rules.figures.output,
+    output:
+        report=str(paths.audit_report()),
+        json=str(paths.audit_json()),
+    params:
+        audit=config.get("audit"),  # a changed setting reruns the audit
+    threads: config["threads"]
+    log:
+        str(paths.log("audit")),
+    script:
+        "../scripts/audit.py"

@@ -88,6 +88,23 @@ def run(config: dict, options: Options | None = None) -> dict:
     return summarize(records, paper_rows, options)
 
 
+class AuditFailed(RuntimeError):
+    """At least one check failed; the message lists every failing line."""
+
+
+def run_and_write(config: dict, report=None, document=None, options: Options | None = None) -> dict:
+    """Run, write report.md and audit.json, print the summary; raise AuditFailed unless it passed."""
+    from lorarepro.audit.report import summary, write
+
+    result = run(config, options)
+    report, document = write(result, report, document)
+    text = summary(result, report, document)
+    print(text)
+    if not result["passed"]:
+        raise AuditFailed(text)
+    return result
+
+
 def summarize(records: list[dict], paper_rows: list[dict], options: Options) -> dict:
     counts = {s: sum(r["status"] == s for r in records) for s in STATUSES}
     failing = ("fail", "warn", "skip") if options.strict else ("fail",)

@@ -12,21 +12,18 @@ FIX = ("retrain the run so that MLflow and the result JSON agree: delete the res
        "rerun `snakemake --cores 2`")
 
 
-def _store_missing(uri: str) -> str | None:
-    """A local SQLite store that does not exist (opening it would create an empty one)."""
+def check(config: dict, runs: list) -> list[dict]:
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking._client(config)[0].tracking_uri
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
-        return None if db.is_file() else str(db)
-    return None
-
-
-def check(config: dict, runs: list) -> list[dict]:
-    client, _ = tracking._client(config)
-    missing = _store_missing(client.tracking_uri)
-    if missing:
-        return [record("mlflow", "fail", missing, f"MLflow store not found ({client.tracking_uri}); "
-                       f"{len(runs)} runs cannot be traced",
-                       "run from the repository root, or set MLFLOW_TRACKING_URI to the store the pipeline used")]
+        if not db.is_file():  # opening it would create an empty store
+            return [record("mlflow", "fail", db, f"MLflow store not found ({uri}); {len(runs)} runs cannot be traced",
+                           "run from the repository root, or set MLFLOW_TRACKING_URI to the store the pipeline used")]
+        # absolute: MLflow caches stores by URI, and a relative one would follow the first working directory
+        uri = f"sqlite:///{db.resolve()}"
+    client = MlflowClient(tracking_uri=uri)
     return [_check_run(client, run) for run in runs]
 
 

@@ -56,6 +56,15 @@ def _num(value) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
+def summary(audit: dict, report, document) -> str:
+    """The verdict, the counts and every fail/warn/skip line, for the terminal and the job log."""
+    counts = ", ".join(f"{n} {s}" for s, n in audit["counts"].items())
+    lines = [f"audit {'PASSED' if audit['passed'] else 'FAILED'}: {counts} (report: {report}, {document})"]
+    lines += [f"  {r['status'].upper()} {r['check']} {r['file']}: {r['detail']}" + (f" -- fix: {r['fix']}" if r["fix"] else "")
+              for r in audit["records"] if r["status"] in ("fail", "warn", "skip")]
+    return "\n".join(lines)
+
+
 def write(audit: dict, report: Path | None = None, document: Path | None = None) -> tuple[Path, Path]:
     report, document = report or paths.audit_report(), document or paths.audit_json()
     write_text(document, json.dumps(audit, indent=2, sort_keys=True) + "\n")
