@@ -14,8 +14,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-# The backbone's completion marker holds the hash itself; Snakemake adds `.snakemake_timestamp` to
-# directory() outputs after the job, so neither is content.
+# Not content: our backbone marker (it holds the hash) and the empty file Snakemake adds to every
+# directory() output after the job, which would otherwise change a checkpoint's hash after the fact.
 NOT_CONTENT = ("lorarepro_backbone.json", ".snakemake_timestamp")
 
 

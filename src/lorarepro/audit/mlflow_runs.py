@@ -24,20 +24,27 @@ def check(config: dict, runs: list) -> list[dict]:
         # absolute: MLflow caches stores by URI, and a relative one would follow the first working directory
         uri = f"sqlite:///{db.resolve()}"
     client = MlflowClient(tracking_uri=uri)
-    return [_check_run(client, run) for run in runs]
+    checked = [_check_run(client, run) for run in runs]
+    if runs and not any(found for _, found in checked):
+        # not one run known: this store never tracked these results (a clone that pulled them)
+        return [record("mlflow", "warn", uri.removeprefix("sqlite:///"), f"the store holds none of the {len(runs)} "
+                       "runs the result JSONs name: they were tracked elsewhere",
+                       "set MLFLOW_TRACKING_URI to the store that tracked them, or retrain here")]
+    return [rec for rec, _ in checked]
 
 
-def _check_run(client, run) -> dict:
+def _check_run(client, run) -> tuple[dict, bool]:
+    """(record, whether the store knows the run)."""
     from mlflow.exceptions import MlflowException
 
     result = run.result
     run_id = (result.get("lineage") or {}).get("mlflow_run_id")
     if not run_id:
-        return record("mlflow", "fail", run.path, "no MLflow run id in lineage", FIX)
+        return record("mlflow", "fail", run.path, "no MLflow run id in lineage", FIX), False
     try:
         tracked = client.get_run(run_id)
     except MlflowException as err:
-        return record("mlflow", "fail", run.path, f"run {run_id} not found ({err.error_code})", FIX)
+        return record("mlflow", "fail", run.path, f"run {run_id} not found ({err.error_code})", FIX), False
     problems = []
     if tracked.info.lifecycle_stage != "active":
         problems.append(f"run {run_id} is {tracked.info.lifecycle_stage}")
@@ -56,5 +63,5 @@ def _check_run(client, run) -> dict:
     problems += [f"tag {k}: result {v}, MLflow {tracked.data.tags.get(k)}" for k, v in sorted(tags.items())
                  if tracked.data.tags.get(k) != v][:3]
     if problems:
-        return record("mlflow", "fail", run.path, "; ".join(problems), FIX)
-    return record("mlflow", "pass", run.path, f"run {run_id}: FINISHED, same params, metrics and lineage")
+        return record("mlflow", "fail", run.path, "; ".join(problems), FIX), True
+    return record("mlflow", "pass", run.path, f"run {run_id}: FINISHED, same params, metrics and lineage"), True
