@@ -88,5 +88,10 @@ def audit_json() -> Path:
     return RESULTS / "audit" / "audit.json"
 
 
+def caption(item_id: str) -> Path:
+    """The caption `snakemake --report` shows beside a table, figure or the audit (lorarepro.captions)."""
+    return RESULTS / "report" / "captions" / f"{item_id}.rst"
+
+
 def log(*parts: str) -> Path:
     return LOGS.joinpath(*parts[:-1], f"{parts[-1]}.log")
