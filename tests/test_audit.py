@@ -183,3 +183,16 @@ def test_modified_backbone(repo):
     assert ("hashes", RUN) in found and ("dvc", RUN) in found
     assert ("hashes", "results/runs/digits/full_ft/seed0.json") in found  # fine-tuned from that backbone
     assert ("checkpoint", "checkpoints/digits/full_ft/seed0") not in found
+
+
+def test_snakemake_report_holds_every_table_figure_caption_and_the_audit(finished):
+    done = _run(finished, sys.executable, "-m", "snakemake", "--configfile", "small.yaml",
+                "--report", "results/report.html")
+    assert done.returncode == 0, done.stderr[-3000:]
+    html = (finished / "results" / "report.html").read_text()
+    for shown in ("table_small.csv", "table_small_significance.csv", "report.md"):
+        assert f"Adding {shown}" in done.stdout + done.stderr
+    # captions name the config entry and every run with its MLflow id, and carry the audit verdict
+    run_id = json.loads((finished / RUN).read_text())["lineage"]["mlflow_run_id"]
+    assert "table_small" in html and RUN in html and run_id in html and "Audit PASSED" in html
+    assert 'src="http' not in html  # self-contained
