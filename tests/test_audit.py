@@ -196,3 +196,16 @@ def test_snakemake_report_holds_every_table_figure_caption_and_the_audit(finishe
     run_id = json.loads((finished / RUN).read_text())["lineage"]["mlflow_run_id"]
     assert "table_small" in html and RUN in html and run_id in html and "Audit PASSED" in html
     assert 'src="http' not in html  # self-contained
+
+
+def test_outputs_regenerated_after_dvc_commit_warn_rather_than_fail(repo):
+    """DVC's record is stale but the result JSON agrees with the content: `dvc commit`, not tampering."""
+    from lorarepro.hashing import sha256_dir
+
+    ckpt = repo / "checkpoints/digits/lora_r8/seed0"
+    flip_byte(ckpt / "adapter_model.safetensors")
+    result = json.loads((repo / RUN).read_text())
+    result["lineage"]["checkpoint_sha256"] = sha256_dir(ckpt)  # as a retrain would record it
+    (repo / RUN).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    dvc = next(r for r in run_audit()["records"] if r["check"] == "dvc" and r["file"] == RUN)
+    assert dvc["status"] == "warn" and "dvc commit" in dvc["fix"]
