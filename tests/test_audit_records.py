@@ -17,6 +17,8 @@ def test_options_from_config_then_flags_and_unknown_keys():
     assert (options.reevaluate, options.retrain, options.paper_tolerance) == (3, 1, 2.0)
     with pytest.raises(ValueError, match="config key 'audit'.*reevalute"):
         audit.Options.from_config({"audit": {"reevalute": 1}})
+    with pytest.raises(ValueError, match="'retrain' must be >= 0"):
+        audit.Options.from_config({}, retrain=-1)
 
 
 def test_sample_is_seeded_per_table_and_counts_shared_runs_once():

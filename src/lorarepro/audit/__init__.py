@@ -41,6 +41,12 @@ class Options:
     strict: bool = False  # warn and skip fail too
     reference: str = "workflow/configs/paper_reference.yaml"
 
+    def __post_init__(self):
+        for name in ("reevaluate", "retrain", "gpu_tolerance", "paper_tolerance"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"audit option '{name}' must be >= 0, got {value}")
+
     @classmethod
     def from_config(cls, config: dict, **overrides) -> Options:
         known = {f.name for f in fields(cls)}
