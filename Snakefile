@@ -9,6 +9,9 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
+report: "workflow/report/workflow.rst"  # snakemake --report results/report.html
+
+
 validate(config, "workflow/schemas/params.schema.yaml")
 
 from lorarepro import paths

@@ -92,7 +92,7 @@ def test_changing_one_method_reruns_only_its_jobs(repo, params):
     jobs = re.findall(r"^rule (\w+):", plan.stdout, flags=re.M)
     trained = set(re.findall(r"wildcards: task=(\w+), method=(\w+)", plan.stdout))
     # the per-task sharpness jobs reread the changed runs' checkpoints
-    assert sorted(jobs) == sorted(["train"] * 3 + ["sharpness"] * 3 + ["tables", "figures", "all"])
+    assert sorted(jobs) == sorted(["train"] * 3 + ["sharpness"] * 3 + ["tables", "figures", "audit", "report_captions", "all"])
     assert trained == {(t, "lora_r8") for t in ("sentiment", "digits", "arithmetic")}
 
 

@@ -78,5 +78,20 @@ def metrics_summary() -> Path:
     return RESULTS / "metrics.json"
 
 
+def audit_report() -> Path:
+    """The audit for people (lorarepro.audit): one line per check, failures first."""
+    return RESULTS / "audit" / "report.md"
+
+
+def audit_json() -> Path:
+    """The audit for machines: every record, the counts, the paper comparison."""
+    return RESULTS / "audit" / "audit.json"
+
+
+def caption(item_id: str) -> Path:
+    """The caption `snakemake --report` shows beside a table, figure or the audit (lorarepro.captions)."""
+    return RESULTS / "report" / "captions" / f"{item_id}.rst"
+
+
 def log(*parts: str) -> Path:
     return LOGS.joinpath(*parts[:-1], f"{parts[-1]}.log")

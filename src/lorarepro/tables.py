@@ -372,27 +372,38 @@ def render_csv(cells: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------- entry points
 
 
-def build_table(table_id: str, config: dict, reference: dict | None) -> dict:
-    """Write the table's CSV/MD/TeX and return its index entry, with the exact runs it read."""
+def table_files(table_id: str, config: dict, reference: dict | None) -> tuple[dict[Path, str], dict]:
+    """The table's CSV/MD/TeX and significance files as {path: text}, and its index entry with the
+    exact runs it read; nothing is written (the audit recomputes with this too)."""
     spec = _spec(config, table_id)
     sig = significance(table_id, config, reference)
     cells = _attach_marks(table_cells(table_id, config, reference), sig)
     files = {
-        "csv": write_text(paths.table(table_id, "csv"), render_csv(cells)),
-        "md": write_text(paths.table(table_id, "md"),
-                                render_markdown(cells, spec["caption"], config)),
-        "tex": write_text(paths.table(table_id, "tex"),
-                                 render_latex(cells, spec["caption"], config)),
-        "sig_csv": write_text(paths.table(f"{table_id}_significance", "csv"), render_significance_csv(sig)),
-        "sig_md": write_text(paths.table(f"{table_id}_significance", "md"),
-                             render_significance_md(sig, table_id, config)),
+        paths.table(table_id, "csv"): render_csv(cells),
+        paths.table(table_id, "md"): render_markdown(cells, spec["caption"], config),
+        paths.table(table_id, "tex"): render_latex(cells, spec["caption"], config),
+        paths.table(f"{table_id}_significance", "csv"): render_significance_csv(sig),
+        paths.table(f"{table_id}_significance", "md"): render_significance_md(sig, table_id, config),
     }
-    return {
+    entry = {
         "id": table_id, "caption": spec["caption"],
         "rows": list(spec["methods"]), "columns": list(spec["tasks"]),
         "runs": sorted(run for runs in cells["runs"] for run in runs),
-        "files": [str(files[ext]) for ext in ("csv", "md", "tex", "sig_csv", "sig_md")],
+        "files": [str(path) for path in files],
     }
+    return files, entry
+
+
+def _write(files: dict[Path, str]) -> None:
+    for path, text in files.items():
+        write_text(path, text)
+
+
+def build_table(table_id: str, config: dict, reference: dict | None) -> dict:
+    """Write one table's files; returns its index entry."""
+    files, entry = table_files(table_id, config, reference)
+    _write(files)
+    return entry
 
 
 SHARPNESS_ID = "table_sharpness"
@@ -404,9 +415,9 @@ SHARPNESS_CAPTION = (
 )
 
 
-def sharpness_table(config: dict) -> dict:
-    """Write table_sharpness.csv|md (per method, mean over seeds then over the main tables' tasks)
-    with a verdict per Flat/base pair; returns its index entry. Reads paths.run_sharpness files."""
+def sharpness_files(config: dict) -> tuple[dict[Path, str], dict]:
+    """table_sharpness.csv|md as {path: text} (per method, mean over seeds then over the main tables'
+    tasks, with a verdict per Flat/base pair) and its index entry. Reads paths.run_sharpness files."""
     from lorarepro import sharpness  # deferred: pulls in torch
 
     tables = specs(config, "tables").values()
@@ -425,18 +436,25 @@ def sharpness_table(config: dict) -> dict:
         "comparing seed-paired means per task:", "",
         *(f"- {line}" for line in flatness_verdicts(frame, config, methods)),
     ]) + "\n"
-    files = [write_text(paths.table(SHARPNESS_ID, "csv"), summary.round(6).to_csv(index=False)),
-             write_text(paths.table(SHARPNESS_ID, "md"), md)]
-    return {"id": SHARPNESS_ID, "caption": SHARPNESS_CAPTION, "rows": list(summary["method"]),
-            "columns": [c for c in summary.columns if c not in ("method", "label")],
-            "runs": sorted(frame["path"]), "files": [str(f) for f in files]}
+    files = {paths.table(SHARPNESS_ID, "csv"): summary.round(6).to_csv(index=False),
+             paths.table(SHARPNESS_ID, "md"): md}
+    return files, {"id": SHARPNESS_ID, "caption": SHARPNESS_CAPTION, "rows": list(summary["method"]),
+                   "columns": [c for c in summary.columns if c not in ("method", "label")],
+                   "runs": sorted(frame["path"]), "files": [str(f) for f in files]}
 
 
-def write_index(entries: list[dict]) -> None:
-    write_text(paths.tables_index(), json.dumps({"tables": entries}, indent=2) + "\n")
+def sharpness_table(config: dict) -> dict:
+    """Write table_sharpness.csv|md; returns its index entry."""
+    files, entry = sharpness_files(config)
+    _write(files)
+    return entry
 
 
-def metrics_summary(config: dict) -> None:
+def index_text(entries: list[dict]) -> str:
+    return json.dumps({"tables": entries}, indent=2) + "\n"
+
+
+def metrics_text(config: dict) -> str:
     """Flat {"table/method/task": mean} for `dvc metrics show`; incomplete cells are left out."""
     summary = {}
     for table_id in specs(config, "tables"):
@@ -445,14 +463,25 @@ def metrics_summary(config: dict) -> None:
             summary[f"{table_id}/{cell.method}/{cell.task}"] = round(float(cell.mean), 4)
         for method, avg in row_averages(cells).dropna().items():
             summary[f"{table_id}/{method}/Avg"] = round(float(avg), 4)
-    write_text(paths.metrics_summary(), json.dumps(summary, indent=2) + "\n")
+    return json.dumps(summary, indent=2) + "\n"
+
+
+def all_files(config: dict, reference: dict | None) -> dict[Path, str]:
+    """Every file the tables rule writes, as {path: text}: tables, index.json, metrics.json."""
+    files, entries = {}, []
+    for table_id in specs(config, "tables"):
+        texts, entry = table_files(table_id, config, reference)
+        files.update(texts)
+        entries.append(entry)
+    if config.get("sharpness") is not None:
+        texts, entry = sharpness_files(config)
+        files.update(texts)
+        entries.append(entry)
+    files[paths.tables_index()] = index_text(entries)
+    files[paths.metrics_summary()] = metrics_text(config)
+    return files
 
 
 def build_all(config: dict, reference_path: str | Path) -> None:
     """Every configured table, the tables index and the metrics summary."""
-    reference = load_reference(reference_path)
-    entries = [build_table(table_id, config, reference) for table_id in specs(config, "tables")]
-    if config.get("sharpness") is not None:
-        entries.append(sharpness_table(config))
-    write_index(entries)
-    metrics_summary(config)
+    _write(all_files(config, load_reference(reference_path)))

@@ -41,7 +41,21 @@ def ancient_unless_ran_here(path, log):
 
 
 def final_outputs():
-    return table_outputs() + figure_outputs() + [str(paths.tables_index()), str(paths.metrics_summary())]
+    return table_outputs() + figure_outputs() + [str(paths.tables_index()), str(paths.metrics_summary()),
+                                                 str(paths.audit_report()), str(paths.audit_json())] + caption_outputs()
+
+
+def caption_outputs():
+    """One caption per reported file (see `reported`) and one for the audit."""
+    shown = [Path(f).stem for f in table_outputs() + figure_outputs() if f.endswith((".csv", ".png"))]
+    return [str(paths.caption(i)) for i in shown + ["audit"]]
+
+
+def reported(files, category):
+    """`snakemake --report` shows CSV tables and PNG figures, each with the caption that names its
+    config and runs (written by rule report_captions; caption paths are relative to this file)."""
+    return [report(f, caption=f"../../{paths.caption(Path(f).stem)}", category=category)
+            if f.endswith((".csv", ".png")) else f for f in files]
 
 
 def table_outputs():

@@ -24,7 +24,7 @@ rule tables:
         sharpness=sharpness_outputs(),
         reference="workflow/configs/paper_reference.yaml",
     output:
-        tables=table_outputs(),
+        tables=reported(table_outputs(), "Tables"),
         index=str(paths.tables_index()),
         summary=str(paths.metrics_summary()),
     params:
@@ -41,10 +41,44 @@ rule figures:
         runs=run_results(reported_pairs(config)),
         sharpness=sharpness_outputs(),
     output:
-        figure_outputs(),
+        reported(figure_outputs(), "Figures"),
     params:
         figures=config.get("figures", []),
     log:
         str(paths.log("figures")),
     script:
         "../scripts/figures.py"
+
+
+rule audit:
+    """Trace every table cell to its runs and verify every artifact (lorarepro.audit): fails the
+    pipeline when a check fails, with every failing line in its log."""
+    input:
+        rules.tables.output,
+        rules.figures.output,
+    output:
+        report=report(str(paths.audit_report()), caption=f"../../{paths.caption('audit')}", category="Audit"),
+        json=str(paths.audit_json()),
+    params:
+        audit=config.get("audit"),  # a changed setting reruns the audit
+    threads: config["threads"]
+    log:
+        str(paths.log("audit")),
+    script:
+        "../scripts/audit.py"
+
+
+rule report_captions:
+    """The caption of every table, figure and the audit for `snakemake --report` (lorarepro.captions)."""
+    input:
+        index=str(paths.tables_index()),
+        audit=rules.audit.output.json,
+    output:
+        caption_outputs(),
+    params:
+        tables=config["tables"],
+        figures=config.get("figures", []),
+    log:
+        str(paths.log("report_captions")),
+    script:
+        "../scripts/report_captions.py"

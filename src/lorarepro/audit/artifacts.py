@@ -1,0 +1,221 @@
+"""Audit checks on what each run left on disk: its result JSON, the params it ran with, the content
+hashes of its data, backbone and checkpoint, and whether its checkpoint loads from safetensors."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lorarepro import paths
+from lorarepro.audit import record
+from lorarepro.config import ConfigError, reported_pairs, resolve_run, specs
+from lorarepro.hashing import sha256_dir, sha256_file
+from lorarepro.tables import load_finished_run
+from lorarepro.tracking import _flatten  # the one flattening of nested settings (as MLflow params)
+
+RERUN = "rerun `snakemake --cores 2` (reruns the train jobs whose inputs or params changed)"
+PICKLE = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_RESULT = re.compile(r"results/runs/([^/]+)/([^/]+)/seed(\d+)\.json$")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished training run: (task, method, seed) and its result JSON."""
+
+    task: str
+    method: str
+    seed: int
+    result: dict = field(compare=False, hash=False, repr=False)
+
+    @property
+    def path(self) -> Path:
+        return paths.run_result(self.task, self.method, self.seed)
+
+    @property
+    def checkpoint(self) -> Path:
+        return paths.checkpoint_dir(self.task, self.method, self.seed)
+
+
+def _indexed(index_path: Path) -> list[tuple[str, str, int]]:
+    """(task, method, seed) of every result JSON that index.json says a table read."""
+    if not index_path.is_file():
+        return []
+    try:
+        entries = json.loads(index_path.read_text(encoding="utf-8"))["tables"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return []  # check_tables reports the broken index
+    found = (_RESULT.search(run) for entry in entries for run in entry.get("runs", []))
+    return [(m[1], m[2], int(m[3])) for m in found if m]
+
+
+def collect_runs(config: dict) -> tuple[list[Run], list[dict]]:
+    """Every run the config reports or the index lists; a missing or unfinished one is a failure."""
+    wanted = [(t, m, s) for t, m in reported_pairs(config) for s in config["seeds"]]
+    runs, records = [], []
+    for task, method, seed in dict.fromkeys(wanted + _indexed(paths.tables_index())):
+        path = paths.run_result(task, method, seed)
+        try:
+            result = load_finished_run(path)
+        except ValueError as err:
+            records.append(record("result", "fail", path, str(err), RERUN))
+            continue
+        if result is None:
+            detail = "missing" if not path.is_file() else "not FINISHED"
+            records.append(record("result", "fail", path, f"result JSON {detail}", RERUN))
+        else:
+            runs.append(Run(task, method, seed, result))
+    return runs, records
+
+
+def runs_by_table(config: dict, runs: list[Run]) -> dict[str, list[Run]]:
+    return {tid: [r for r in runs if r.task in spec["tasks"] and r.method in spec["methods"]]
+            for tid, spec in specs(config, "tables").items()}
+
+
+def dict_diff(recorded: dict, expected: dict, limit: int = 6) -> list[str]:
+    """Human lines for the keys whose values differ between two nested dicts."""
+    a, b = _flatten(recorded), _flatten(expected)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    lines = [f"{k}: {a.get(k, '<absent>')!r} vs {b.get(k, '<absent>')!r}" for k in keys[:limit]]
+    return lines + ([f"... {len(keys) - limit} more"] if len(keys) > limit else [])
+
+
+def check_params(config: dict, runs: list[Run]) -> list[dict]:
+    """The settings each run trained with (its `config`) equal what the current params resolve to."""
+    out = []
+    for run in runs:
+        try:
+            expected = resolve_run(config, run.task, run.method)
+        except ConfigError as err:
+            out.append(record("params", "fail", run.path, f"stale: {err}", RERUN))
+            continue
+        diff = dict_diff(run.result.get("config") or {}, expected)
+        out.append(record("params", "fail", run.path, "stale, ran with vs params now: " + "; ".join(diff), RERUN)
+                   if diff else record("params", "pass", run.path, "ran with the current params"))
+    return out
+
+
+class Hashes:
+    """Content hashes computed once per audit (several runs share a dataset or a backbone)."""
+
+    def __init__(self):
+        self._dirs: dict[Path, str | None] = {}
+        self._data: dict[str, tuple[str | None, list[str]]] = {}
+
+    def dir(self, path: Path) -> str | None:
+        if path not in self._dirs:
+            self._dirs[path] = sha256_dir(path) if path.is_dir() else None
+        return self._dirs[path]
+
+    def data(self, task: str) -> tuple[str | None, list[str]]:
+        """(fingerprint of the split files as they are now, disagreements with the manifest)."""
+        if task not in self._data:
+            self._data[task] = _data_content(task)
+        return self._data[task]
+
+
+def _data_content(task: str) -> tuple[str | None, list[str]]:
+    from lorarepro.data.io import fingerprint
+
+    manifest_path = paths.manifest(task)
+    if not manifest_path.is_file():
+        return None, [f"{manifest_path} missing"]
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    problems, hashes = [], []
+    for split, entry in manifest["splits"].items():
+        file = paths.prepared_dir(task) / entry["file"]
+        if not file.is_file():
+            problems.append(f"{file} missing")
+            continue
+        hashes.append(sha256_file(file))
+        if hashes[-1] != entry["sha256"]:
+            problems.append(f"{file} differs from its manifest entry")
+    if fingerprint(e["sha256"] for e in manifest["splits"].values()) != manifest["sha256"]:
+        problems.append(f"{manifest_path}: sha256 is not the fingerprint of its splits")
+    return fingerprint(hashes), problems
+
+
+def check_data(runs: list[Run], hashes: Hashes) -> list[dict]:
+    out = []
+    for task in sorted({r.task for r in runs}):
+        _, problems = hashes.data(task)
+        out.append(record("data", "fail", paths.manifest(task), "; ".join(problems),
+                          "restore the data (`dvc checkout data/prepared`) or " + RERUN)
+                   if problems else record("data", "pass", paths.manifest(task), "split files match the manifest"))
+    return out
+
+
+def _backbone_marker(backbone: str) -> str | None:
+    marker = paths.backbone_done(backbone)
+    return json.loads(marker.read_text(encoding="utf-8")).get("sha256") if marker.is_file() else None
+
+
+def check_backbones(runs: list[Run], hashes: Hashes) -> list[dict]:
+    """The pretrained backbone is bit-identical to what was built (its marker's sha256)."""
+    out = []
+    for backbone in sorted({r.result["backbone"] for r in runs}):
+        file = paths.backbone_dir(backbone) / "model.safetensors"
+        marker, content = _backbone_marker(backbone), hashes.dir(paths.backbone_dir(backbone))
+        if marker is None or content != marker:
+            detail = "missing" if content is None else f"content {content[:12]} ≠ built {str(marker)[:12]} (marker)"
+            out.append(record("backbone", "fail", file, detail,
+                              "restore it (`dvc checkout models`) or rebuild it, which retrains its runs: " + RERUN))
+        else:
+            out.append(record("backbone", "pass", file, f"bit-identical to the built backbone ({marker[:12]})"))
+    return out
+
+
+def check_lineage(runs: list[Run], hashes: Hashes) -> list[dict]:
+    """The data, backbone and checkpoint hashes a result JSON recorded equal the current content."""
+    out = []
+    for run in runs:
+        lineage = run.result.get("lineage") or {}
+        current = {
+            "data_sha256": hashes.data(run.task)[0],
+            "backbone_sha256": hashes.dir(paths.backbone_dir(run.result["backbone"])),
+            "checkpoint_sha256": hashes.dir(run.checkpoint),
+        }
+        bad = [f"{key} recorded {str(lineage.get(key))[:12]}, content {str(value)[:12]}"
+               for key, value in current.items() if lineage.get(key) != value]
+        out.append(record("hashes", "fail", run.path, "; ".join(bad),
+                          "the artifact changed after training: restore it (`dvc checkout`) or " + RERUN)
+                   if bad else record("hashes", "pass", run.path, "data, backbone and checkpoint match the content"))
+    return out
+
+
+def check_checkpoints(runs: list[Run]) -> list[dict]:
+    out = []
+    for run in runs:
+        problems = _checkpoint_problems(run)
+        file = run.checkpoint
+        out.append(record("checkpoint", "fail", file, "; ".join(problems), "restore it (`dvc checkout checkpoints`) or " + RERUN)
+                   if problems else record("checkpoint", "pass", file, "loads from safetensors only"))
+    return out
+
+
+def _checkpoint_problems(run: Run) -> list[str]:
+    """Loads every safetensors file; no pickle weights; an adapter holds only adapter and head weights."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    ckpt = run.checkpoint
+    if not ckpt.is_dir():
+        return ["missing"]
+    problems = [f"pickle weights {p.name} present (never loaded)" for p in ckpt.rglob("*") if p.suffix in PICKLE]
+    lora = run.result["config"].get("adapter") is not None
+    weights = ckpt / ("adapter_model.safetensors" if lora else "model.safetensors")
+    if not weights.is_file():
+        return problems + [f"{weights.name} missing"]
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        return problems + [f"{weights.name} does not load: {err}"]
+    if lora:
+        saved = json.loads((ckpt / "adapter_config.json").read_text()).get("modules_to_save") or []
+        foreign = [k for k in tensors if "lora_" not in k
+                   and not any(k.removeprefix("base_model.model.").startswith(m + ".") for m in saved)]
+        problems += [f"adapter carries backbone weight {k} (the backbone must come unchanged from models/)"
+                     for k in foreign[:3]]
+    return problems

@@ -1,0 +1,72 @@
+"""Audit check against DVC: the outputs DVC recorded in dvc.lock (data/prepared, models, checkpoints,
+…) equal what is on disk, file by file where DVC knows the files, through DVC's own `data_status`.
+
+Policy. No dvc.yaml: skipped (this checkout is not a DVC project). No dvc.lock: warn, "DVC has not
+recorded these outputs: run `dvc commit`". A run whose files differ from dvc.lock fails when its
+result JSON disagrees with the content too (tampering, or a partial restore), and warns when the
+result JSON agrees with the content: the outputs were regenerated after the last `dvc commit`
+(e.g. after changing params.yaml). The default pipeline is deterministic, so on a fresh clone its
+checkpoints equal the committed dvc.lock and this check passes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lorarepro import paths
+from lorarepro.audit import record
+
+COMMIT = "record the regenerated outputs: `dvc commit` (then commit dvc.lock)"
+
+
+def check(runs: list, consistent: set[str], root: str | Path = ".") -> list[dict]:
+    """`consistent`: result JSON paths whose recorded hashes equal the current content."""
+    root = Path(root)
+    if not (root / "dvc.yaml").is_file():
+        return [record("dvc", "skip", "dvc.yaml", "not a DVC project: outputs are verified by content hash only",
+                       "`dvc init` and add dvc.yaml to version data, backbones and checkpoints")]
+    if not (root / "dvc.lock").is_file():
+        return [record("dvc", "warn", "dvc.lock", "DVC has not recorded these outputs", COMMIT)]
+    try:
+        changed = _changed(root)
+    except Exception as err:  # DVC raises many types; the audit must still write its report
+        return [record("dvc", "fail", "dvc.lock", f"DVC could not compute its status: {type(err).__name__}: {err}",
+                       "run `dvc status` and fix what it reports")]
+    out, claimed = [], set()
+    for run in runs:
+        dirs = [paths.prepared_dir(run.task), paths.backbone_dir(run.result["backbone"]), run.checkpoint]
+        mine = {p: k for p, k in changed.items() if any(_under(p, d) for d in dirs)}
+        claimed |= mine.keys()
+        if not mine:
+            out.append(record("dvc", "pass", run.path, "data, backbone and checkpoint as dvc.lock recorded"))
+            continue
+        detail = "changed since dvc.lock: " + "; ".join(f"{p} {k}" for p, k in sorted(mine.items())[:4])
+        if str(run.path) in consistent:
+            out.append(record("dvc", "warn", run.path, detail + " (the result JSON agrees with the content)", COMMIT))
+        else:
+            out.append(record("dvc", "fail", run.path, detail + " (and the result JSON disagrees)",
+                              "restore the recorded outputs: `dvc checkout` (or `dvc pull`)"))
+    rest = {p: k for p, k in changed.items() if p not in claimed and not _has_files(p, changed)}
+    for path, kind in sorted(rest.items()):
+        out.append(record("dvc", "warn", path, f"{kind} since dvc.lock (no run's artifact)", COMMIT))
+    return out
+
+
+def _changed(root: Path) -> dict[str, str]:
+    """{path: modified|added|deleted} of uncommitted outputs; per file when DVC has the directory
+    manifest (.dvc/cache/files/md5/xx/….dir), else per output directory (path ending in /)."""
+    from dvc.repo import Repo
+
+    # no_scm: the audit needs the workspace-vs-dvc.lock comparison only, and works outside git too
+    with Repo(str(root), config={"core": {"no_scm": True}}) as repo:
+        status = repo.data_status(granular=True, untracked_files="no")
+    return {path: kind for kind, items in (status.get("uncommitted") or {}).items() for path in items}
+
+
+def _under(path: str, directory: Path) -> bool:
+    return path.rstrip("/") == str(directory) or path.startswith(str(directory) + "/")
+
+
+def _has_files(path: str, changed: dict) -> bool:
+    """An output directory whose changed files are listed individually (each reported on its own)."""
+    return path.endswith("/") and any(p != path and p.startswith(path) for p in changed)

@@ -1,0 +1,67 @@
+"""Audit check against MLflow: each result JSON's run exists, is active and FINISHED, and logged the
+same params (the resolved run config, as lorarepro.tracking flattens it), final metrics and lineage tags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lorarepro import tracking
+from lorarepro.audit import record
+
+FIX = ("retrain the run so that MLflow and the result JSON agree: delete the result JSON and "
+       "rerun `snakemake --cores 2`")
+
+
+def check(config: dict, runs: list) -> list[dict]:
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking._client(config)[0].tracking_uri
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.is_file():  # opening it would create an empty store
+            return [record("mlflow", "fail", db, f"MLflow store not found ({uri}); {len(runs)} runs cannot be traced",
+                           "run from the repository root, or set MLFLOW_TRACKING_URI to the store the pipeline used")]
+        # absolute: MLflow caches stores by URI, and a relative one would follow the first working directory
+        uri = f"sqlite:///{db.resolve()}"
+    client = MlflowClient(tracking_uri=uri)
+    checked = [_check_run(client, run) for run in runs]
+    if runs and not any(found for _, found in checked):
+        # not one run known: this store never tracked these results (a clone that pulled them)
+        return [record("mlflow", "warn", uri.removeprefix("sqlite:///"), f"the store holds none of the {len(runs)} "
+                       "runs the result JSONs name: they were tracked elsewhere",
+                       "set MLFLOW_TRACKING_URI to the store that tracked them, or retrain here")]
+    return [rec for rec, _ in checked]
+
+
+def _check_run(client, run) -> tuple[dict, bool]:
+    """(record, whether the store knows the run)."""
+    from mlflow.exceptions import MlflowException
+
+    result = run.result
+    run_id = (result.get("lineage") or {}).get("mlflow_run_id")
+    if not run_id:
+        return record("mlflow", "fail", run.path, "no MLflow run id in lineage", FIX), False
+    try:
+        tracked = client.get_run(run_id)
+    except MlflowException as err:
+        return record("mlflow", "fail", run.path, f"run {run_id} not found ({err.error_code})", FIX), False
+    problems = []
+    if tracked.info.lifecycle_stage != "active":
+        problems.append(f"run {run_id} is {tracked.info.lifecycle_stage}")
+    if tracked.info.status != "FINISHED":
+        problems.append(f"run {run_id} is {tracked.info.status}")
+    params = {k: str(v) for k, v in tracking._flatten(result.get("config") or {}).items()}
+    logged = tracked.data.params
+    problems += [f"param {k}: result {v!r}, MLflow {logged.get(k)!r}" for k, v in sorted(params.items())
+                 if logged.get(k) != v][:3]
+    expected = {**{k: float(v) for k, v in (result.get("metrics") or {}).items()},
+                "train_loss": float((result.get("train") or {}).get("final_loss", "nan"))}
+    metrics = tracked.data.metrics
+    problems += [f"metric {k}: result {v}, MLflow {metrics.get(k)}" for k, v in sorted(expected.items())
+                 if metrics.get(k) != v][:3]
+    tags = {k: str(v) for k, v in (result.get("lineage") or {}).items() if k != "mlflow_run_id"}
+    problems += [f"tag {k}: result {v}, MLflow {tracked.data.tags.get(k)}" for k, v in sorted(tags.items())
+                 if tracked.data.tags.get(k) != v][:3]
+    if problems:
+        return record("mlflow", "fail", run.path, "; ".join(problems), FIX), True
+    return record("mlflow", "pass", run.path, f"run {run_id}: FINISHED, same params, metrics and lineage"), True
