@@ -71,6 +71,10 @@ def check(config: dict) -> None:
             for method in spec["methods"]:
                 if method not in config["methods"]:
                     raise ConfigError(f"config key '{kind}.{name}.methods': unknown method '{method}' (known: {sorted(config['methods'])})")
+    for spec in config.get("tables") or []:
+        baseline = spec.get("cost_baseline")
+        if baseline is not None and (not spec.get("cost") or baseline not in spec["methods"]):
+            raise ConfigError(f"config key 'tables.{spec['id']}.cost_baseline': '{baseline}' needs cost: true and must be one of the table's methods")
     _check_tasks(config)
     _check_methods(config)
 
@@ -110,16 +114,50 @@ def _check_tasks(config: dict) -> None:
 
 
 def _check_methods(config: dict) -> None:
-    for task_name, name in ((t, m) for t, m in reported_pairs(config)):
+    from lorarepro.methods.lora import MUTATING_INITS, max_rank
+
+    for name, method in config["methods"].items():
+        if method["adapter"] is not None:
+            _check_adapter(name, method["adapter"])
+    for task_name, name in reported_pairs(config):
         adapter, task = config["methods"][name]["adapter"], config["tasks"][task_name]
-        if adapter is not None:
-            backbone = config["backbones"][task["backbone"]]
-            smallest = _smallest_linear_dim(backbone)
-            if smallest is not None and adapter["r"] > smallest:
-                raise ConfigError(
-                    f"config key 'methods.{name}.adapter.r': rank {adapter['r']} exceeds the smallest "
-                    f"linear dimension {smallest} of backbone '{task['backbone']}' (task '{task_name}')"
-                )
+        if adapter is None:
+            continue
+        backbone = config["backbones"][task["backbone"]]
+        smallest = _smallest_linear_dim(backbone)
+        if smallest is not None and max_rank(adapter) > smallest:
+            key = "adapter.adalora.init_r" if adapter["type"] == "adalora" else "adapter.r"
+            raise ConfigError(
+                f"config key 'methods.{name}.{key}': rank {max_rank(adapter)} exceeds the smallest "
+                f"linear dimension {smallest} of backbone '{task['backbone']}' (task '{task_name}')"
+            )
+        flat = resolve_run(config, task_name, name)["flat"]
+        if adapter.get("init") in MUTATING_INITS and flat is not None and flat["mode"] == "inplace":
+            raise ConfigError(
+                f"config key 'methods.{name}.flat.mode': inplace restores W from the saved backbone, which "
+                f"init '{adapter['init']}' rewrote; use mode exact (task '{task_name}')"
+            )
+
+
+def _check_adapter(name: str, adapter: dict) -> None:
+    """Combinations the schema cannot express; each error names the offending key."""
+    key = f"methods.{name}.adapter"
+    if adapter["type"] == "adalora":
+        for field in ("use_dora", "init", "init_batches", "loraplus_lr_ratio"):
+            if adapter.get(field) not in (None, False, "default"):
+                raise ConfigError(f"config key '{key}.{field}': not supported with type adalora")
+        ada = adapter.get("adalora") or {}
+        if ada.get("tinit", 0) + ada.get("tfinal", 0) >= 1:
+            raise ConfigError(f"config key '{key}.adalora': tinit + tfinal must be below 1 (some steps must prune)")
+        if ada.get("init_r", adapter["r"]) < adapter["r"]:
+            raise ConfigError(f"config key '{key}.adalora.init_r': {ada['init_r']} is below the target rank r = {adapter['r']}")
+        return
+    if "adalora" in adapter:
+        raise ConfigError(f"config key '{key}.adalora': only for type adalora")
+    if adapter.get("use_dora") and adapter.get("init", "default") != "default":
+        raise ConfigError(f"config key '{key}.init': '{adapter['init']}' is not supported with use_dora")
+    if "init_batches" in adapter and adapter.get("init") != "lora_ga":
+        raise ConfigError(f"config key '{key}.init_batches': only for init lora_ga")
 
 
 def _smallest_linear_dim(backbone: dict) -> int | None:

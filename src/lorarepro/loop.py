@@ -38,25 +38,41 @@ def step_plan(n_examples: int, batch_size: int, grad_accum: int, epochs: int, se
     return plan
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, total_steps: int, warmup_ratio: float):
-    """AdamW over trainable parameters with linear warm-up then cosine decay to zero."""
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, total_steps: int, warmup_ratio: float,
+                   loraplus_lr_ratio: float | None = None):
+    """AdamW over trainable parameters with linear warm-up then cosine decay to zero.
+
+    With `loraplus_lr_ratio`, PEFT's LoRA+ helper groups the parameters: lora_B (and every 1-D
+    parameter, e.g. DoRA's magnitude or a head's bias) gets lr x ratio, the rest lr.
+    """
     from transformers import get_cosine_schedule_with_warmup
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if loraplus_lr_ratio is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    else:
+        from peft.optimizers import create_loraplus_optimizer
+
+        optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=loraplus_lr_ratio,
+                                              loraplus_weight_decay=weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
     return optimizer, scheduler
 
 
-def train_steps(model, plan, batch_fn, optimizer, scheduler, *, hook=None, label: str = "", progress=None) -> History:
+def train_steps(model, plan, batch_fn, optimizer, scheduler, *, hook=None, callbacks=(), label: str = "",
+                progress=None) -> History:
     """Run every optimizer step of `plan`; `batch_fn(indices) -> dict` builds a micro-batch.
 
     `hook` (optional) gets `begin_step(step)` before the first micro-batch and `end_step()` after the
     last backward of each step: Flat-LoRA uses it to apply one noise draw per optimizer step.
+    `callbacks` get `on_step_start(step)` first and `on_step_end(step)` after the optimizer step,
+    before the gradients are cleared (AdaLoRA's rank allocation reads them; the cost probe).
     """
     history = History()
     model.train()
     for step, micro_batches in enumerate(plan):
+        for callback in callbacks:
+            callback.on_step_start(step)
         if hook is not None:
             hook.begin_step(step)
         total = sum(len(m) for m in micro_batches)
@@ -71,6 +87,8 @@ def train_steps(model, plan, batch_fn, optimizer, scheduler, *, hook=None, label
             hook.end_step()
         optimizer.step()
         scheduler.step()
+        for callback in callbacks:
+            callback.on_step_end(step)
         optimizer.zero_grad(set_to_none=True)
         history.steps.append(step)
         history.loss.append(step_loss)

@@ -135,7 +135,10 @@ class _PerturbedLinear(torch.autograd.Function):
             if cast is not None:
                 x, w = x.to(cast), w.to(cast)
                 bias = None if bias is None else bias.to(cast)
-            return F.linear(x, w, bias)
+            out = F.linear(x, w, bias)
+        # F.linear on a 3-D input returns a view; a custom Function's view may not be modified in
+        # place, and adapters do exactly that (AdaLoRA: `result += ...`): hand back a fresh tensor.
+        return out.clone() if out._is_view() else out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
