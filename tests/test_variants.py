@@ -33,23 +33,37 @@ def with_variants(config: dict) -> dict:
     return cfg
 
 
-def reload_metric(run: dict, task: str, method: str) -> float:
-    """Test metric of the saved checkpoint loaded with PeftModel.from_pretrained on the pristine backbone."""
+def reload(run: dict, task: str, method: str):
+    """The saved checkpoint loaded with PeftModel.from_pretrained on the pristine backbone."""
     from peft import PeftModel
 
     family = families.get(run["family"])
     manifest = load_manifest(paths.prepared_dir(task))
     torch.manual_seed(12345)  # a different init of any new head: the saved one must override it
     base, tokenizer = family.load_for_task(paths.backbone_dir(run["backbone"]), manifest)
-    model = PeftModel.from_pretrained(base, str(paths.checkpoint_dir(task, method, 0)))
-    test = load_split(paths.prepared_dir(task), "test")
-    return family.evaluate(model, tokenizer, test, manifest, run["training"]["max_length"])
+    return PeftModel.from_pretrained(base, str(paths.checkpoint_dir(task, method, 0))).eval(), tokenizer
+
+
+@torch.no_grad()
+def logits(model, run: dict, task: str, tokenizer) -> torch.Tensor:
+    family = families.get(run["family"])
+    manifest = load_manifest(paths.prepared_dir(task))
+    test = load_split(paths.prepared_dir(task), "test").head(8)
+    batch = family.encode(test, tokenizer, manifest, run["training"]["max_length"]).batch(list(range(len(test))))
+    return model.eval()(**batch).logits
 
 
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("flat", [False, True])
-def test_variant_trains_saves_peft_format_and_reloads_to_the_same_metric(workspace, variant, task, flat):
+def test_variant_trains_saves_peft_format_and_reloads_to_the_same_model(workspace, monkeypatch, variant, task, flat):
+    """A few steps barely move the metric, so the reloaded model's logits are compared too."""
+    import lorarepro.train as train_module
+
+    trained = {}
+    evaluate = train_module.evaluate_splits
+    monkeypatch.setattr(train_module, "evaluate_splits",
+                        lambda family, model, *a, **k: trained.setdefault("model", model) and evaluate(family, model, *a, **k))
     cfg = with_variants(workspace)
     method = f"flat_{variant}" if flat else variant
     run = resolve_run(cfg, task, method)
@@ -58,7 +72,13 @@ def test_variant_trains_saves_peft_format_and_reloads_to_the_same_metric(workspa
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in ckpt.iterdir()}
     assert (result["flat"] is not None) == flat
     assert result["resources"]["step_peak_mb"] > 0
-    assert reload_metric(run, task, method) == pytest.approx(result["metrics"]["test"], abs=1e-4)
+    model, tokenizer = reload(run, task, method)
+    family = families.get(run["family"])
+    manifest = load_manifest(paths.prepared_dir(task))
+    test = load_split(paths.prepared_dir(task), "test")
+    assert family.evaluate(model, tokenizer, test, manifest, run["training"]["max_length"]) == pytest.approx(result["metrics"]["test"], abs=1e-4)
+    torch.testing.assert_close(logits(model, run, task, tokenizer), logits(trained["model"], run, task, tokenizer),
+                               rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

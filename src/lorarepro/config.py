@@ -84,6 +84,11 @@ def specs(config: dict, kind: str) -> dict:
     return {spec["id"]: spec for spec in config.get(kind) or []}
 
 
+def sharpness_specs(config: dict) -> dict:
+    """The tables whose runs get flatness measures (`sharpness: true`, the default), as {id: spec}."""
+    return {k: spec for k, spec in specs(config, "tables").items() if spec.get("sharpness", True)}
+
+
 def reported_pairs(config: dict) -> list[tuple[str, str]]:
     """(task, method) pairs some table or figure needs: only these are trained and checked."""
     pairs = set()
