@@ -1,7 +1,8 @@
 """The one optimisation loop, shared by backbone pretraining and fine-tuning under every method.
 
-Methods hook in as small strategies (Flat-LoRA's noise wraps each optimizer step); the loop itself
-knows nothing about them beyond `begin_step` / `end_step`.
+Methods hook in as small strategies (Flat-LoRA's noise wraps each optimizer step; SAM adds a second
+pass at perturbed weights); the loop itself knows nothing about them beyond `begin_step` / `end_step`
+and, for two-pass hooks, `ascend`.
 """
 
 import math
@@ -64,25 +65,24 @@ def train_steps(model, plan, batch_fn, optimizer, scheduler, *, hook=None, callb
     """Run every optimizer step of `plan`; `batch_fn(indices) -> dict` builds a micro-batch.
 
     `hook` (optional) gets `begin_step(step)` before the first micro-batch and `end_step()` after the
-    last backward of each step: Flat-LoRA uses it to apply one noise draw per optimizer step.
+    last backward of each step: Flat-LoRA uses it to apply one noise draw per optimizer step. A hook
+    with `ascend()` (SAM, methods/sam.py) gets it after the step's micro-batches, which then run a
+    second time at the perturbed weights; the recorded loss is the first (unperturbed) pass's.
     `callbacks` get `on_step_start(step)` first and `on_step_end(step)` after the optimizer step,
     before the gradients are cleared (AdaLoRA's rank allocation reads them; the cost probe).
     """
     history = History()
     model.train()
+    two_pass = hook is not None and hasattr(hook, "ascend")
     for step, micro_batches in enumerate(plan):
         for callback in callbacks:
             callback.on_step_start(step)
         if hook is not None:
             hook.begin_step(step)
-        total = sum(len(m) for m in micro_batches)
-        step_loss = 0.0
-        for indices in micro_batches:
-            loss = model(**batch_fn(indices)).loss
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"{label}: loss is {loss.item()} at step {step}")
-            (loss * len(indices) / total).backward()
-            step_loss += loss.item() * len(indices) / total
+        step_loss = _accumulate(model, micro_batches, batch_fn, f"{label}: loss", step)
+        if two_pass:
+            hook.ascend()
+            _accumulate(model, micro_batches, batch_fn, f"{label}: perturbed (SAM) loss", step)
         if hook is not None:
             hook.end_step()
         optimizer.step()
@@ -97,3 +97,16 @@ def train_steps(model, plan, batch_fn, optimizer, scheduler, *, hook=None, callb
             progress.update(1)
             progress.set_postfix(loss=f"{step_loss:.4f}", refresh=False)
     return history
+
+
+def _accumulate(model, micro_batches, batch_fn, what: str, step: int) -> float:
+    """Forward + backward of every micro-batch, gradients weighted to the step's mean; its mean loss."""
+    total = sum(len(m) for m in micro_batches)
+    step_loss = 0.0
+    for indices in micro_batches:
+        loss = model(**batch_fn(indices)).loss
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"{what} is {loss.item()} at step {step}")
+        (loss * len(indices) / total).backward()
+        step_loss += loss.item() * len(indices) / total
+    return step_loss
