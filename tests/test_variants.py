@@ -217,3 +217,21 @@ def test_inplace_flat_with_a_weight_rewriting_init_is_refused(params):
     cfg["tables"][0]["methods"].append("v")
     with pytest.raises(ConfigError, match="'methods.v.flat.mode'"):
         validate(cfg)
+
+
+@pytest.mark.parametrize("space", ["weight", "lora"])
+def test_sam_baselines_train_record_cost_and_reload(workspace, space):
+    """SAM-W / LoRA-SAM through the trainer: two passes per step, a plain LoRA checkpoint."""
+    cfg = copy.deepcopy(workspace)
+    cfg["methods"]["sam"] = {"adapter": {"type": "lora", "r": 8, "alpha": 16}, "sam": {"rho": 0.5, "space": space}}
+    run = resolve_run(cfg, "sentiment", "sam")
+    result = train_one(cfg, run, seed=0)
+    assert result["config"]["sam"] == {"rho": 0.5, "space": space}
+    assert result["resources"]["step_peak_mb"] > 0 and result["resources"]["seconds_per_step"] > 0
+    model, tokenizer = reload(run, "sentiment", "sam")
+    family = families.get("nlu")
+    manifest = load_manifest(paths.prepared_dir("sentiment"))
+    test = load_split(paths.prepared_dir("sentiment"), "test")
+    assert family.evaluate(model, tokenizer, test, manifest, 48) == pytest.approx(result["metrics"]["test"], abs=1e-4)
+    base = train_one(cfg, resolve_run(cfg, "sentiment", "lora_r8"), seed=0)
+    assert result["train"]["final_loss"] != base["train"]["final_loss"]  # the perturbed pass changed the update

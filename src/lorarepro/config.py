@@ -13,6 +13,7 @@ import jsonschema
 import yaml
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
+SAM_DEFAULTS = {"rho": 0.05, "space": "weight"}
 FAMILY_ARCH = {"nlu": "t5", "vision": "vit", "generation": "llama"}
 
 
@@ -124,6 +125,10 @@ def _check_methods(config: dict) -> None:
     for name, method in config["methods"].items():
         if method["adapter"] is not None:
             _check_adapter(name, method["adapter"])
+        if method.get("sam") is not None and method.get("flat") is not None:
+            raise ConfigError(f"config key 'methods.{name}.sam': SAM and Flat-LoRA are two step strategies; choose one")
+        if method.get("sam") is not None and method["adapter"] is None and method["sam"].get("space", SAM_DEFAULTS["space"]) != "trainable":
+            raise ConfigError(f"config key 'methods.{name}.sam.space': full fine-tuning has no adapter; use space trainable")
     for task_name, name in reported_pairs(config):
         adapter, task = config["methods"][name]["adapter"], config["tasks"][task_name]
         if adapter is None:
@@ -196,6 +201,7 @@ def resolve_run(config: dict, task: str, method: str) -> dict:
         "backbone": task_cfg["backbone"],
         "adapter": copy.deepcopy(method_cfg["adapter"]),
         "flat": flat,
+        "sam": None if method_cfg.get("sam") is None else deep_merge(SAM_DEFAULTS, method_cfg["sam"]),
         "training": training,
         "seeds": list(config["seeds"]),
         "threads": config.get("threads", 1),

@@ -64,6 +64,7 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
     optimizer, scheduler = make_optimizer(model, tcfg["lr"], tcfg["weight_decay"], len(plan), tcfg["warmup_ratio"],
                                           loraplus_lr_ratio=(adapter or {}).get("loraplus_lr_ratio"))
     flat = _flat_hook(model, run, len(plan), seed)
+    hook = flat if flat is not None else _sam_hook(model, run)
     probe = StepMemoryProbe(len(plan) // 2)
     start = time.perf_counter()
     from tqdm import tqdm
@@ -71,12 +72,12 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
     with tqdm(total=len(plan), desc=label, mininterval=2.0) as progress:
         try:
             history = train_steps(lora.training_module(model, adapter), plan, encoded.batch, optimizer, scheduler,
-                                  hook=flat, callbacks=[probe, *lora.callbacks(model, adapter)], label=label,
+                                  hook=hook, callbacks=[probe, *lora.callbacks(model, adapter)], label=label,
                                   progress=progress)
         finally:
             probe.close()
-            if flat is not None:
-                flat.close()
+            if hook is not None:
+                hook.close()
     seconds = time.perf_counter() - start
     flat_info = _finish_flat(model, run, flat)
     metrics = evaluate_splits(family, model, tokenizer, task_dir, manifest, tcfg["max_length"])
@@ -117,6 +118,15 @@ def _flat_hook(model, run: dict, total_steps: int, seed: int):
 
     f = run["flat"]
     return FlatLoRA(model, rho=f["rho"], total_steps=total_steps, seed=seed, mode=f["mode"], scope=f["scope"])
+
+
+def _sam_hook(model, run: dict):
+    """SAM baselines (Table 6): SAM-W over the merged weights, LoRA-SAM over A and B (methods/sam.py)."""
+    if run.get("sam") is None:
+        return None
+    from lorarepro.methods.sam import SAM
+
+    return SAM(model, rho=run["sam"]["rho"], space=run["sam"]["space"])
 
 
 def _finish_flat(model, run: dict, flat) -> dict | None:
