@@ -118,8 +118,10 @@ def _perturbed(weight: torch.Tensor, sigma: torch.Tensor, seed: int) -> torch.Te
 class _PerturbedLinear(torch.autograd.Function):
     """y = x (W + eps)^T + b, with eps regenerated from its seed in forward and again in backward.
 
-    Saved for backward: ``x``, ``W`` (the existing parameter, by reference) and the O(m) sigma rows;
-    ``W + eps`` is a temporary of each pass, never kept by autograd. ``cast`` is the autocast dtype
+    Saved for backward: ``W`` (the existing parameter, by reference), the O(m) sigma rows and, only
+    when ``W`` itself needs a gradient, ``x`` (for a frozen ``W``, as autograd's own linear does: saving
+    ``x`` would keep a tokens x n activation alive through the backward). ``W + eps`` is a temporary of
+    each pass, never kept by autograd. ``cast`` is the autocast dtype
     the surrounding region asked for (None outside autocast): inputs are cast to it by hand and the
     matmuls run with autocast off, so forward and backward agree on the precision.
     """
@@ -129,7 +131,8 @@ class _PerturbedLinear(torch.autograd.Function):
         ctx.seed = seed
         ctx.cast = cast
         ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.save_for_backward(x, weight, sigma)
+        ctx.x_dtype = x.dtype
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight, sigma)
         with torch.autocast(x.device.type, enabled=False):
             w = _perturbed(weight, sigma, seed)
             if cast is not None:
@@ -147,14 +150,14 @@ class _PerturbedLinear(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         with torch.autocast(grad_out.device.type, enabled=False):
             cast = ctx.cast
-            xc = x if cast is None else x.to(cast)
             if need_x:
                 w = _perturbed(weight, sigma, ctx.seed)
                 w = w if cast is None else w.to(cast)
-                grad_x = (grad_out.to(w.dtype) @ w).to(x.dtype)
+                grad_x = (grad_out.to(w.dtype) @ w).to(ctx.x_dtype)
                 del w
             g2 = grad_out.reshape(-1, grad_out.shape[-1])
             if need_w:
+                xc = x if cast is None else x.to(cast)
                 x2 = xc.reshape(-1, xc.shape[-1])
                 grad_w = (g2.t().to(x2.dtype) @ x2).to(weight.dtype)
             if need_b:
