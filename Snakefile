@@ -15,7 +15,7 @@ report: "workflow/report/workflow.rst"  # snakemake --report results/report.html
 validate(config, "workflow/schemas/params.schema.yaml")
 
 from lorarepro import paths
-from lorarepro.config import check, reported_pairs, resolve_run, specs
+from lorarepro.config import check, reported_pairs, resolve_run, sharpness_specs, specs
 
 check(config)  # cross-references (unknown task in a table, rank above a layer's size) before any job
 

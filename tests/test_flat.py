@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+import torch.nn.functional as F
 from torch import nn
 
 from lorarepro.methods.flat import FlatLoRA, flat_factor, noise_seed
@@ -202,6 +203,24 @@ def test_exact_mode_saves_no_perturbed_weight_for_backward():
     flat.end_step()
     big = [ptr for shape, ptr in saved if shape == tuple(base.weight.shape)]
     assert big and all(ptr == base.weight.data_ptr() for ptr in big)  # only W itself, by reference
+
+
+def test_exact_mode_keeps_no_input_alive_for_a_frozen_weight():
+    """A frozen W needs no x for its backward: saving it would hold a tokens x n activation to the end."""
+    torch.manual_seed(0)
+    net = nn.Linear(12, 9).requires_grad_(False)
+    flat = FlatLoRA(net, rho=0.5, total_steps=4, seed=2, scope="all")
+    flat.begin_step(3)
+    x = torch.randn(7, 12, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        y = net(x)
+    y.square().sum().backward()
+    flat.end_step()
+    assert (7, 12) not in saved and (9, 12) in saved
+    ref = x.detach().requires_grad_(True)
+    F.linear(ref, net.weight + flat.noise(0), net.bias).square().sum().backward()
+    torch.testing.assert_close(x.grad, ref.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_exact_mode_under_autocast_matches_explicit_perturbation():

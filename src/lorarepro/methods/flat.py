@@ -118,8 +118,10 @@ def _perturbed(weight: torch.Tensor, sigma: torch.Tensor, seed: int) -> torch.Te
 class _PerturbedLinear(torch.autograd.Function):
     """y = x (W + eps)^T + b, with eps regenerated from its seed in forward and again in backward.
 
-    Saved for backward: ``x``, ``W`` (the existing parameter, by reference) and the O(m) sigma rows;
-    ``W + eps`` is a temporary of each pass, never kept by autograd. ``cast`` is the autocast dtype
+    Saved for backward: ``W`` (the existing parameter, by reference), the O(m) sigma rows and, only
+    when ``W`` itself needs a gradient, ``x`` (for a frozen ``W``, as autograd's own linear does: saving
+    ``x`` would keep a tokens x n activation alive through the backward). ``W + eps`` is a temporary of
+    each pass, never kept by autograd. ``cast`` is the autocast dtype
     the surrounding region asked for (None outside autocast): inputs are cast to it by hand and the
     matmuls run with autocast off, so forward and backward agree on the precision.
     """
@@ -129,13 +131,17 @@ class _PerturbedLinear(torch.autograd.Function):
         ctx.seed = seed
         ctx.cast = cast
         ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.save_for_backward(x, weight, sigma)
+        ctx.x_dtype = x.dtype
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight, sigma)
         with torch.autocast(x.device.type, enabled=False):
             w = _perturbed(weight, sigma, seed)
             if cast is not None:
                 x, w = x.to(cast), w.to(cast)
                 bias = None if bias is None else bias.to(cast)
-            return F.linear(x, w, bias)
+            out = F.linear(x, w, bias)
+        # F.linear on a 3-D input returns a view; a custom Function's view may not be modified in
+        # place, and adapters do exactly that (AdaLoRA: `result += ...`): hand back a fresh tensor.
+        return out.clone() if out._is_view() else out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
@@ -144,14 +150,14 @@ class _PerturbedLinear(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         with torch.autocast(grad_out.device.type, enabled=False):
             cast = ctx.cast
-            xc = x if cast is None else x.to(cast)
             if need_x:
                 w = _perturbed(weight, sigma, ctx.seed)
                 w = w if cast is None else w.to(cast)
-                grad_x = (grad_out.to(w.dtype) @ w).to(x.dtype)
+                grad_x = (grad_out.to(w.dtype) @ w).to(ctx.x_dtype)
                 del w
             g2 = grad_out.reshape(-1, grad_out.shape[-1])
             if need_w:
+                xc = x if cast is None else x.to(cast)
                 x2 = xc.reshape(-1, xc.shape[-1])
                 grad_w = (g2.t().to(x2.dtype) @ x2).to(weight.dtype)
             if need_b:
@@ -407,11 +413,13 @@ class FlatLoRA:
         """sigma_i = scale / sqrt(n) * ||(W + sum of s*BA)_i||, a fresh (m,) tensor (no grad)."""
         weight = self._layers[idx].weight.detach()
         cdt = _compute_dtype(weight.dtype)
-        full = weight.to(cdt)
+        full = None  # the sum of the adapter deltas, then W added into it: one m x n temporary
         for lora_layer in self._lora_of[idx]:
             delta = _adapter_delta(lora_layer)
             if delta is not None:
-                full = full + delta.detach().to(device=full.device, dtype=cdt)
+                delta = delta.detach().to(device=weight.device, dtype=cdt)
+                full = delta if full is None else full.add_(delta)
+        full = weight.to(cdt) if full is None else full.add_(weight)
         n = weight.shape[1]
         return torch.linalg.vector_norm(full, dim=1).mul_(scale / math.sqrt(n))
 
