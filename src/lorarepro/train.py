@@ -8,6 +8,8 @@ Everything in a result JSON is deterministic for a given config and machine exce
 listed in VOLATILE (timings, memory, the MLflow run id, the git state).
 """
 
+import json
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +21,8 @@ from lorarepro.config import resolve_run
 from lorarepro.evaluate import evaluate_splits
 from lorarepro.families.common import quiet_transformers
 from lorarepro.hashing import sha256_dir
-from lorarepro.loop import make_optimizer, step_plan, train_steps
+from lorarepro.loop import History, NonFiniteLoss, make_optimizer, step_plan, train_steps
+from lorarepro.resume import StepCheckpoints, fingerprint
 from lorarepro.runinfo import git_state, peak_rss_mb, versions
 
 VOLATILE = ("resources", "lineage.mlflow_run_id", "lineage.git_commit", "lineage.git_dirty", "versions")
@@ -53,12 +56,29 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
     plan = step_plan(len(encoded), tcfg["batch_size"], tcfg["grad_accum"], tcfg["epochs"], seed)
     optimizer, scheduler = make_optimizer(model, tcfg["lr"], tcfg["weight_decay"], len(plan), tcfg["warmup_ratio"])
     flat = _flat_hook(model, run, len(plan), seed)
+    ckpts = StepCheckpoints(paths.resume_dir(task, method, seed),
+                            fingerprint(run, seed, manifest["sha256"], _backbone_sha(run["backbone"])),
+                            config.get("checkpoint_every", 50))
+    history = History()
+    state = ckpts.load()
+    start_step = ckpts.restore(state, model, optimizer, scheduler, history) if state is not None else 0
+
+    def on_step_end(steps_done: int, hist: History) -> None:
+        # Called after end_step, so in-place Flat noise is never in W here.
+        if ckpts.due(steps_done, len(plan)):
+            ckpts.save(steps_done, model, optimizer, scheduler, hist, _inplace_weights(model, run, flat))
+
     start = time.perf_counter()
     from tqdm import tqdm
 
     with tqdm(total=len(plan), desc=label, mininterval=2.0) as progress:
         try:
-            history = train_steps(model, plan, encoded.batch, optimizer, scheduler, hook=flat, label=label, progress=progress)
+            train_steps(model, plan, encoded.batch, optimizer, scheduler, hook=flat, label=label, progress=progress,
+                        start_step=start_step, history=history, on_step_end=on_step_end)
+        except NonFiniteLoss as exc:
+            _write_failed(run, seed, exc, history, manifest, tracker)
+            ckpts.clear()
+            raise
         finally:
             if flat is not None:
                 flat.close()
@@ -89,7 +109,37 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
     write_json(paths.run_result(task, method, seed), result)
     if tracker is not None:
         tracker.series("train_loss", history.loss)
+    ckpts.clear()  # outputs are written: the run is done, its resume state is not needed
     return result
+
+
+def _inplace_weights(model, run: dict, flat) -> dict | None:
+    """In-place Flat mode trains on W with its rounding drift: a resumed run must continue from that W."""
+    if flat is None or run["flat"]["mode"] != "inplace":
+        return None
+    params = dict(model.named_parameters())
+    return {f"{name}.weight": params[f"{name}.weight"] for name in flat.target_names}
+
+
+def _write_failed(run: dict, seed: int, exc: NonFiniteLoss, history: History, manifest: dict, tracker) -> None:
+    """A diverged run is a recorded outcome: result JSON with status FAILED (tables show the cell as
+    diverged/missing), the history so far, and a checkpoint directory holding only a status file,
+    so the job's declared outputs exist and the rest of the pipeline runs."""
+    task, method = run["task"], run["method"]
+    failure = {"status": "FAILED", "error": str(exc), "failed_step": exc.step}
+    ckpt = paths.checkpoint_dir(task, method, seed)
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    write_json(tmp / "status.json", failure)
+    replace_dir(tmp, ckpt)
+    write_text(paths.run_history(task, method, seed), _history_csv(history))
+    write_json(paths.run_result(task, method, seed), {
+        "task": task, "method": method, "seed": seed, "family": run["family"], "backbone": run["backbone"],
+        **failure, "metric": families.get(run["family"]).METRIC, "metrics": {}, "config": run,
+        "lineage": {"data_sha256": manifest["sha256"], "backbone_sha256": _backbone_sha(run["backbone"]),
+                    "mlflow_run_id": tracker.run_id if tracker else None,
+                    **{f"git_{k}": v for k, v in git_state().items()}},
+        "versions": versions(),
+    })
 
 
 def _flat_hook(model, run: dict, total_steps: int, seed: int):
@@ -142,8 +192,6 @@ def save_checkpoint(model, tokenizer, out_dir: Path) -> str:
 def _canonical_adapter_config(path: Path) -> None:
     """PEFT keeps target_modules as a set, so its JSON order follows Python's per-process hash seed;
     a sorted list makes identical adapters hash identically (PEFT reads either)."""
-    import json
-
     if path.is_file():
         config = json.loads(path.read_text())
         if isinstance(config.get("target_modules"), list):
@@ -152,8 +200,6 @@ def _canonical_adapter_config(path: Path) -> None:
 
 
 def _backbone_sha(backbone: str) -> str:
-    import json
-
     return json.loads(paths.backbone_done(backbone).read_text())["sha256"]
 
 
@@ -173,10 +219,18 @@ def run_task_method(config: dict, task: str, method: str) -> list[dict]:
     results = []
     for seed in run["seeds"]:
         tags = {"task": task, "method": method, "seed": seed, "family": run["family"], "backbone": run["backbone"]}
-        with tracking.run(config, f"{task}/{method}/seed{seed}", run, tags) as tracker:
-            result = train_one(config, run, seed, tracker)
-            tracker.metrics(result["metrics"])
-            tracker.tags({k: v for k, v in result["lineage"].items() if k != "mlflow_run_id"})
-            tracker.artifact(paths.run_result(task, method, seed))
+        try:
+            with tracking.run(config, f"{task}/{method}/seed{seed}", run, tags) as tracker:
+                result = train_one(config, run, seed, tracker)
+                tracker.metrics(result["metrics"])
+                tracker.tags({k: v for k, v in result["lineage"].items() if k != "mlflow_run_id"})
+                tracker.artifact(paths.run_result(task, method, seed))
+        except NonFiniteLoss as exc:
+            # The MLflow run is already FAILED (tracking.run); the other seeds still run, and the job
+            # succeeds so that Snakemake keeps the FAILED result JSON the tables report as diverged.
+            message = f"ERROR: run diverged: {exc}; recorded as FAILED in {paths.run_result(task, method, seed)}"
+            print(message, flush=True)
+            print(message, file=sys.__stderr__, flush=True)
+            result = json.loads(paths.run_result(task, method, seed).read_text())
         results.append(result)
     return results
