@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
-from lorarepro.atomic import temp_sibling
+from lorarepro.atomic import write_with
 
 FORMAT = 1
 STATE = "state.pt"
@@ -65,13 +64,7 @@ class StepCheckpoints:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "history": {"steps": list(history.steps), "loss": list(history.loss), "lr": list(history.lr)},
         }
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = temp_sibling(self.path)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_with(self.path, lambda tmp: torch.save(state, tmp))
 
     def load(self) -> dict | None:
         """The saved state if it belongs to this run, else None (and the log says why)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from lorarepro import families, paths
-from lorarepro.atomic import replace_dir, write_json, write_text
+from lorarepro.atomic import atomic_dir, write_json, write_text
 from lorarepro.config import resolve_run
 from lorarepro.evaluate import evaluate_splits
 from lorarepro.families.common import quiet_transformers
@@ -127,10 +127,8 @@ def _write_failed(run: dict, seed: int, exc: NonFiniteLoss, history: History, ma
     so the job's declared outputs exist and the rest of the pipeline runs."""
     task, method = run["task"], run["method"]
     failure = {"status": "FAILED", "error": str(exc), "failed_step": exc.step}
-    ckpt = paths.checkpoint_dir(task, method, seed)
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    write_json(tmp / "status.json", failure)
-    replace_dir(tmp, ckpt)
+    with atomic_dir(paths.checkpoint_dir(task, method, seed)) as tmp:
+        write_json(tmp / "status.json", failure)
     write_text(paths.run_history(task, method, seed), _history_csv(history))
     write_json(paths.run_result(task, method, seed), {
         "task": task, "method": method, "seed": seed, "family": run["family"], "backbone": run["backbone"],
@@ -179,13 +177,12 @@ def pristine_targets(target_names: list[str], backbone_dir: Path) -> dict:
 
 def save_checkpoint(model, tokenizer, out_dir: Path) -> str:
     """PEFT adapter (adapter_config.json + adapter_model.safetensors) or full save_pretrained; returns its hash."""
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None and not hasattr(model, "peft_config"):
-        tokenizer.save_pretrained(tmp)
-    _canonical_adapter_config(tmp / "adapter_config.json")
-    digest = sha256_dir(tmp)
-    replace_dir(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None and not hasattr(model, "peft_config"):
+            tokenizer.save_pretrained(tmp)
+        _canonical_adapter_config(tmp / "adapter_config.json")
+        digest = sha256_dir(tmp)
     return digest
 
 
