@@ -43,12 +43,12 @@ def load_model(run: dict, manifest: dict, seed: int):
 
 def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
     """Train and evaluate one seed; returns the result dict (also written to disk)."""
-    from lorarepro.data import load_manifest, load_split
+    from lorarepro.data import load_split, verify_dataset
 
     task, method, tcfg = run["task"], run["method"], run["training"]
     label = f"task={task} method={method} seed={seed}"
     task_dir = paths.prepared_dir(task)
-    manifest = load_manifest(task_dir)
+    manifest = verify_dataset(task_dir)
     family = families.get(run["family"])
     model, tokenizer = load_model(run, manifest, seed)
     train_df = load_split(task_dir, "train")

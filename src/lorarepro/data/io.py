@@ -154,3 +154,17 @@ def load_manifest(task_dir: Path) -> dict:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"cannot parse manifest {path}: {err}") from err
+
+
+def verify_dataset(task_dir: Path) -> dict:
+    """The manifest, once every split it lists is present with the recorded sha256: a training job
+    checks this first, so a missing or corrupt file fails at start-up, naming the file."""
+    manifest = load_manifest(task_dir)
+    for split, entry in manifest["splits"].items():
+        path = Path(task_dir) / entry["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"prepared split file not found: {path} (listed in {Path(task_dir) / 'manifest.json'})")
+        if file_sha256(path) != entry["sha256"]:
+            raise ValueError(f"{path}: content differs from the sha256 in its manifest (corrupt or modified; "
+                             "delete the directory and rerun prepare_data)")
+    return manifest
