@@ -53,9 +53,9 @@ with logged(sys.argv[2]):
 """
 
 
-def _env() -> dict:
+def _env(src: Path = ROOT / "src") -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LORAREPRO_MLFLOW_PARENT")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = str(src)
     return env
 
 
@@ -135,7 +135,9 @@ def noop_times(repo: Path, config: str, repeats: int) -> dict:
     return _stats(times)
 
 
-def startup_times(repo: Path, config: str, repeats: int) -> dict:
+def startup_times(repo: Path, config: str, repeats: int, baseline: str | None = None) -> dict:
+    """Start-up of this tree's code and, if given, of a baseline source tree (e.g. the main branch's
+    src/), interleaved run by run so that changing load on a shared machine hits both alike."""
     import yaml
 
     cfg = yaml.safe_load((repo / config).read_text()) if config != "params.yaml" else {}
@@ -145,18 +147,21 @@ def startup_times(repo: Path, config: str, repeats: int) -> dict:
     from lorarepro.config import deep_merge
 
     merged.write_text(yaml.safe_dump(deep_merge(base, cfg)))
-    times, cpu = [], []
+    trees = {"this tree": ROOT / "src", **({f"baseline {baseline}": Path(baseline)} if baseline else {})}
+    wall, cpu = {name: [] for name in trees}, {name: [] for name in trees}
     for _ in range(repeats):
-        start = time.time()
-        done = subprocess.run([sys.executable, "-c", STARTUP_JOB, str(merged), str(repo / "logs" / "startup.log")],
-                              cwd=repo, capture_output=True, text=True, env=_env())
-        marks = [line for line in done.stdout.splitlines() if line.startswith("FIRST_STEP")]
-        if not marks:
-            raise RuntimeError(f"start-up probe failed:\n{done.stderr[-3000:]}\n{(repo / 'logs' / 'startup.log').read_text()[-3000:]}")
-        times.append(float(marks[0].split()[1]) - start)
-        cpu.append(float(marks[0].split()[2]))
+        for name, src in trees.items():
+            start = time.time()
+            done = subprocess.run([sys.executable, "-c", STARTUP_JOB, str(merged), str(repo / "logs" / "startup.log")],
+                                  cwd=repo, capture_output=True, text=True, env=_env(src))
+            marks = [line for line in done.stdout.splitlines() if line.startswith("FIRST_STEP")]
+            if not marks:
+                raise RuntimeError(f"start-up probe failed:\n{done.stderr[-3000:]}\n{(repo / 'logs' / 'startup.log').read_text()[-3000:]}")
+            wall[name].append(float(marks[0].split()[1]) - start)
+            cpu[name].append(float(marks[0].split()[2]))
     # CPU seconds of the job process: less sensitive than wall time to other load on a shared machine
-    return {**_stats(times), "cpu_seconds": _stats(cpu)}
+    out = {name: {**_stats(wall[name]), "cpu_seconds": _stats(cpu[name])} for name in trees}
+    return out if baseline else out["this tree"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -164,17 +169,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--configfile", action="append", default=[], help="another grid to time the DAG of (repeatable)")
     parser.add_argument("--workdir", help="a finished pipeline (default: run the reduced config in a temp copy)")
     parser.add_argument("--workdir-configfile", default="params.yaml", help="the --configfile that --workdir ran with")
+    parser.add_argument("--baseline-src", help="also time job start-up with this src/ (e.g. a checkout of main) for a before/after")
+    parser.add_argument("--skip-dag", action="store_true", help="only the no-op rerun and start-up")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
 
     report = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                           "load_avg_1m": round(os.getloadavg()[0], 2)}, "targets": TARGETS}
-    report["dag_seconds"] = dag_times(args.configfile or ["workflow/configs/paper.yaml"], args.repeats)
+    if not args.skip_dag:
+        report["dag_seconds"] = dag_times(args.configfile or ["workflow/configs/paper.yaml"], args.repeats)
     with tempfile.TemporaryDirectory() as keep:
         repo, config = finished_workdir(args.workdir, args.workdir_configfile, Path(keep))
         report["noop_rerun_seconds"] = noop_times(repo, config, args.repeats)
-        report["job_startup_seconds"] = startup_times(repo, config, args.repeats)
+        report["job_startup_seconds"] = startup_times(repo, config, args.repeats, args.baseline_src)
     report["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     from lorarepro.atomic import write_json
 

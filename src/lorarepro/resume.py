@@ -30,9 +30,9 @@ STATE = "state.pt"
 
 def fingerprint(run: dict, seed: int, data_sha256: str, backbone_sha256: str) -> str:
     """What must be equal for a saved state to continue this run (a config change starts over)."""
-    from lorarepro.runinfo import versions
+    from importlib.metadata import version
 
-    libs = {k: v for k, v in versions().items() if k in ("torch", "transformers", "peft")}
+    libs = {name: version(name) for name in ("torch", "transformers", "peft")}
     blob = {"format": FORMAT, "run": run, "seed": seed, "data": data_sha256, "backbone": backbone_sha256, "libs": libs}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
