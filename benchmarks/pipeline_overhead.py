@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["dag_seconds"] = dag_times(args.configfile or ["workflow/configs/paper.yaml"], args.repeats)
     with tempfile.TemporaryDirectory() as keep:
         repo, config = finished_workdir(args.workdir, args.workdir_configfile, Path(keep))
+        report["finished_pipeline"] = {"workdir": "temporary copy" if not args.workdir else str(args.workdir), "configfile": config}
         report["noop_rerun_seconds"] = noop_times(repo, config, args.repeats)
         report["job_startup_seconds"] = startup_times(repo, config, args.repeats, args.baseline_src)
     report["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
