@@ -4,6 +4,11 @@ Called by the Snakemake `train` rule (workflow/scripts/train.py). One job covers
 (task, method) because importing torch + transformers + peft + mlflow costs ~7 s, more than a tiny
 run itself; every seed still gets its own checkpoint, result JSON and MLflow run.
 
+A run killed mid-way resumes from its last step checkpoint (lorarepro.resume) with the same result.
+A run whose loss goes NaN/inf is a recorded outcome: its result JSON has status FAILED with the
+error and step, its MLflow run is FAILED, and the job goes on with the other seeds and succeeds, so
+the tables (which only count FINISHED runs) show the cell as diverged.
+
 Everything in a result JSON is deterministic for a given config and machine except the keys
 listed in VOLATILE (timings, memory, the MLflow run id, the git state).
 """
