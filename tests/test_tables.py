@@ -130,7 +130,8 @@ def test_failed_run_is_missing_and_not_indexed(workdir):
     used.remove(failed)
     entry, csv, md = build()
     assert cell(csv, "lora_r8", "sentiment")["mean"] == 81.0
-    assert md_grid(md)["LoRA (r=8)"]["sentiment"] == "81.00 ± 1.41 (2/3)"
+    assert md_grid(md)["LoRA (r=8)"]["sentiment"] == "81.00 ± 1.41 (2/3; 1 diverged)"
+    assert cell(csv, "lora_r8", "sentiment")["n_failed"] == 1
     assert entry["runs"] == sorted(used)
 
 

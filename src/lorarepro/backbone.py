@@ -13,7 +13,7 @@ import torch
 
 from lorarepro import families, paths
 from lorarepro.families.common import quiet_transformers
-from lorarepro.atomic import replace_dir, write_json
+from lorarepro.atomic import atomic_dir, write_json
 from lorarepro.hashing import sha256_dir
 
 FAMILY_OF_ARCH = {"t5": "nlu", "vit": "vision", "llama": "generation"}
@@ -39,18 +39,18 @@ def pretrain(name: str, cfg: dict, pretext_dir: Path, out_dir: Path, seed: int) 
         model, plan, lambda idx: family.pretext_batch(tokenizer, rows.iloc[idx], rng, pre["max_length"]),
         optimizer, scheduler, label=f"pretrain {name}",
     )
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
     info = {
         "backbone": name, "arch": cfg["arch"], "source": "pretrain", "seed": seed,
         "parameters": sum(p.numel() for p in model.parameters()),
         "pretrain": pre, "seconds": round(time.perf_counter() - start, 2),
         "first_loss": history.loss[0], "final_loss": float(np.mean(history.loss[-20:])),
     }
-    return _finish(tmp, out_dir, info)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        _finish(tmp, cfg, info)
+    return info
 
 
 def copy_local(name: str, cfg: dict, out_dir: Path) -> dict:
@@ -60,18 +60,22 @@ def copy_local(name: str, cfg: dict, out_dir: Path) -> dict:
         raise FileNotFoundError(f"backbones.{name}.path: directory not found: {src}")
     if not any(src.glob("*.safetensors")):
         raise FileNotFoundError(f"backbones.{name}.path: no *.safetensors in {src} (pickle weights are not loaded)")
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pth", "*.ckpt"))
-    return _finish(tmp, out_dir, {"backbone": name, "arch": cfg["arch"], "source": "local", "path": str(src)})
-
-
-def _finish(tmp: Path, out_dir: Path, info: dict) -> dict:
-    """Hash, write the completion marker last, and move the directory into place."""
-    info["sha256"] = sha256_dir(tmp)
-    write_json(tmp / paths.backbone_done("x").name, info)
-    replace_dir(tmp, out_dir)
+    info = {"backbone": name, "arch": cfg["arch"], "source": "local", "path": str(src)}
+    with atomic_dir(out_dir) as tmp:
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl"),
+                        dirs_exist_ok=True)
+        _finish(tmp, cfg, info)
     return info
+
+
+def _finish(tmp: Path, cfg: dict, info: dict) -> None:
+    """Hash, then write the completion marker last (atomic_dir moves the directory into place).
+
+    The marker also carries the entry's trust_remote_code, which families.common.load_tokenizer
+    passes to transformers (off unless the config's backbone entry turns it on)."""
+    info["trust_remote_code"] = bool(cfg.get("trust_remote_code", False))
+    info["sha256"] = sha256_dir(tmp)
+    write_json(tmp / paths.BACKBONE_MARKER, info)
 
 
 def build(name: str, config: dict) -> dict:

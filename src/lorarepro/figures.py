@@ -8,7 +8,6 @@ a note on the figure, so a partial pipeline still gives a figure that says what 
 from __future__ import annotations
 
 import math
-import os
 import textwrap
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pandas as pd
 
 from lorarepro import paths
 from lorarepro.config import specs
-from lorarepro.atomic import temp_sibling
+from lorarepro.atomic import write_with
 from lorarepro.tables import load_finished_run
 
 SEVERITIES = list(range(6))  # 0 = clean test set, 1..5 = ood_s1..ood_s5
@@ -81,13 +80,7 @@ def _save(fig, figure_id: str) -> list[Path]:
     written = []
     for ext, metadata in _SAVE_METADATA.items():
         path = paths.figure(figure_id, ext)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_sibling(path)
-        try:
-            fig.savefig(tmp, format=ext, dpi=150, metadata=metadata)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_with(path, lambda tmp: fig.savefig(tmp, format=ext, dpi=150, metadata=metadata))
         written.append(path)
     return written
 

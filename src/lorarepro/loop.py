@@ -14,6 +14,10 @@ import torch
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or inf; the message names the run and the step."""
 
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
+
 
 @dataclass
 class History:
@@ -61,8 +65,8 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, total
 
 
 def train_steps(model, plan, batch_fn, optimizer, scheduler, *, hook=None, callbacks=(), label: str = "",
-                progress=None) -> History:
-    """Run every optimizer step of `plan`; `batch_fn(indices) -> dict` builds a micro-batch.
+                progress=None, start_step: int = 0, history: History | None = None, on_step_end=None) -> History:
+    """Run the optimizer steps of `plan` from `start_step`; `batch_fn(indices) -> dict` builds a micro-batch.
 
     `hook` (optional) gets `begin_step(step)` before the first micro-batch and `end_step()` after the
     last backward of each step: Flat-LoRA uses it to apply one noise draw per optimizer step. A hook
@@ -70,11 +74,16 @@ def train_steps(model, plan, batch_fn, optimizer, scheduler, *, hook=None, callb
     second time at the perturbed weights; the recorded loss is the first (unperturbed) pass's.
     `callbacks` get `on_step_start(step)` first and `on_step_end(step)` after the optimizer step,
     before the gradients are cleared (AdaLoRA's rank allocation reads them; the cost probe).
+    A resumed run passes `start_step` and the `history` so far; `on_step_end(steps_done, history)` runs
+    after each complete step, outside the hook's window (step checkpoints, lorarepro.resume).
     """
-    history = History()
+    history = History() if history is None else history
     model.train()
     two_pass = hook is not None and hasattr(hook, "ascend")
-    for step, micro_batches in enumerate(plan):
+    if progress is not None and start_step:
+        progress.update(start_step)
+    for step in range(start_step, len(plan)):
+        micro_batches = plan[step]
         for callback in callbacks:
             callback.on_step_start(step)
         if hook is not None:
@@ -96,6 +105,8 @@ def train_steps(model, plan, batch_fn, optimizer, scheduler, *, hook=None, callb
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{step_loss:.4f}", refresh=False)
+        if on_step_end is not None:
+            on_step_end(step + 1, history)
     return history
 
 
@@ -106,7 +117,7 @@ def _accumulate(model, micro_batches, batch_fn, what: str, step: int) -> float:
     for indices in micro_batches:
         loss = model(**batch_fn(indices)).loss
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"{what} is {loss.item()} at step {step}")
+            raise NonFiniteLoss(f"{what} is {loss.item()} at step {step}", step)
         (loss * len(indices) / total).backward()
         step_loss += loss.item() * len(indices) / total
     return step_loss

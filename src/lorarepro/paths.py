@@ -11,6 +11,7 @@ MODELS = Path("models")
 CHECKPOINTS = Path("checkpoints")
 RESULTS = Path("results")
 LOGS = Path("logs")
+BACKBONE_MARKER = "lorarepro_backbone.json"
 
 
 def prepared_dir(task: str) -> Path:
@@ -31,7 +32,7 @@ def backbone_dir(backbone: str) -> Path:
 
 def backbone_done(backbone: str) -> Path:
     """Marker written last by the backbone rule: its presence means the directory is complete."""
-    return backbone_dir(backbone) / "lorarepro_backbone.json"
+    return backbone_dir(backbone) / BACKBONE_MARKER
 
 
 def checkpoint_dir(task: str, method: str, seed: int) -> Path:

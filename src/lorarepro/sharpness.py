@@ -276,6 +276,8 @@ def load_merged(run: dict, seed: int):
         else:
             from peft import PeftModel
 
+            if not (ckpt / "adapter_model.safetensors").is_file():  # PEFT would fall back to a pickle .bin
+                raise FileNotFoundError(f"{ckpt}: no adapter_model.safetensors (pickle weights are not loaded)")
             base, tokenizer = family.load_for_task(paths.backbone_dir(run["backbone"]), manifest)
             model = PeftModel.from_pretrained(base, str(ckpt)).merge_and_unload()
     return model.eval(), tokenizer, manifest

@@ -27,7 +27,7 @@ from lorarepro.stats import flat_pairs, flatness_verdicts, method_summary, paire
 
 FINISHED = "FINISHED"
 CSV_COLUMNS = [
-    "table", "method", "label", "task", "mirrors", "n_seeds", "n_expected",
+    "table", "method", "label", "task", "mirrors", "n_seeds", "n_expected", "n_failed",
     "mean", "std", "values", "paper", "best",
 ]
 SIG_COLUMNS = [
@@ -95,16 +95,18 @@ def _test_metric(run: dict, path: Path) -> float:
 
 def collect_cell(task: str, method: str, seeds: list[int]) -> dict:
     """Per-seed test values of one (method, task); n_seeds < n_expected flags an incomplete cell."""
-    values, used = [], []
+    values, used, failed = [], [], 0
     for seed in seeds:
         path = paths.run_result(task, method, seed)
         run = load_finished_run(path)
         if run is not None:
             values.append(_test_metric(run, path))
             used.append(str(path))
+        elif path.is_file():
+            failed += 1  # recorded but not FINISHED: the trainer's FAILED outcome (loss went NaN/inf)
     n = len(values)
     return {
-        "values": values, "runs": used, "n_seeds": n, "n_expected": len(seeds),
+        "values": values, "runs": used, "n_seeds": n, "n_expected": len(seeds), "n_failed": failed,
         "mean": mean(values) if n else math.nan,
         "std": (stdev(values) if n > 1 else 0.0) if n else math.nan,
     }
@@ -265,12 +267,13 @@ def _bold(text: str, style: str) -> str:
 
 
 def _format_cell(cell, style: str) -> str:
+    failed = f"; {cell.n_failed} diverged" if getattr(cell, "n_failed", 0) else ""
     if cell.n_seeds == 0:
-        text = f"{_DASH[style]} (0/{cell.n_expected})"
+        text = f"{_DASH[style]} (0/{cell.n_expected}{failed})"
     else:
         text = f"{cell.mean:.2f}{_PM[style]}{cell.std:.2f}"
         if cell.n_seeds < cell.n_expected:
-            text += f" ({cell.n_seeds}/{cell.n_expected})"
+            text += f" ({cell.n_seeds}/{cell.n_expected}{failed})"
     text = _bold(text, style) if cell.best else text
     return text + _MARK[style].get(getattr(cell, "sig", ""), "")
 
@@ -338,7 +341,7 @@ def render_markdown(cells: pd.DataFrame, caption: str, config: dict, extra=None)
         tabulate(rows, headers=header, tablefmt="pipe", disable_numparse=True), "",
         f"Cells are mean ± std (sample std) of the test metric over {len(seeds)} seeds "
         f"({', '.join(map(str, seeds))}); `(k/{len(seeds)})` marks a cell with only k finished "
-        "seeds, left out of Avg, of the bold best and of the comparison below. "
+        "seeds (`; j diverged`: j runs failed with a NaN/inf loss), left out of Avg, of the bold best and of the comparison below. "
         "`paper:` columns are the paper's reported means for the mirrored task, empty where unknown. "
         "↑/↓ after a Flat cell: significantly better/worse than its base (paired t-test over the "
         f"{len(seeds)} seeds, 95% CI of the per-seed difference excludes 0; complete cells only; "

@@ -4,24 +4,32 @@ Called by the Snakemake `train` rule (workflow/scripts/train.py). One job covers
 (task, method) because importing torch + transformers + peft + mlflow costs ~7 s, more than a tiny
 run itself; every seed still gets its own checkpoint, result JSON and MLflow run.
 
+A run killed mid-way resumes from its last step checkpoint (lorarepro.resume) with the same result.
+A run whose loss goes NaN/inf is a recorded outcome: its result JSON has status FAILED with the
+error and step, its MLflow run is FAILED, and the job goes on with the other seeds and succeeds, so
+the tables (which only count FINISHED runs) show the cell as diverged.
+
 Everything in a result JSON is deterministic for a given config and machine except the keys
 listed in VOLATILE (timings, memory, the MLflow run id, the git state).
 """
 
+import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from lorarepro import families, paths
-from lorarepro.atomic import replace_dir, write_json, write_text
+from lorarepro.atomic import atomic_dir, write_json, write_text
 from lorarepro.config import resolve_run
 from lorarepro.cost import StepMemoryProbe
 from lorarepro.evaluate import evaluate_splits
 from lorarepro.families.common import quiet_transformers
 from lorarepro.hashing import sha256_dir
-from lorarepro.loop import make_optimizer, step_plan, train_steps
+from lorarepro.loop import History, NonFiniteLoss, make_optimizer, step_plan, train_steps
 from lorarepro.methods import lora
+from lorarepro.resume import StepCheckpoints, fingerprint
 from lorarepro.runinfo import git_state, peak_rss_mb, versions
 
 VOLATILE = ("resources", "lineage.mlflow_run_id", "lineage.git_commit", "lineage.git_dirty", "versions")
@@ -46,12 +54,12 @@ def wrap_adapter(model, run: dict, total_steps: int, gradient_batches=None):
 
 def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
     """Train and evaluate one seed; returns the result dict (also written to disk)."""
-    from lorarepro.data import load_manifest, load_split
+    from lorarepro.data import load_split, verify_dataset
 
     task, method, tcfg = run["task"], run["method"], run["training"]
     label = f"task={task} method={method} seed={seed}"
     task_dir = paths.prepared_dir(task)
-    manifest = load_manifest(task_dir)
+    manifest = verify_dataset(task_dir)
     family = families.get(run["family"])
     model, tokenizer = load_model(run, manifest, seed)
     train_df = load_split(task_dir, "train")
@@ -66,14 +74,32 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
     flat = _flat_hook(model, run, len(plan), seed)
     hook = flat if flat is not None else _sam_hook(model, run)
     probe = StepMemoryProbe(len(plan) // 2)
+    # AdaLoRA's rank allocator keeps importance averages outside the model and optimizer, which a
+    # step checkpoint does not hold: it always trains from the start.
+    every = 0 if (adapter or {}).get("type") == "adalora" else config.get("checkpoint_every", 50)
+    ckpts = StepCheckpoints(paths.resume_dir(task, method, seed),
+                            fingerprint(run, seed, manifest["sha256"], _backbone_sha(run["backbone"])), every)
+    history = History()
+    state = ckpts.load()
+    start_step = ckpts.restore(state, model, optimizer, scheduler, history) if state is not None else 0
+
+    def on_step_end(steps_done: int, hist: History) -> None:
+        # Called after end_step, so in-place Flat noise is never in W here.
+        if ckpts.due(steps_done, len(plan)):
+            ckpts.save(steps_done, model, optimizer, scheduler, hist, _inplace_weights(model, run, flat))
+
     start = time.perf_counter()
     from tqdm import tqdm
 
     with tqdm(total=len(plan), desc=label, mininterval=2.0) as progress:
         try:
-            history = train_steps(lora.training_module(model, adapter), plan, encoded.batch, optimizer, scheduler,
-                                  hook=hook, callbacks=[probe, *lora.callbacks(model, adapter)], label=label,
-                                  progress=progress)
+            train_steps(lora.training_module(model, adapter), plan, encoded.batch, optimizer, scheduler,
+                        hook=hook, callbacks=[probe, *lora.callbacks(model, adapter)], label=label,
+                        progress=progress, start_step=start_step, history=history, on_step_end=on_step_end)
+        except NonFiniteLoss as exc:
+            _write_failed(run, seed, exc, history, manifest, tracker)
+            ckpts.clear()
+            raise
         finally:
             probe.close()
             if hook is not None:
@@ -108,7 +134,35 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
     write_json(paths.run_result(task, method, seed), result)
     if tracker is not None:
         tracker.series("train_loss", history.loss)
+    ckpts.clear()  # outputs are written: the run is done, its resume state is not needed
     return result
+
+
+def _inplace_weights(model, run: dict, flat) -> dict | None:
+    """In-place Flat mode trains on W with its rounding drift: a resumed run must continue from that W."""
+    if flat is None or run["flat"]["mode"] != "inplace":
+        return None
+    params = dict(model.named_parameters())
+    return {f"{name}.weight": params[f"{name}.weight"] for name in flat.target_names}
+
+
+def _write_failed(run: dict, seed: int, exc: NonFiniteLoss, history: History, manifest: dict, tracker) -> None:
+    """A diverged run is a recorded outcome: result JSON with status FAILED (tables show the cell as
+    diverged/missing), the history so far, and a checkpoint directory holding only a status file,
+    so the job's declared outputs exist and the rest of the pipeline runs."""
+    task, method = run["task"], run["method"]
+    failure = {"status": "FAILED", "error": str(exc), "failed_step": exc.step}
+    with atomic_dir(paths.checkpoint_dir(task, method, seed)) as tmp:
+        write_json(tmp / "status.json", failure)
+    write_text(paths.run_history(task, method, seed), _history_csv(history))
+    write_json(paths.run_result(task, method, seed), {
+        "task": task, "method": method, "seed": seed, "family": run["family"], "backbone": run["backbone"],
+        **failure, "metric": families.get(run["family"]).METRIC, "metrics": {}, "config": run,
+        "lineage": {"data_sha256": manifest["sha256"], "backbone_sha256": _backbone_sha(run["backbone"]),
+                    "mlflow_run_id": tracker.run_id if tracker else None,
+                    **{f"git_{k}": v for k, v in git_state().items()}},
+        "versions": versions(),
+    })
 
 
 def _flat_hook(model, run: dict, total_steps: int, seed: int):
@@ -160,24 +214,21 @@ def save_checkpoint(model, tokenizer, out_dir: Path, initial: dict | None = None
 
     `initial`: the adapter at init when the init rewrote the base weights (PiSSA, LoRA-GA); the
     adapter is then saved as a LoRA delta against the original backbone (`lora.save`)."""
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if hasattr(model, "peft_config"):
-        lora.save(model, tmp, initial)
-    else:
-        model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None and not hasattr(model, "peft_config"):
-        tokenizer.save_pretrained(tmp)
-    _canonical_adapter_config(tmp / "adapter_config.json")
-    digest = sha256_dir(tmp)
-    replace_dir(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        if hasattr(model, "peft_config"):
+            lora.save(model, tmp, initial)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None and not hasattr(model, "peft_config"):
+            tokenizer.save_pretrained(tmp)
+        _canonical_adapter_config(tmp / "adapter_config.json")
+        digest = sha256_dir(tmp)
     return digest
 
 
 def _canonical_adapter_config(path: Path) -> None:
     """PEFT keeps target_modules as a set, so its JSON order follows Python's per-process hash seed;
     a sorted list makes identical adapters hash identically (PEFT reads either)."""
-    import json
-
     if path.is_file():
         config = json.loads(path.read_text())
         if isinstance(config.get("target_modules"), list):
@@ -186,8 +237,6 @@ def _canonical_adapter_config(path: Path) -> None:
 
 
 def _backbone_sha(backbone: str) -> str:
-    import json
-
     return json.loads(paths.backbone_done(backbone).read_text())["sha256"]
 
 
@@ -217,11 +266,19 @@ def run_task_method(config: dict, task: str, method: str, job: dict | None = Non
         tags = {"task": task, "method": method, "seed": seed, "family": run["family"], "backbone": run["backbone"],
                 **inputs, **job_tags}
         resolved = {**run, "seed": seed}
-        with tracking.run(config, f"{task}/{method}/seed{seed}", resolved, tags) as tracker:
-            tracker.dict_artifact(resolved, "config.json")
-            result = train_one(config, run, seed, tracker)
-            tracker.metrics(result["metrics"])
-            tracker.tags({k: v for k, v in result["lineage"].items() if k != "mlflow_run_id"})
-            tracker.artifact(paths.run_result(task, method, seed))
+        try:
+            with tracking.run(config, f"{task}/{method}/seed{seed}", resolved, tags) as tracker:
+                tracker.dict_artifact(resolved, "config.json")
+                result = train_one(config, run, seed, tracker)
+                tracker.metrics(result["metrics"])
+                tracker.tags({k: v for k, v in result["lineage"].items() if k != "mlflow_run_id"})
+                tracker.artifact(paths.run_result(task, method, seed))
+        except NonFiniteLoss as exc:
+            # The MLflow run is already FAILED (tracking.run); the other seeds still run, and the job
+            # succeeds so that Snakemake keeps the FAILED result JSON the tables report as diverged.
+            message = f"ERROR: run diverged: {exc}; recorded as FAILED in {paths.run_result(task, method, seed)}"
+            print(message, flush=True)
+            print(message, file=sys.__stderr__, flush=True)
+            result = json.loads(paths.run_result(task, method, seed).read_text())
         results.append(result)
     return results

@@ -16,11 +16,12 @@ from lorarepro.data.io import (
     load_manifest,
     load_split,
     register,
+    verify_dataset,
     write_dataset,
 )
 
 __all__ = ["GENERATORS", "load_manifest", "load_split", "prepare_pretext", "prepare_task",
-           "register", "vocabulary"]
+           "register", "verify_dataset", "vocabulary"]
 
 FAMILIES = ("nlu", "vision", "generation")
 KEY_COLUMN = {"nlu": "text", "vision": "pixels", "generation": "question"}

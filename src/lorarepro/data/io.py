@@ -1,13 +1,12 @@
 """Shared helpers of the data families: the generator registry, seeding, splitting, and files.
 
-Every write is atomic (temp file in the same directory, then os.replace) so an interrupted
+Every write is atomic (lorarepro.atomic: temp file in the same directory, then a rename) so an interrupted
 pipeline never leaves a half-written file that a later rule would trust, and parquet bytes are a
 pure function of the data so the sha256 fingerprints in the manifests are stable across runs.
 """
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from lorarepro import atomic
 
 SPLITS = ("train", "validation", "test")
 
@@ -97,10 +98,6 @@ def flip_labels(rng: np.random.Generator, labels: np.ndarray, num_labels: int, r
     return labels
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -112,22 +109,17 @@ def fingerprint(split_hashes: Iterable[str]) -> str:
 
 def write_parquet(df: pd.DataFrame, path: Path) -> str:
     """Write df atomically and return the sha256 of the bytes written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
-    tmp = _tmp(path)
-    pq.write_table(table, tmp, compression="zstd")
-    digest = file_sha256(tmp)
-    os.replace(tmp, path)
-    return digest
+
+    def write(tmp: Path) -> str:
+        pq.write_table(table, tmp, compression="zstd")
+        return file_sha256(tmp)
+
+    return atomic.write_with(path, write)
 
 
 def write_json(obj: dict, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic.write_json(path, obj)
 
 
 def write_dataset(out_dir: Path, splits: dict[str, pd.DataFrame], header: dict) -> dict:
@@ -162,3 +154,17 @@ def load_manifest(task_dir: Path) -> dict:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"cannot parse manifest {path}: {err}") from err
+
+
+def verify_dataset(task_dir: Path) -> dict:
+    """The manifest, once every split it lists is present with the recorded sha256: a training job
+    checks this first, so a missing or corrupt file fails at start-up, naming the file."""
+    manifest = load_manifest(task_dir)
+    for split, entry in manifest["splits"].items():
+        path = Path(task_dir) / entry["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"prepared split file not found: {path} (listed in {Path(task_dir) / 'manifest.json'})")
+        if file_sha256(path) != entry["sha256"]:
+            raise ValueError(f"{path}: content differs from the sha256 in its manifest (corrupt or modified; "
+                             "delete the directory and rerun prepare_data)")
+    return manifest

@@ -30,9 +30,17 @@ def build_tokenizer(vocab: list[str], sentinels: bool = False):
 
 
 def load_tokenizer(backbone_dir: Path):
+    """The saved tokenizer; custom tokenizer code runs only if the backbone's config entry allowed it
+    (`trust_remote_code`, recorded in the backbone's completion marker by lorarepro.backbone)."""
+    import json
+
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(backbone_dir))
+    from lorarepro.paths import BACKBONE_MARKER
+
+    marker = Path(backbone_dir) / BACKBONE_MARKER
+    trust = bool(json.loads(marker.read_text()).get("trust_remote_code", False)) if marker.is_file() else False
+    return AutoTokenizer.from_pretrained(str(backbone_dir), trust_remote_code=trust)
 
 
 def pad(seqs: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
