@@ -110,7 +110,14 @@ def _check_tasks(config: dict) -> None:
             raise ConfigError(f"config key 'tasks.{name}.backbone': unknown backbone '{task['backbone']}' (known: {sorted(config['backbones'])})")
         if backbone["arch"] != FAMILY_ARCH[task["family"]]:
             raise ConfigError(f"config key 'tasks.{name}.backbone': family '{task['family']}' needs a '{FAMILY_ARCH[task['family']]}' backbone, '{task['backbone']}' is '{backbone['arch']}'")
-        if task["source"] in GENERATED_SOURCES and task["generator"] not in GENERATORS:
+        if task["source"] not in GENERATED_SOURCES:
+            from lorarepro.data.external import check_task
+
+            try:
+                check_task(name, task)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+        elif task["generator"] not in GENERATORS:
             raise ConfigError(f"config key 'tasks.{name}.generator': unknown generator '{task['generator']}' (known: {sorted(GENERATORS)})")
         if task["family"] not in config["training"]:
             raise ConfigError(f"config key 'training.{task['family']}': missing training defaults for family of task '{name}'")

@@ -1,7 +1,7 @@
 """nlu: prompted classification as text-to-text with T5 (the paper's GLUE setting).
 
 The input is the prompt, the target is the label word; accuracy is greedy decoding's first token
-against the label word's token, as in the paper's T5 evaluation (each label word is one token here).
+against the label word's first token (label words of a task must differ in their first token).
 """
 
 from pathlib import Path
@@ -70,7 +70,7 @@ def load_for_task(backbone_dir: Path, manifest: dict):
     quiet_transformers()
     tokenizer = load_tokenizer(backbone_dir)
     model = T5ForConditionalGeneration.from_pretrained(str(backbone_dir), use_safetensors=True)
-    _label_ids(tokenizer, manifest)  # fail early if a label word is not one token
+    _label_ids(tokenizer, manifest)  # fail early on unknown or ambiguous label words
     return model, tokenizer
 
 
@@ -78,21 +78,30 @@ def head_modules() -> list[str]:
     return ["lm_head"]  # excluded from LoRA targets; not trained for adapters (tied vocabulary head)
 
 
-def _label_ids(tokenizer, manifest: dict) -> list[int]:
+def _label_tokens(tokenizer, manifest: dict) -> list[list[int]]:
+    """Token ids of each label word. Accuracy compares the first decoded token, so first tokens must
+    differ (true of the tiny vocabulary's one-token words and of T5's GLUE words, e.g. not_entailment)."""
     out = []
     for word in manifest["label_words"]:
         tok = tokenizer(word, add_special_tokens=False)["input_ids"]
-        if len(tok) != 1 or tok[0] == tokenizer.unk_token_id:
-            raise ValueError(f"label word '{word}' of task '{manifest['task']}' is not a single known token")
-        out.append(tok[0])
+        if not tok or tokenizer.unk_token_id in tok:
+            raise ValueError(f"label word '{word}' of task '{manifest['task']}' has unknown tokens")
+        out.append(tok)
+    firsts = [t[0] for t in out]
+    if len(set(firsts)) != len(firsts):
+        raise ValueError(f"label words {manifest['label_words']} of task '{manifest['task']}' share a first token")
     return out
 
 
+def _label_ids(tokenizer, manifest: dict) -> list[int]:
+    return [t[0] for t in _label_tokens(tokenizer, manifest)]
+
+
 def encode(df, tokenizer, manifest: dict, max_length: int) -> Encoded:
-    label_ids = _label_ids(tokenizer, manifest)
+    label_tokens = _label_tokens(tokenizer, manifest)
     columns = {
         "inputs": ids(tokenizer, df["text"].tolist(), max_length, eos=True),
-        "targets": [[label_ids[y], tokenizer.eos_token_id] for y in df["label"].tolist()],
+        "targets": [label_tokens[y] + [tokenizer.eos_token_id] for y in df["label"].tolist()],
     }
     pad_id = tokenizer.pad_token_id
     return Encoded(columns, lambda c, idx: _batch([c["inputs"][i] for i in idx], [c["targets"][i] for i in idx], pad_id))
