@@ -67,3 +67,14 @@ def test_dry_run_builds_the_whole_grid_offline(tmp_path):
     assert "prepare_pretext" not in counts and "sharpness" not in counts  # hub backbones; no sharpness key
     assert counts["tables"] == counts["figures"] == counts["all"] == 1
     assert seconds < 20, f"dry run took {seconds:.1f} s"  # ~4 s here; the brief's budget is 10 s on a free core
+
+
+def test_cluster_profiles_have_the_keys_their_executors_read():
+    slurm = yaml.safe_load((ROOT / "workflow" / "profiles" / "slurm" / "profile.yaml").read_text())
+    assert slurm["executor"] == "slurm" and slurm["jobs"] >= 1
+    assert {"slurm_partition", "runtime", "mem_mb"} <= set(slurm["default-resources"])
+    local = yaml.safe_load((ROOT / "workflow" / "profiles" / "gpu-local" / "profile.yaml").read_text())
+    assert local["resources"]["gpu"] >= 1  # caps concurrent GPU jobs; lorarepro.gpus picks which GPU
+    rules = "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
+    for rule in ("prepare_data", "prepare_pretext", "backbone", "train", "sharpness"):
+        assert f'rule_resources("{rule}")' in rules  # every job-running rule declares config resources
