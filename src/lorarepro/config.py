@@ -175,7 +175,7 @@ def resolve_run(config: dict, task: str, method: str) -> dict:
     flat = None
     if method_cfg.get("flat") is not None:
         flat = deep_merge({"rho": 0.05, "mode": "exact", "scope": "lora"}, deep_merge(flat_defaults, method_cfg["flat"]))
-    return {
+    run = {
         "task": task,
         "method": method,
         "family": task_cfg["family"],
@@ -186,3 +186,7 @@ def resolve_run(config: dict, task: str, method: str) -> dict:
         "seeds": list(config["seeds"]),
         "threads": config.get("threads", 1),
     }
+    dtype = config["backbones"][task_cfg["backbone"]].get("dtype", "float32")
+    if dtype != "float32":  # only then: float32 runs keep their settings (and Snakemake params) unchanged
+        run["backbone_dtype"] = dtype
+    return run

@@ -32,6 +32,8 @@ def load_model(run: dict, manifest: dict, seed: int):
     family = families.get(run["family"])
     torch.manual_seed(seed)
     model, tokenizer = family.load_for_task(paths.backbone_dir(run["backbone"]), manifest)
+    if run.get("backbone_dtype"):  # e.g. bf16 backbone; PEFT keeps the adapter in fp32 (autocast_adapter_dtype)
+        model = model.to(getattr(torch, run["backbone_dtype"]))
     if run["adapter"] is not None:
         train_heads = family.head_modules() if family.TRAIN_HEAD else []
         model = lora.apply(model, run["adapter"], family.head_modules(), train_heads)
