@@ -60,3 +60,21 @@ def test_bf16_backbone_with_fp32_adapters_trains(workspace):
     flat.end_step()
     flat.close()
     assert torch.isfinite(loss) and all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_pristine_weights_are_read_from_sharded_checkpoints(workspace, tmp_path):
+    """Hub models of 7B ship as model-0000k-of-0000n.safetensors; in-place Flat restores from all shards."""
+    from transformers import LlamaForCausalLM
+
+    from lorarepro.methods import lora
+    from lorarepro.train import pristine_targets
+
+    model = LlamaForCausalLM.from_pretrained(str(paths.backbone_dir("llama-tiny")))
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="40KB", safe_serialization=True)
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
+    peft = lora.apply(model, {"type": "lora", "r": 2}, ["lm_head"], [])
+    names = [n for n, m in peft.named_modules() if n.endswith(".base_layer")]
+    saved = pristine_targets(names, tmp_path / "sharded")
+    modules = dict(peft.named_modules())
+    assert len(saved) == len(names) > 4
+    assert all(torch.equal(saved[n], modules[n].weight) for n in names)

@@ -117,15 +117,18 @@ def _finish_flat(model, run: dict, flat) -> dict | None:
 
 def pristine_targets(target_names: list[str], backbone_dir: Path) -> dict:
     """The saved backbone's weights of the perturbed layers, keyed by their (PEFT-wrapped) names."""
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
-    saved = load_file(str(Path(backbone_dir) / "model.safetensors"))
+    keys = {name: name.removeprefix("base_model.model.").removesuffix(".base_layer") + ".weight" for name in target_names}
+    found = {}
+    for shard in sorted(Path(backbone_dir).glob("*.safetensors")):  # hub models of 7B come in shards
+        with safe_open(str(shard), framework="pt") as fh:
+            found.update({k: fh.get_tensor(k) for k in set(fh.keys()) & set(keys.values())})
     out = {}
-    for name in target_names:
-        key = name.removeprefix("base_model.model.").removesuffix(".base_layer") + ".weight"
-        if key not in saved:
-            raise KeyError(f"{backbone_dir}/model.safetensors has no weight '{key}' for perturbed layer '{name}'")
-        out[name] = saved[key]
+    for name, key in keys.items():
+        if key not in found:
+            raise KeyError(f"{backbone_dir}/*.safetensors has no weight '{key}' for perturbed layer '{name}'")
+        out[name] = found[key]
     return out
 
 
