@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from lorarepro import families, paths
+from lorarepro import device, families, paths
 from lorarepro.atomic import replace_dir, write_json, write_text
 from lorarepro.config import resolve_run
 from lorarepro.evaluate import evaluate_splits
@@ -50,6 +50,8 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
     manifest = load_manifest(task_dir)
     family = families.get(run["family"])
     model, tokenizer = load_model(run, manifest, seed)
+    dev = device.pick()
+    model.to(dev)
     train_df = load_split(task_dir, "train")
     encoded = family.encode(train_df, tokenizer, manifest, tcfg["max_length"])
     plan = step_plan(len(encoded), tcfg["batch_size"], tcfg["grad_accum"], tcfg["epochs"], seed)
@@ -60,7 +62,8 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
 
     with tqdm(total=len(plan), desc=label, mininterval=2.0) as progress:
         try:
-            history = train_steps(model, plan, encoded.batch, optimizer, scheduler, hook=flat, label=label, progress=progress)
+            history = train_steps(model, plan, lambda idx: device.to(encoded.batch(idx), dev), optimizer, scheduler,
+                                  hook=flat, label=label, progress=progress)
         finally:
             if flat is not None:
                 flat.close()
@@ -77,7 +80,7 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
             "total_params": sum(p.numel() for p in model.parameters()),
         },
         "flat": flat_info,
-        "resources": {"seconds": round(seconds, 3), "peak_rss_mb": round(peak_rss_mb(), 1), "device": "cpu"},
+        "resources": {"seconds": round(seconds, 3), "peak_rss_mb": round(peak_rss_mb(), 1), "device": dev.type},
         "lineage": {
             "data_sha256": manifest["sha256"],
             "backbone_sha256": _backbone_sha(run["backbone"]),

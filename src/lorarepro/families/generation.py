@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lorarepro import device
 from lorarepro.families.common import Encoded, build_tokenizer, ids, load_tokenizer, pad, quiet_transformers
 
 TEXT = True  # has a tokenizer built from the family vocabulary
@@ -90,7 +91,7 @@ def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: 
     answers = df["answer"].astype(str).tolist()
     correct = 0
     for i in range(0, len(prompts), batch_size):
-        input_ids = pad(prompts[i : i + batch_size], tokenizer.pad_token_id, left=True)
+        input_ids = pad(prompts[i : i + batch_size], tokenizer.pad_token_id, left=True).to(device.of(model))
         out = model.generate(
             input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(),
             max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lorarepro import device
 from lorarepro.families.common import SENTINELS, Encoded, build_tokenizer, ids, load_tokenizer, pad, quiet_transformers
 
 TEXT = True  # has a tokenizer built from the family vocabulary
@@ -115,11 +116,12 @@ def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: 
     inputs = ids(tokenizer, df["text"].tolist(), max_length, eos=True)
     gold = label_ids[torch.tensor(df["label"].to_numpy())]
     start = model.config.decoder_start_token_id
+    dev = device.of(model)
     correct = 0
     for i in range(0, len(inputs), batch_size):
-        input_ids = pad(inputs[i : i + batch_size], tokenizer.pad_token_id)
-        decoder_input_ids = torch.full((len(input_ids), 1), start, dtype=torch.long)
+        input_ids = pad(inputs[i : i + batch_size], tokenizer.pad_token_id).to(dev)
+        decoder_input_ids = torch.full((len(input_ids), 1), start, dtype=torch.long, device=dev)
         logits = model(input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(),
                        decoder_input_ids=decoder_input_ids).logits[:, 0]
-        correct += (logits.argmax(-1) == gold[i : i + batch_size]).sum().item()
+        correct += (logits.argmax(-1).cpu() == gold[i : i + batch_size]).sum().item()
     return 100.0 * correct / len(inputs)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lorarepro import device
 from lorarepro.families.common import Encoded, quiet_transformers
 
 TEXT = False  # has a tokenizer built from the family vocabulary
@@ -60,9 +61,9 @@ def encode(df, tokenizer, manifest: dict, max_length: int) -> Encoded:
 @torch.no_grad()
 def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 512) -> float:
     model.eval()
-    x, y = _pixels(df), torch.tensor(df["label"].to_numpy())
+    x, y, dev = _pixels(df), torch.tensor(df["label"].to_numpy()), device.of(model)
     correct = sum(
-        (model(pixel_values=x[i : i + batch_size]).logits.argmax(-1) == y[i : i + batch_size]).sum().item()
+        (model(pixel_values=x[i : i + batch_size].to(dev)).logits.argmax(-1).cpu() == y[i : i + batch_size]).sum().item()
         for i in range(0, len(x), batch_size)
     )
     return 100.0 * correct / len(x)
