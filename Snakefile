@@ -24,7 +24,7 @@ if workflow.config_settings.overwrite_config.get("standalone"):
 validate(config, "workflow/schemas/params.schema.yaml")
 
 from lorarepro import paths
-from lorarepro.config import check, reported_pairs, resolve_run, resources, specs
+from lorarepro.config import check, reported_pairs, resolve_run, resources, sharpness_specs, specs
 
 check(config)  # cross-references (unknown task in a table, rank above a layer's size) before any job
 

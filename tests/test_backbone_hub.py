@@ -41,13 +41,14 @@ def test_bf16_backbone_with_fp32_adapters_trains(workspace):
     from lorarepro import families
     from lorarepro.data import load_manifest, load_split
     from lorarepro.methods.flat import FlatLoRA
-    from lorarepro.train import load_model
+    from lorarepro.train import load_model, wrap_adapter
 
     cfg = {**workspace, "backbones": {**workspace["backbones"], "llama-tiny": {**workspace["backbones"]["llama-tiny"], "dtype": "bfloat16"}}}
     run = resolve_run(cfg, "arithmetic", "flat_lora_r8")
     assert run["backbone_dtype"] == "bfloat16" and "backbone_dtype" not in resolve_run(workspace, "arithmetic", "flat_lora_r8")
     manifest = load_manifest(paths.prepared_dir("arithmetic"))
     model, tokenizer = load_model(run, manifest, seed=0)
+    model = wrap_adapter(model, run, total_steps=2)
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
     assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
     assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}

@@ -92,3 +92,21 @@ def test_resolve_run_unknown_names(params):
         resolve_run(params, "x", "lora_r8")
     with pytest.raises(ConfigError, match="unknown method 'y'"):
         resolve_run(params, "sentiment", "y")
+
+
+def test_sam_resolves_with_defaults_and_refuses_flat(params):
+    cfg = copy.deepcopy(params)
+    cfg["methods"]["sam_w_r8"]["sam"] = {"space": "lora"}
+    assert resolve_run(cfg, "sentiment", "sam_w_r8")["sam"] == {"rho": 0.05, "space": "lora"}
+    assert resolve_run(cfg, "sentiment", "lora_r8")["sam"] is None
+    cfg["methods"]["sam_w_r8"]["flat"] = {}
+    with pytest.raises(ConfigError, match="'methods.sam_w_r8.sam'"):
+        validate(cfg)
+
+
+def test_cost_baseline_must_be_a_row(params):
+    cfg = copy.deepcopy(params)
+    table = next(t for t in cfg["tables"] if t.get("cost"))
+    table["cost_baseline"] = "full_ft"
+    with pytest.raises(ConfigError, match=f"'tables.{table['id']}.cost_baseline'"):
+        validate(cfg)

@@ -142,3 +142,50 @@ def test_malformed_landscape_names_the_file(workdir):
     write_landscape("sentiment", "lora_r8", landscape={"alphas": [0.0, 1.0], "loss": [1.0]})
     with pytest.raises(ValueError, match=r"seed0\.sharpness\.json"):
         figures.loss_landscape(landscape_config())
+
+
+# ----------------------------------------------------------------------------- ablations
+
+
+def write_ablation_run(task, method, seed, test, r=8, rho=None):
+    write_run(task, method, seed, base=test)
+    path = paths.run_result(task, method, seed)
+    run = json.loads(path.read_text())
+    run["config"] = {"adapter": {"type": "lora", "r": r}, "flat": None if rho is None else {"rho": rho}}
+    path.write_text(json.dumps(run))
+
+
+def ablation_config():
+    return {
+        "seeds": list(SEEDS),
+        "methods": {},
+        "figures": [
+            {"id": "rank_ablation", "caption": "rank", "tasks": ["sentiment"],
+             "methods": ["lora_r1", "flat_lora_r1", "lora_r4", "flat_lora_r4"]},
+            {"id": "sigma_ablation", "caption": "sigma", "tasks": ["sentiment"],
+             "methods": ["lora_r8", "flat_lora_r8", "flat_rho020"]},
+        ],
+    }
+
+
+def test_ablation_points_come_from_each_runs_config(workdir):
+    for seed in SEEDS:
+        write_ablation_run("sentiment", "lora_r1", seed, 70.0 + seed, r=1)
+        write_ablation_run("sentiment", "flat_lora_r1", seed, 72.0, r=1, rho=0.05)
+        write_ablation_run("sentiment", "lora_r4", seed, 75.0, r=4)
+    missing = []
+    points = figures._ablation_points(ablation_config(), "sentiment", ["lora_r1", "flat_lora_r1", "lora_r4", "flat_lora_r4"],
+                                      lambda c: c["adapter"]["r"], lambda c: "Flat" if c["flat"] else "LoRA", missing)
+    assert points == {"LoRA": [(1, 71.0, 1.0), (4, 75.0, 0.0)], "Flat": [(1, 72.0, 0.0)]}
+    assert missing == ["sentiment/flat_lora_r4 (0/3 seeds)"]
+
+
+def test_ablation_figures_written(workdir):
+    for seed in SEEDS:
+        for method, r in (("lora_r1", 1), ("flat_lora_r1", 1), ("lora_r4", 4)):
+            write_ablation_run("sentiment", method, seed, 70.0 + r, r=r, rho=0.05 if "flat" in method else None)
+        write_ablation_run("sentiment", "lora_r8", seed, 80.0)
+        write_ablation_run("sentiment", "flat_lora_r8", seed, 81.0, rho=0.05)
+        write_ablation_run("sentiment", "flat_rho020", seed, 79.0, rho=0.2)
+    assert_png_pdf(figures.rank_ablation(ablation_config()), "rank_ablation")
+    assert_png_pdf(figures.sigma_ablation(ablation_config()), "sigma_ablation")

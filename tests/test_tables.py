@@ -374,3 +374,49 @@ def test_malformed_sharpness_file_is_named(workdir):
     paths.run_sharpness("sentiment", "lora_r8", 0).write_text(json.dumps({"landscape": {}}))
     with pytest.raises(ValueError, match=r"lora_r8/seed0\.sharpness\.json"):
         tables.sharpness_table(make_config())
+
+
+# ----------------------------------------------------------------------------- per-table flags
+
+
+def test_sharpness_table_skips_tables_marked_sharpness_false(workdir):
+    config = make_config()
+    config["methods"]["dora_r8"] = {"label": "DoRA (r=8)"}
+    config["tables"].append({"id": "table_variants", "caption": "v", "tasks": ["sentiment"],
+                             "methods": ["dora_r8"], "sharpness": False})
+    for seed in (0, 1, 2):
+        write_measures("sentiment", "lora_r8", seed, 0.3, 10.0, 80.0)
+        write_measures("sentiment", "dora_r8", seed, 0.3, 10.0, 80.0)
+    assert tables.sharpness_table(config)["rows"] == ["lora_r8"]
+
+
+def write_cost(task, method, seed, ms, mb):
+    path = paths.run_result(task, method, seed)
+    run = json.loads(path.read_text())
+    run["resources"] = {"seconds_per_step": ms / 1000, "step_peak_mb": mb}
+    path.write_text(json.dumps(run))
+
+
+def test_cost_columns_relative_to_the_baseline(workdir):
+    config = make_config()
+    config["tables"][0].update(cost=True, cost_baseline="lora_r8")
+    write_grid(FULL_GRID)
+    for seed in SEEDS:
+        for task in ("sentiment", "nli"):
+            write_cost(task, "lora_r8", seed, 10.0, 4.0)
+            write_cost(task, "flat_lora_r8", seed, 15.0, 4.5 if task == "nli" else 4.0)
+    _, _, md = build(config)
+    grid = md_grid(md)
+    assert grid["Flat-LoRA (r=8)"]["ms/step"] == "15.00"
+    assert grid["Flat-LoRA (r=8)"]["time vs lora_r8 (x)"] == "1.50"
+    assert grid["Flat-LoRA (r=8)"]["extra MB vs lora_r8"] == "0.25"
+    assert grid["LoRA (r=8)"]["extra MB vs lora_r8"] == "0.00"
+    assert grid["Full FT"]["ms/step"] == ""  # no cost recorded: empty, not zero
+    assert "peak of the torch CPU bytes" in md
+    assert r"time vs lora\_r8" in paths.table("table_nlu", "tex").read_text()
+
+
+def test_table_without_cost_has_no_cost_columns(workdir):
+    write_grid(FULL_GRID)
+    _, _, md = build()
+    assert "ms/step" not in md

@@ -13,6 +13,7 @@ import jsonschema
 import yaml
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
+SAM_DEFAULTS = {"rho": 0.05, "space": "weight"}
 FAMILY_ARCH = {"nlu": "t5", "vision": "vit", "generation": "llama"}
 GENERATED_SOURCES = ("synthetic", "sklearn_digits")
 # What each rule declares unless `resources:` (or a task's `resources`, for its train job) says otherwise.
@@ -83,6 +84,10 @@ def check(config: dict) -> None:
             for method in spec["methods"]:
                 if method not in config["methods"]:
                     raise ConfigError(f"config key '{kind}.{name}.methods': unknown method '{method}' (known: {sorted(config['methods'])})")
+    for spec in config.get("tables") or []:
+        baseline = spec.get("cost_baseline")
+        if baseline is not None and (not spec.get("cost") or baseline not in spec["methods"]):
+            raise ConfigError(f"config key 'tables.{spec['id']}.cost_baseline': '{baseline}' needs cost: true and must be one of the table's methods")
     _check_tasks(config)
     _check_methods(config)
 
@@ -90,6 +95,11 @@ def check(config: dict) -> None:
 def specs(config: dict, kind: str) -> dict:
     """The `tables` or `figures` list as {id: spec}, in config order."""
     return {spec["id"]: spec for spec in config.get(kind) or []}
+
+
+def sharpness_specs(config: dict) -> dict:
+    """The tables whose runs get flatness measures (`sharpness: true`, the default), as {id: spec}."""
+    return {k: spec for k, spec in specs(config, "tables").items() if spec.get("sharpness", True)}
 
 
 def reported_pairs(config: dict) -> list[tuple[str, str]]:
@@ -131,16 +141,54 @@ def _check_tasks(config: dict) -> None:
 
 
 def _check_methods(config: dict) -> None:
-    for task_name, name in ((t, m) for t, m in reported_pairs(config)):
+    from lorarepro.methods.lora import MUTATING_INITS, max_rank
+
+    for name, method in config["methods"].items():
+        if method["adapter"] is not None:
+            _check_adapter(name, method["adapter"])
+        if method.get("sam") is not None and method.get("flat") is not None:
+            raise ConfigError(f"config key 'methods.{name}.sam': SAM and Flat-LoRA are two step strategies; choose one")
+        if method.get("sam") is not None and method["adapter"] is None and method["sam"].get("space", SAM_DEFAULTS["space"]) != "trainable":
+            raise ConfigError(f"config key 'methods.{name}.sam.space': full fine-tuning has no adapter; use space trainable")
+    for task_name, name in reported_pairs(config):
         adapter, task = config["methods"][name]["adapter"], config["tasks"][task_name]
-        if adapter is not None:
-            backbone = config["backbones"][task["backbone"]]
-            smallest = _smallest_linear_dim(backbone)
-            if smallest is not None and adapter["r"] > smallest:
-                raise ConfigError(
-                    f"config key 'methods.{name}.adapter.r': rank {adapter['r']} exceeds the smallest "
-                    f"linear dimension {smallest} of backbone '{task['backbone']}' (task '{task_name}')"
-                )
+        if adapter is None:
+            continue
+        backbone = config["backbones"][task["backbone"]]
+        smallest = _smallest_linear_dim(backbone)
+        if smallest is not None and max_rank(adapter) > smallest:
+            key = "adapter.adalora.init_r" if adapter["type"] == "adalora" else "adapter.r"
+            raise ConfigError(
+                f"config key 'methods.{name}.{key}': rank {max_rank(adapter)} exceeds the smallest "
+                f"linear dimension {smallest} of backbone '{task['backbone']}' (task '{task_name}')"
+            )
+        flat = resolve_run(config, task_name, name)["flat"]
+        if adapter.get("init") in MUTATING_INITS and flat is not None and flat["mode"] == "inplace":
+            raise ConfigError(
+                f"config key 'methods.{name}.flat.mode': inplace restores W from the saved backbone, which "
+                f"init '{adapter['init']}' rewrote; use mode exact (task '{task_name}')"
+            )
+
+
+def _check_adapter(name: str, adapter: dict) -> None:
+    """Combinations the schema cannot express; each error names the offending key."""
+    key = f"methods.{name}.adapter"
+    if adapter["type"] == "adalora":
+        for field in ("use_dora", "init", "init_batches", "loraplus_lr_ratio"):
+            if adapter.get(field) not in (None, False, "default"):
+                raise ConfigError(f"config key '{key}.{field}': not supported with type adalora")
+        ada = adapter.get("adalora") or {}
+        if ada.get("tinit", 0) + ada.get("tfinal", 0) >= 1:
+            raise ConfigError(f"config key '{key}.adalora': tinit + tfinal must be below 1 (some steps must prune)")
+        if ada.get("init_r", adapter["r"]) < adapter["r"]:
+            raise ConfigError(f"config key '{key}.adalora.init_r': {ada['init_r']} is below the target rank r = {adapter['r']}")
+        return
+    if "adalora" in adapter:
+        raise ConfigError(f"config key '{key}.adalora': only for type adalora")
+    if adapter.get("use_dora") and adapter.get("init", "default") != "default":
+        raise ConfigError(f"config key '{key}.init': '{adapter['init']}' is not supported with use_dora")
+    if "init_batches" in adapter and adapter.get("init") != "lora_ga":
+        raise ConfigError(f"config key '{key}.init_batches': only for init lora_ga")
 
 
 def _smallest_linear_dim(backbone: dict) -> int | None:
@@ -182,6 +230,7 @@ def resolve_run(config: dict, task: str, method: str) -> dict:
         "backbone": task_cfg["backbone"],
         "adapter": copy.deepcopy(method_cfg["adapter"]),
         "flat": flat,
+        "sam": None if method_cfg.get("sam") is None else deep_merge(SAM_DEFAULTS, method_cfg["sam"]),
         "training": training,
         "seeds": list(config["seeds"]),
         "threads": config.get("threads", 1),

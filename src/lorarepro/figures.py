@@ -247,10 +247,62 @@ def loss_landscape(config: dict) -> list[Path]:
                            "eval loss L(W + αd)", marker="o", markersize=2)
 
 
+# ----------------------------------------------------------------------------- ablations
+
+
+def _ablation_points(config: dict, task: str, methods: list[str], x_of, series_of, missing: list[str]) -> dict:
+    """{series: sorted [(x, mean, std)]} over the finished seeds of each method; x and series come
+    from each run's own resolved config (its `config` key), so the figure plots what was trained."""
+    seeds = list(config["seeds"])
+    points: dict[str, list] = {}
+    for method in methods:
+        runs = [r for r in (load_finished_run(paths.run_result(task, method, s)) for s in seeds) if r is not None]
+        if len(runs) < len(seeds):
+            missing.append(f"{task}/{method} ({len(runs)}/{len(seeds)} seeds)")
+        if not runs:
+            continue
+        values = pd.Series([float(r["metrics"]["test"]) for r in runs])
+        run_cfg = runs[0]["config"]
+        points.setdefault(series_of(run_cfg), []).append((x_of(run_cfg), values.mean(), values.std(ddof=1) if len(runs) > 1 else 0.0))
+    return {series: sorted(p) for series, p in points.items()}
+
+
+def _ablation(config: dict, figure_id: str, xlabel: str, x_of, series_of, log2_x: bool = False) -> list[Path]:
+    """Test metric vs a hyper-parameter, one panel per task, one line per series, std error bars."""
+    spec = _figure_spec(config, figure_id)
+    fig, axes = _new_figure(len(spec["tasks"]), spec["caption"])
+    missing: list[str] = []
+    for ax, task in zip(axes, spec["tasks"]):
+        for i, (series, pts) in enumerate(_ablation_points(config, task, spec["methods"], x_of, series_of, missing).items()):
+            xs, means, stds = zip(*pts)
+            ax.errorbar(xs, means, yerr=stds, marker="o", markersize=3, capsize=3, label=series, color=f"C{i}")
+        if log2_x:
+            ax.set_xscale("log", base=2)
+        ax.set(title=task, xlabel=xlabel, ylabel="test metric (%)")
+        if ax.has_data():
+            ax.legend(fontsize=7)
+        _empty_panel_note(ax)
+    _add_missing_note(fig, missing)
+    return _save(fig, figure_id)
+
+
+def rank_ablation(config: dict) -> list[Path]:
+    """Test metric vs LoRA rank (log2 axis), LoRA and Flat-LoRA as two lines (the paper's Fig. 5)."""
+    return _ablation(config, "rank_ablation", "rank r", lambda c: c["adapter"]["r"],
+                     lambda c: "Flat-LoRA" if c.get("flat") else "LoRA", log2_x=True)
+
+
+def sigma_ablation(config: dict) -> list[Path]:
+    """Test metric vs Flat-LoRA's noise radius rho; a run without Flat is the rho = 0 point."""
+    return _ablation(config, "sigma_ablation", "noise radius ρ (0 = LoRA)",
+                     lambda c: c["flat"]["rho"] if c.get("flat") else 0.0, lambda c: "Flat-LoRA")
+
+
 # ----------------------------------------------------------------------------- registry
 
 
-FIGURES = {"training_curves": training_curves, "ood_curve": ood_curve, "loss_landscape": loss_landscape}
+FIGURES = {"training_curves": training_curves, "ood_curve": ood_curve, "loss_landscape": loss_landscape,
+           "rank_ablation": rank_ablation, "sigma_ablation": sigma_ablation}
 
 
 def build_all_figures(config: dict) -> list[Path]:

@@ -1,7 +1,8 @@
 """The one optimisation loop, shared by backbone pretraining and fine-tuning under every method.
 
-Methods hook in as small strategies (Flat-LoRA's noise wraps each optimizer step); the loop itself
-knows nothing about them beyond `begin_step` / `end_step`.
+Methods hook in as small strategies (Flat-LoRA's noise wraps each optimizer step; SAM adds a second
+pass at perturbed weights); the loop itself knows nothing about them beyond `begin_step` / `end_step`
+and, for two-pass hooks, `ascend`.
 """
 
 import math
@@ -38,39 +39,56 @@ def step_plan(n_examples: int, batch_size: int, grad_accum: int, epochs: int, se
     return plan
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, total_steps: int, warmup_ratio: float):
-    """AdamW over trainable parameters with linear warm-up then cosine decay to zero."""
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, total_steps: int, warmup_ratio: float,
+                   loraplus_lr_ratio: float | None = None):
+    """AdamW over trainable parameters with linear warm-up then cosine decay to zero.
+
+    With `loraplus_lr_ratio`, PEFT's LoRA+ helper groups the parameters: lora_B (and every 1-D
+    parameter, e.g. DoRA's magnitude or a head's bias) gets lr x ratio, the rest lr.
+    """
     from transformers import get_cosine_schedule_with_warmup
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if loraplus_lr_ratio is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    else:
+        from peft.optimizers import create_loraplus_optimizer
+
+        optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=loraplus_lr_ratio,
+                                              loraplus_weight_decay=weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
     return optimizer, scheduler
 
 
-def train_steps(model, plan, batch_fn, optimizer, scheduler, *, hook=None, label: str = "", progress=None) -> History:
+def train_steps(model, plan, batch_fn, optimizer, scheduler, *, hook=None, callbacks=(), label: str = "",
+                progress=None) -> History:
     """Run every optimizer step of `plan`; `batch_fn(indices) -> dict` builds a micro-batch.
 
     `hook` (optional) gets `begin_step(step)` before the first micro-batch and `end_step()` after the
-    last backward of each step: Flat-LoRA uses it to apply one noise draw per optimizer step.
+    last backward of each step: Flat-LoRA uses it to apply one noise draw per optimizer step. A hook
+    with `ascend()` (SAM, methods/sam.py) gets it after the step's micro-batches, which then run a
+    second time at the perturbed weights; the recorded loss is the first (unperturbed) pass's.
+    `callbacks` get `on_step_start(step)` first and `on_step_end(step)` after the optimizer step,
+    before the gradients are cleared (AdaLoRA's rank allocation reads them; the cost probe).
     """
     history = History()
     model.train()
+    two_pass = hook is not None and hasattr(hook, "ascend")
     for step, micro_batches in enumerate(plan):
+        for callback in callbacks:
+            callback.on_step_start(step)
         if hook is not None:
             hook.begin_step(step)
-        total = sum(len(m) for m in micro_batches)
-        step_loss = 0.0
-        for indices in micro_batches:
-            loss = model(**batch_fn(indices)).loss
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"{label}: loss is {loss.item()} at step {step}")
-            (loss * len(indices) / total).backward()
-            step_loss += loss.item() * len(indices) / total
+        step_loss = _accumulate(model, micro_batches, batch_fn, f"{label}: loss", step)
+        if two_pass:
+            hook.ascend()
+            _accumulate(model, micro_batches, batch_fn, f"{label}: perturbed (SAM) loss", step)
         if hook is not None:
             hook.end_step()
         optimizer.step()
         scheduler.step()
+        for callback in callbacks:
+            callback.on_step_end(step)
         optimizer.zero_grad(set_to_none=True)
         history.steps.append(step)
         history.loss.append(step_loss)
@@ -79,3 +97,16 @@ def train_steps(model, plan, batch_fn, optimizer, scheduler, *, hook=None, label
             progress.update(1)
             progress.set_postfix(loss=f"{step_loss:.4f}", refresh=False)
     return history
+
+
+def _accumulate(model, micro_batches, batch_fn, what: str, step: int) -> float:
+    """Forward + backward of every micro-batch, gradients weighted to the step's mean; its mean loss."""
+    total = sum(len(m) for m in micro_batches)
+    step_loss = 0.0
+    for indices in micro_batches:
+        loss = model(**batch_fn(indices)).loss
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"{what} is {loss.item()} at step {step}")
+        (loss * len(indices) / total).backward()
+        step_loss += loss.item() * len(indices) / total
+    return step_loss

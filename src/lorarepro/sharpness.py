@@ -30,7 +30,7 @@ import torch
 
 from lorarepro import families, paths
 from lorarepro.atomic import write_json
-from lorarepro.config import specs
+from lorarepro.config import sharpness_specs
 from lorarepro.methods.lora import linear_targets
 from lorarepro.tables import load_finished_run
 
@@ -336,7 +336,7 @@ def measure_task(config: dict, task: str, **options) -> list[dict]:
         raise KeyError(f"tasks: no entry {task!r} in the config")
     quiet_transformers()
     torch.set_num_threads(config.get("threads", 1))
-    methods = dict.fromkeys(m for spec in specs(config, "tables").values() if task in spec["tasks"]
+    methods = dict.fromkeys(m for spec in sharpness_specs(config).values() if task in spec["tasks"]
                             for m in spec["methods"])
     done, skipped = [], []
     for method in methods:

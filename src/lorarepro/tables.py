@@ -20,8 +20,8 @@ import pandas as pd
 import yaml
 from tabulate import tabulate
 
-from lorarepro import paths
-from lorarepro.config import specs
+from lorarepro import cost, paths
+from lorarepro.config import sharpness_specs, specs
 from lorarepro.atomic import write_text
 from lorarepro.stats import flat_pairs, flatness_verdicts, method_summary, paired_test, verdict
 
@@ -282,14 +282,17 @@ def _format_number(value, style: str, best: bool = False) -> str:
     return _bold(text, style) if best else text
 
 
-def _wide(cells: pd.DataFrame, style: str) -> tuple[list[str], list[list[str]]]:
-    """Display grid: each task column followed by its paper column, then Avg."""
+def _wide(cells: pd.DataFrame, style: str, extra=None) -> tuple[list[str], list[list[str]]]:
+    """Display grid: each task column followed by its paper column, then Avg, then any `extra`
+    (header, {method: values}) columns such as cost.cost_columns."""
     tasks = list(dict.fromkeys(cells["task"]))
     first = cells.drop_duplicates("task").set_index("task")
     header = ["Method"]
     for task in tasks:
         header += [task, f"paper: {first.loc[task, 'mirrors'] or '?'}"]
     header.append("Avg")
+    extra_header, extra_values = extra or ([], {})
+    header += extra_header
     avg = row_averages(cells)
     best_avg = avg.max()
     rows = []
@@ -300,6 +303,7 @@ def _wide(cells: pd.DataFrame, style: str) -> tuple[list[str], list[list[str]]]:
             cell = next(by_task.loc[[task]].itertuples())
             row += [_format_cell(cell, style), _format_number(cell.paper, style)]
         row.append(_format_number(avg[method], style, best=avg[method] == best_avg))
+        row += [_format_number(v, style) for v in extra_values.get(method, [])]
         rows.append(row)
     return header, rows
 
@@ -325,8 +329,8 @@ def flat_vs_lora(cells: pd.DataFrame, methods_cfg: dict) -> list[str]:
     return sentences
 
 
-def render_markdown(cells: pd.DataFrame, caption: str, config: dict) -> str:
-    header, rows = _wide(cells, "md")
+def render_markdown(cells: pd.DataFrame, caption: str, config: dict, extra=None) -> str:
+    header, rows = _wide(cells, "md", extra)
     seeds = list(config["seeds"])
     pairs = flat_vs_lora(cells, config.get("methods") or {})
     lines = [
@@ -345,8 +349,8 @@ def render_markdown(cells: pd.DataFrame, caption: str, config: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_latex(cells: pd.DataFrame, caption: str, config: dict) -> str:
-    header, rows = _wide(cells, "tex")
+def render_latex(cells: pd.DataFrame, caption: str, config: dict, extra=None) -> str:
+    header, rows = _wide(cells, "tex", extra)
     n_seeds = len(config["seeds"])
     full_caption = (f"{_tex_escape(caption)}. Mean $\\pm$ std over {n_seeds} seeds; "
                     f"(k/{n_seeds}) marks incomplete cells; $^\\uparrow$/$^\\downarrow$: Flat variant "
@@ -377,12 +381,13 @@ def build_table(table_id: str, config: dict, reference: dict | None) -> dict:
     spec = _spec(config, table_id)
     sig = significance(table_id, config, reference)
     cells = _attach_marks(table_cells(table_id, config, reference), sig)
+    extra = cost.cost_columns(spec, list(config["seeds"])) if spec.get("cost") else None
+    md = render_markdown(cells, spec["caption"], config, extra) + (f"\n{cost.COST_NOTE}\n" if extra else "")
     files = {
         "csv": write_text(paths.table(table_id, "csv"), render_csv(cells)),
-        "md": write_text(paths.table(table_id, "md"),
-                                render_markdown(cells, spec["caption"], config)),
+        "md": write_text(paths.table(table_id, "md"), md),
         "tex": write_text(paths.table(table_id, "tex"),
-                                 render_latex(cells, spec["caption"], config)),
+                                 render_latex(cells, spec["caption"], config, extra)),
         "sig_csv": write_text(paths.table(f"{table_id}_significance", "csv"), render_significance_csv(sig)),
         "sig_md": write_text(paths.table(f"{table_id}_significance", "md"),
                              render_significance_md(sig, table_id, config)),
@@ -409,7 +414,7 @@ def sharpness_table(config: dict) -> dict:
     with a verdict per Flat/base pair; returns its index entry. Reads paths.run_sharpness files."""
     from lorarepro import sharpness  # deferred: pulls in torch
 
-    tables = specs(config, "tables").values()
+    tables = sharpness_specs(config).values()
     tasks = list(dict.fromkeys(t for spec in tables for t in spec["tasks"]))
     methods = list(dict.fromkeys(m for spec in tables for m in spec["methods"]))
     frame = sharpness.runs_frame(config, tasks, methods)

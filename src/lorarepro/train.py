@@ -16,28 +16,35 @@ import torch
 from lorarepro import device, families, paths
 from lorarepro.atomic import replace_dir, write_json, write_text
 from lorarepro.config import resolve_run
+from lorarepro.cost import StepMemoryProbe
 from lorarepro.evaluate import evaluate_splits
 from lorarepro.families.common import quiet_transformers
 from lorarepro.hashing import sha256_dir
 from lorarepro.loop import make_optimizer, step_plan, train_steps
+from lorarepro.methods import lora
 from lorarepro.runinfo import git_state, peak_rss_mb, versions
 
 VOLATILE = ("resources", "lineage.mlflow_run_id", "lineage.git_commit", "lineage.git_dirty", "versions")
 
 
 def load_model(run: dict, manifest: dict, seed: int):
-    """Backbone for the task plus the method's adapter (PEFT), seeded so the adapter init is too."""
-    from lorarepro.methods import lora
-
+    """The task's backbone, seeded so that a new head (and later the adapter init) is too."""
     family = families.get(run["family"])
     torch.manual_seed(seed)
     model, tokenizer = family.load_for_task(paths.backbone_dir(run["backbone"]), manifest)
     if run.get("backbone_dtype"):  # e.g. bf16 backbone; PEFT keeps the adapter in fp32 (autocast_adapter_dtype)
         model = model.to(getattr(torch, run["backbone_dtype"]))
-    if run["adapter"] is not None:
-        train_heads = family.head_modules() if family.TRAIN_HEAD else []
-        model = lora.apply(model, run["adapter"], family.head_modules(), train_heads)
     return model, tokenizer
+
+
+def wrap_adapter(model, run: dict, total_steps: int, gradient_batches=None):
+    """The method's PEFT adapter around `model` (unchanged for full fine-tuning)."""
+    if run["adapter"] is None:
+        return model
+    family = families.get(run["family"])
+    train_heads = family.head_modules() if family.TRAIN_HEAD else []
+    return lora.apply(model, run["adapter"], family.head_modules(), train_heads,
+                      total_steps=total_steps, gradient_batches=gradient_batches)
 
 
 def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
@@ -50,27 +57,36 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
     manifest = load_manifest(task_dir)
     family = families.get(run["family"])
     model, tokenizer = load_model(run, manifest, seed)
-    dev = device.pick()
-    model.to(dev)
     train_df = load_split(task_dir, "train")
     encoded = family.encode(train_df, tokenizer, manifest, tcfg["max_length"])
     plan = step_plan(len(encoded), tcfg["batch_size"], tcfg["grad_accum"], tcfg["epochs"], seed)
-    optimizer, scheduler = make_optimizer(model, tcfg["lr"], tcfg["weight_decay"], len(plan), tcfg["warmup_ratio"])
+    adapter = run["adapter"]
+    ga_steps = plan[: lora.gradient_steps(adapter)]  # LoRA-GA's gradient: the first steps' batches
+    model = wrap_adapter(model, run, len(plan), lambda: (encoded.batch(mb) for step in ga_steps for mb in step))
+    dev = device.pick()
+    model.to(dev)  # after the adapter exists (LoRA-GA/PiSSA initialise on the host)
+    initial = lora.initial_state(model, adapter)
+    optimizer, scheduler = make_optimizer(model, tcfg["lr"], tcfg["weight_decay"], len(plan), tcfg["warmup_ratio"],
+                                          loraplus_lr_ratio=(adapter or {}).get("loraplus_lr_ratio"))
     flat = _flat_hook(model, run, len(plan), seed)
+    hook = flat if flat is not None else _sam_hook(model, run)
+    probe = StepMemoryProbe(len(plan) // 2)
     start = time.perf_counter()
     from tqdm import tqdm
 
     with tqdm(total=len(plan), desc=label, mininterval=2.0) as progress:
         try:
-            history = train_steps(model, plan, lambda idx: device.to(encoded.batch(idx), dev), optimizer, scheduler,
-                                  hook=flat, label=label, progress=progress)
+            history = train_steps(lora.training_module(model, adapter), plan, lambda idx: device.to(encoded.batch(idx), dev),
+                                  optimizer, scheduler, hook=hook, callbacks=[probe, *lora.callbacks(model, adapter)],
+                                  label=label, progress=progress)
         finally:
-            if flat is not None:
-                flat.close()
+            probe.close()
+            if hook is not None:
+                hook.close()
     seconds = time.perf_counter() - start
     flat_info = _finish_flat(model, run, flat)
     metrics = evaluate_splits(family, model, tokenizer, task_dir, manifest, tcfg["max_length"])
-    ckpt = save_checkpoint(model, tokenizer, paths.checkpoint_dir(task, method, seed))
+    ckpt = save_checkpoint(model, tokenizer, paths.checkpoint_dir(task, method, seed), initial)
     result = {
         "task": task, "method": method, "seed": seed, "family": run["family"], "backbone": run["backbone"],
         "status": "FINISHED", "metric": family.METRIC, "metrics": metrics, "config": run,
@@ -80,7 +96,10 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
             "total_params": sum(p.numel() for p in model.parameters()),
         },
         "flat": flat_info,
-        "resources": {"seconds": round(seconds, 3), "peak_rss_mb": round(peak_rss_mb(), 1), "device": dev.type},
+        "resources": {
+            "seconds": round(seconds, 3), "seconds_per_step": round(seconds / len(plan), 5),
+            "step_peak_mb": probe.peak_mb, "peak_rss_mb": round(peak_rss_mb(), 1), "device": dev.type,
+        },
         "lineage": {
             "data_sha256": manifest["sha256"],
             "backbone_sha256": _backbone_sha(run["backbone"]),
@@ -104,6 +123,15 @@ def _flat_hook(model, run: dict, total_steps: int, seed: int):
 
     f = run["flat"]
     return FlatLoRA(model, rho=f["rho"], total_steps=total_steps, seed=seed, mode=f["mode"], scope=f["scope"])
+
+
+def _sam_hook(model, run: dict):
+    """SAM baselines (Table 6): SAM-W over the merged weights, LoRA-SAM over A and B (methods/sam.py)."""
+    if run.get("sam") is None:
+        return None
+    from lorarepro.methods.sam import SAM
+
+    return SAM(model, rho=run["sam"]["rho"], space=run["sam"]["space"])
 
 
 def _finish_flat(model, run: dict, flat) -> dict | None:
@@ -135,10 +163,16 @@ def pristine_targets(target_names: list[str], backbone_dir: Path) -> dict:
     return out
 
 
-def save_checkpoint(model, tokenizer, out_dir: Path) -> str:
-    """PEFT adapter (adapter_config.json + adapter_model.safetensors) or full save_pretrained; returns its hash."""
+def save_checkpoint(model, tokenizer, out_dir: Path, initial: dict | None = None) -> str:
+    """PEFT adapter (adapter_config.json + adapter_model.safetensors) or full save_pretrained; returns its hash.
+
+    `initial`: the adapter at init when the init rewrote the base weights (PiSSA, LoRA-GA); the
+    adapter is then saved as a LoRA delta against the original backbone (`lora.save`)."""
     tmp = out_dir.with_name(out_dir.name + ".tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
+    if hasattr(model, "peft_config"):
+        lora.save(model, tmp, initial)
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None and not hasattr(model, "peft_config"):
         tokenizer.save_pretrained(tmp)
     _canonical_adapter_config(tmp / "adapter_config.json")

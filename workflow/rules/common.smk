@@ -21,8 +21,8 @@ FIGURES = specs(config, "figures")
 
 
 def table_pairs():
-    """(task, method) pairs in some table: these get significance tests and sharpness measures."""
-    return sorted({(t, m) for spec in TABLES.values() for t in spec["tasks"] for m in spec["methods"]})
+    """(task, method) pairs of the tables with `sharpness: true` (the default): these get sharpness measures."""
+    return sorted({(t, m) for spec in sharpness_specs(config).values() for t in spec["tasks"] for m in spec["methods"]})
 
 
 SHARPNESS_TASKS = sorted({t for t, _ in table_pairs()}) if config.get("sharpness") is not None else []

@@ -135,7 +135,10 @@ class _PerturbedLinear(torch.autograd.Function):
             if cast is not None:
                 x, w = x.to(cast), w.to(cast)
                 bias = None if bias is None else bias.to(cast)
-            return F.linear(x, w, bias)
+            out = F.linear(x, w, bias)
+        # F.linear on a 3-D input returns a view; a custom Function's view may not be modified in
+        # place, and adapters do exactly that (AdaLoRA: `result += ...`): hand back a fresh tensor.
+        return out.clone() if out._is_view() else out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
@@ -407,11 +410,13 @@ class FlatLoRA:
         """sigma_i = scale / sqrt(n) * ||(W + sum of s*BA)_i||, a fresh (m,) tensor (no grad)."""
         weight = self._layers[idx].weight.detach()
         cdt = _compute_dtype(weight.dtype)
-        full = weight.to(cdt)
+        full = None  # the sum of the adapter deltas, then W added into it: one m x n temporary
         for lora_layer in self._lora_of[idx]:
             delta = _adapter_delta(lora_layer)
             if delta is not None:
-                full = full + delta.detach().to(device=full.device, dtype=cdt)
+                delta = delta.detach().to(device=weight.device, dtype=cdt)
+                full = delta if full is None else full.add_(delta)
+        full = weight.to(cdt) if full is None else full.add_(weight)
         n = weight.shape[1]
         return torch.linalg.vector_norm(full, dim=1).mul_(scale / math.sqrt(n))
 

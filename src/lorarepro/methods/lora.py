@@ -1,14 +1,34 @@
-"""LoRA through PEFT: target every nn.Linear of the backbone except the family's head modules.
+"""The LoRA family through PEFT: LoRA, rsLoRA, DoRA, PiSSA, LoRA-GA, AdaLoRA (and LoRA+'s optimizer).
+
+A method's `adapter:` entry (documented in workflow/schemas/params.schema.yaml) maps onto PEFT's own
+config fields: `use_rslora`, `use_dora`, `init` -> `init_lora_weights` ("pissa", "lora_ga" with PEFT's
+`preprocess_loraga`), `type: adalora` -> `AdaLoraConfig`, `loraplus_lr_ratio` ->
+`peft.optimizers.create_loraplus_optimizer` (see `lorarepro.loop.make_optimizer`). Nothing here
+re-implements a method PEFT has.
 
 Targets are derived from the model, not hard-coded, because module names differ per architecture
 (T5 q/k/v/o/wi/wo, Llama q_proj…down_proj, ViT its own).
+
+PiSSA and LoRA-GA move part of W into the adapter at init (W_res = W - s·B0A0). Their checkpoints
+are saved the PEFT way (`save_pretrained(path_initial_model_for_weight_conversion=...)`), which turns
+them into a plain rank-2r LoRA delta against the ORIGINAL backbone, so `PeftModel.from_pretrained`
+on the pristine backbone reproduces the evaluated model.
 """
 
-import torch
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+MUTATING_INITS = ("pissa", "lora_ga")  # inits that rewrite the base weights (W_res = W - s·B0A0)
+GA_BATCHES = 8  # LoRA-GA: default number of training steps whose batches estimate the gradient
+_INIT = {"default": True, "pissa": "pissa", "lora_ga": "lora_ga"}
 
 
 def linear_targets(model: torch.nn.Module, heads: list[str]) -> list[str]:
     """Full names of every nn.Linear not inside a head module."""
+    import torch  # local: config validation imports this module and must stay light
+
     names = []
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and not any(name == h or name.startswith(h + ".") for h in heads):
@@ -21,18 +41,138 @@ def smallest_dim(model: torch.nn.Module, targets: list[str]) -> int:
     return min(min(modules[n].in_features, modules[n].out_features) for n in targets)
 
 
-def apply(model: torch.nn.Module, adapter: dict, heads: list[str], train_heads: list[str]):
-    """Wrap `model` with a PEFT LoRA adapter; `train_heads` are trained in full and saved with it."""
-    from peft import LoraConfig, get_peft_model
+def max_rank(adapter: dict) -> int:
+    """The largest rank the adapter allocates (AdaLoRA starts at init_r and prunes down to r)."""
+    if adapter["type"] == "adalora":
+        return adapter.get("adalora", {}).get("init_r", default_init_r(adapter["r"]))
+    return adapter["r"]
 
-    targets = linear_targets(model, heads)
-    if adapter["r"] > smallest_dim(model, targets):
-        raise ValueError(f"adapter.r = {adapter['r']} exceeds the smallest target layer dimension {smallest_dim(model, targets)}")
-    config = LoraConfig(
-        r=adapter["r"],
+
+def default_init_r(r: int) -> int:
+    """AdaLoRA's starting rank when not given: 1.5 x the target (PEFT's default 12 for 8)."""
+    return (3 * r + 1) // 2
+
+
+def gradient_steps(adapter: dict | None) -> int:
+    """How many of the run's first optimizer steps feed LoRA-GA's gradient estimate (0: not LoRA-GA)."""
+    if adapter is None or adapter.get("init") != "lora_ga":
+        return 0
+    return adapter.get("init_batches", GA_BATCHES)
+
+
+def peft_config(adapter: dict, targets: list[str], modules_to_save: list[str] | None, total_steps: int):
+    """The PEFT config of one `adapter:` entry (LoraConfig or AdaLoraConfig)."""
+    from peft import AdaLoraConfig, LoraConfig, LoraGAConfig
+
+    common = dict(
         lora_alpha=adapter.get("alpha", adapter["r"]),
         lora_dropout=adapter.get("dropout", 0.0),
         target_modules=targets,
-        modules_to_save=train_heads or None,
+        modules_to_save=modules_to_save or None,
+        use_rslora=adapter.get("use_rslora", False),
     )
+    if adapter["type"] == "adalora":
+        ada = adapter.get("adalora", {})
+        return AdaLoraConfig(
+            target_r=adapter["r"], init_r=max_rank(adapter), total_step=total_steps,
+            tinit=int(ada.get("tinit", 0.0) * total_steps), tfinal=int(ada.get("tfinal", 0.0) * total_steps),
+            deltaT=ada.get("delta_t", 1), orth_reg_weight=ada.get("orth_reg_weight", 0.5), **common,
+        )
+    init = adapter.get("init", "default")
+    return LoraConfig(
+        r=adapter["r"], use_dora=adapter.get("use_dora", False), init_lora_weights=_INIT[init],
+        lora_ga_config=LoraGAConfig() if init == "lora_ga" else None, **common,
+    )
+
+
+def apply(model: torch.nn.Module, adapter: dict, heads: list[str], train_heads: list[str], *,
+          total_steps: int = 1, gradient_batches=None):
+    """Wrap `model` with the PEFT adapter; `train_heads` are trained in full and saved with it.
+
+    `total_steps` is AdaLoRA's rank-budget horizon; `gradient_batches()` yields the training batches
+    whose averaged gradient LoRA-GA's init decomposes (PEFT's `preprocess_loraga`).
+    """
+    from peft import get_peft_model, preprocess_loraga
+
+    targets = linear_targets(model, heads)
+    if max_rank(adapter) > smallest_dim(model, targets):
+        raise ValueError(f"adapter.r = {max_rank(adapter)} exceeds the smallest target layer dimension {smallest_dim(model, targets)}")
+    config = peft_config(adapter, targets, train_heads, total_steps)
+    if adapter.get("init") == "lora_ga":
+        if gradient_batches is None:
+            raise ValueError("adapter.init = lora_ga needs training batches to estimate the gradient")
+
+        def train_step():
+            batches = list(gradient_batches())
+            for batch in batches:
+                (model(**batch).loss / len(batches)).backward()
+
+        preprocess_loraga(model, config, train_step)
     return get_peft_model(model, config)
+
+
+def training_module(model, adapter: dict | None):
+    """The module the training loop calls. AdaLoRA adds its orthogonality penalty to the loss in
+    AdaLoraModel.forward, which a plain PeftModel (no task_type) bypasses: call that one directly."""
+    if adapter is not None and adapter["type"] == "adalora":
+        return model.base_model
+    return model
+
+
+class AdaLoraBudget:
+    """Loop callback: AdaLoRA's rank allocation after each optimizer step, before zero_grad (it reads
+    the gradients), as PEFT documents for `update_and_allocate`."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def on_step_start(self, step: int) -> None:
+        pass
+
+    def on_step_end(self, step: int) -> None:
+        self.model.base_model.update_and_allocate(step)
+
+
+def callbacks(model, adapter: dict | None) -> list:
+    return [AdaLoraBudget(model)] if adapter is not None and adapter["type"] == "adalora" else []
+
+
+def initial_state(model, adapter: dict | None) -> dict | None:
+    """A copy of the freshly initialised adapter when its init rewrote the base weights (needed to
+    save a delta against the original backbone); None otherwise."""
+    if adapter is None or adapter.get("init", "default") not in MUTATING_INITS:
+        return None
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def save(model, out_dir: Path, initial: dict | None) -> None:
+    """PEFT format (adapter_config.json + adapter_model.safetensors); PiSSA/LoRA-GA converted to a
+    LoRA delta against the original backbone with PEFT's `path_initial_model_for_weight_conversion`."""
+    if initial is None:
+        model.save_pretrained(out_dir, safe_serialization=True)
+        return
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as scratch:
+        init_dir = Path(scratch) / "initial"
+        init_dir.mkdir()
+        save_file(initial, str(init_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+        model.save_pretrained(out_dir, safe_serialization=True, path_initial_model_for_weight_conversion=str(init_dir))
+    _restore_non_lora_weights(model, Path(out_dir))
+
+
+def _restore_non_lora_weights(model, out_dir: Path) -> None:
+    """PEFT's conversion keeps only lora_A/lora_B tensors (PEFT 0.21): the fully trained heads
+    (modules_to_save, e.g. a ViT classifier) would be lost; put them back from the trained model."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    path = out_dir / "adapter_model.safetensors"
+    saved = load_file(str(path))
+    extra = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()
+             if k not in saved and "lora_A" not in k and "lora_B" not in k}
+    if extra:
+        save_file({**saved, **extra}, str(path), metadata={"format": "pt"})
+
