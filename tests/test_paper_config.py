@@ -62,7 +62,16 @@ def test_dry_run_builds_the_whole_grid_offline(tmp_path):
     table = {spec["id"]: spec for spec in cfg["tables"]}
     assert len(table["table1_glue"]["tasks"]) * len(table["table1_glue"]["methods"]) == 25
     assert len(table["table3_llama"]["tasks"]) * len(table["table3_llama"]["methods"]) == 2
-    assert counts["train"] == len(reported_pairs(cfg)) == 27  # one job per (task, method), all seeds inside
+    pairs = {tid: {(t, m) for t in spec["tasks"] for m in spec["methods"]} for tid, spec in table.items()}
+    pairs |= {f["id"]: {(t, m) for t in f["tasks"] for m in f["methods"]} for f in cfg["figures"]}
+    assert {k: len(v) for k, v in pairs.items()} == {
+        "table1_glue": 25, "table3_llama": 2, "table5_variants": 28, "table6_sam": 8, "table7_cost": 2,
+        "training_curves": 12, "rank_ablation": 10, "sigma_ablation": 6}
+    new = len(pairs["table5_variants"] - pairs["table1_glue"]) + len(pairs["table6_sam"] - pairs["table1_glue"])
+    assert (new, len(pairs["table7_cost"] - pairs["table3_llama"])) == (28, 0)  # Table 7 reuses Table 3's runs
+    assert len(pairs["rank_ablation"] - pairs["table1_glue"]) + len(pairs["sigma_ablation"] - pairs["table1_glue"]) == 10
+    # one job per (task, method), all seeds inside: 25 + 2 + 28 + 10
+    assert counts["train"] == len(reported_pairs(cfg)) == 65
     assert counts["prepare_data"] == 6 and counts["backbone"] == 2
     assert "prepare_pretext" not in counts and "sharpness" not in counts  # hub backbones; no sharpness key
     assert counts["tables"] == counts["figures"] == counts["all"] == 1
