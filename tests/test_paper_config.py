@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from lorarepro.config import ConfigError, load, reported_pairs, resources
+from lorarepro.config import ConfigError, load, reported_pairs, resources, validate
 
 PAPER = ROOT / "workflow" / "configs" / "paper.yaml"
 
@@ -87,3 +87,12 @@ def test_cluster_profiles_have_the_keys_their_executors_read():
     rules = "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
     for rule in ("prepare_data", "prepare_pretext", "backbone", "train", "sharpness"):
         assert f'rule_resources("{rule}")' in rules  # every job-running rule declares config resources
+
+
+def test_roberta_glue_config_validates():
+    cfg = load(ROOT / "params.yaml", ROOT / "workflow" / "configs" / "roberta_glue.yaml")
+    assert cfg["backbones"] == {"roberta-base": {"arch": "encoder", "source": "hub", "model": "FacebookAI/roberta-base"}}
+    assert len(reported_pairs(cfg)) == 10 and "text" not in str(cfg["tasks"]["mrpc"].get("prompt", ""))
+    bad = {**cfg, "backbones": {"roberta-base": {"arch": "encoder", "source": "pretrain", "size": {}, "pretrain": {}}}}
+    with pytest.raises(ConfigError, match="encoder backbones"):
+        validate(bad)

@@ -14,7 +14,7 @@ import yaml
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 SAM_DEFAULTS = {"rho": 0.05, "space": "weight"}
-FAMILY_ARCH = {"nlu": "t5", "vision": "vit", "generation": "llama"}
+FAMILY_ARCH = {"nlu": ("t5", "encoder"), "vision": ("vit",), "generation": ("llama",)}
 GENERATED_SOURCES = ("synthetic", "sklearn_digits")
 # What each rule declares unless `resources:` (or a task's `resources`, for its train job) says otherwise.
 DEFAULT_RESOURCES = {
@@ -118,8 +118,8 @@ def _check_tasks(config: dict) -> None:
         backbone = config["backbones"].get(task["backbone"])
         if backbone is None:
             raise ConfigError(f"config key 'tasks.{name}.backbone': unknown backbone '{task['backbone']}' (known: {sorted(config['backbones'])})")
-        if backbone["arch"] != FAMILY_ARCH[task["family"]]:
-            raise ConfigError(f"config key 'tasks.{name}.backbone': family '{task['family']}' needs a '{FAMILY_ARCH[task['family']]}' backbone, '{task['backbone']}' is '{backbone['arch']}'")
+        if backbone["arch"] not in FAMILY_ARCH[task["family"]]:
+            raise ConfigError(f"config key 'tasks.{name}.backbone': family '{task['family']}' needs a {' or '.join(FAMILY_ARCH[task['family']])} backbone, '{task['backbone']}' is '{backbone['arch']}'")
         if task["source"] not in GENERATED_SOURCES:
             from lorarepro.data.external import check_task
 
@@ -136,6 +136,8 @@ def _check_tasks(config: dict) -> None:
             raise ConfigError(f"config key 'backbones.{name}.path': required when source is 'local'")
         if backbone["source"] == "hub" and "model" not in backbone:
             raise ConfigError(f"config key 'backbones.{name}.model': required when source is 'hub'")
+        if backbone["source"] == "pretrain" and backbone["arch"] == "encoder":
+            raise ConfigError(f"config key 'backbones.{name}.source': encoder backbones come from the hub or a local directory, not 'pretrain'")
         if backbone["source"] == "pretrain" and not {"size", "pretrain"} <= backbone.keys():
             raise ConfigError(f"config key 'backbones.{name}': source 'pretrain' needs 'size' and 'pretrain'")
 

@@ -42,7 +42,7 @@ def wrap_adapter(model, run: dict, total_steps: int, gradient_batches=None):
     if run["adapter"] is None:
         return model
     family = families.get(run["family"])
-    train_heads = family.head_modules() if family.TRAIN_HEAD else []
+    train_heads = family.trained_heads(model)
     return lora.apply(model, run["adapter"], family.head_modules(), train_heads,
                       total_steps=total_steps, gradient_batches=gradient_batches)
 

@@ -2,7 +2,8 @@
 
 Every split of an external task is read from its source (hub split, or a file/folder under the
 task's `path`), optionally sliced (`train[:100000]`), and mapped onto the family's prepared columns:
-    nlu         text (the prompt filled from the source's text columns), label (int)
+    nlu         text (the prompt filled from the source's text columns; without a prompt, two text
+                columns stay a pair: text, text_pair), label (int)
     generation  question, solution, answer (the final answer, via `answer_regex`)
     vision      image (encoded image bytes, as stored), label (int)
 The result is written like a generated task (parquet splits + manifest with sha256), so everything
@@ -155,12 +156,13 @@ def to_family(task: str, task_cfg: dict, source: dict, frame: pd.DataFrame) -> p
     if missing:
         raise ValueError(f"task {task!r}: split {source['split']!r} has no columns {missing} (has {list(frame.columns)})")
     if family == "nlu":
-        cols = fields["text"]
-        prompt = source.get("prompt")
+        cols, prompt = fields["text"], source.get("prompt")
+        labels = pd.Series(_labels(task, frame[fields["label"]], task_cfg.get("label_names"), len(task_cfg["label_words"])), dtype="int64")
+        if prompt is None and len(cols) == 2:  # a sentence pair: encoders pair it with their own separator
+            return pd.DataFrame({"text": frame[cols[0]].astype(str).tolist(), "text_pair": frame[cols[1]].astype(str).tolist(), "label": labels})
         texts = [prompt.format_map({c: str(r[c]) for c in cols}) if prompt else " ".join(str(r[c]) for c in cols)
                  for r in frame[cols].to_dict("records")]
-        labels = _labels(task, frame[fields["label"]], task_cfg.get("label_names"), len(task_cfg["label_words"]))
-        return pd.DataFrame({"text": texts, "label": pd.Series(labels, dtype="int64")})
+        return pd.DataFrame({"text": texts, "label": labels})
     if family == "generation":
         answers = frame[fields["answer"]].astype(str)
         if source.get("answer_regex"):

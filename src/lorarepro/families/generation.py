@@ -15,7 +15,6 @@ from lorarepro.families.common import Encoded, build_tokenizer, ids, load_tokeni
 
 TEXT = True  # has a tokenizer built from the family vocabulary
 ARCH = "llama"
-TRAIN_HEAD = False  # train the head in full beside an adapter (a new head per task)
 METRIC = "exact_match"
 MAX_NEW_TOKENS = 32
 
@@ -51,6 +50,11 @@ def load_for_task(backbone_dir: Path, manifest: dict):
     quiet_transformers()
     tokenizer = load_tokenizer(backbone_dir)
     return LlamaForCausalLM.from_pretrained(str(backbone_dir), use_safetensors=True), tokenizer
+
+
+def trained_heads(model) -> list[str]:
+    """Heads trained in full beside an adapter (a new head per task)."""
+    return []
 
 
 def head_modules() -> list[str]:

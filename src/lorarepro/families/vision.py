@@ -15,7 +15,6 @@ from lorarepro.families.common import Encoded, quiet_transformers
 
 TEXT = False  # has a tokenizer built from the family vocabulary
 ARCH = "vit"
-TRAIN_HEAD = True  # train the head in full beside an adapter (a new head per task)
 METRIC = "accuracy"
 
 
@@ -47,6 +46,11 @@ def load_for_task(backbone_dir: Path, manifest: dict):
         label2id={str(i): i for i in range(n)}, ignore_mismatched_sizes=True, use_safetensors=True,
     )
     return model, None
+
+
+def trained_heads(model) -> list[str]:
+    """Heads trained in full beside an adapter (a new head per task)."""
+    return ["classifier"]
 
 
 def head_modules() -> list[str]:
