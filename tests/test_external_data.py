@@ -108,12 +108,13 @@ def test_hub_source_through_load_dataset_and_per_split_override(tmp_path, monkey
            "fields": {"question": "question", "solution": "answer", "answer": "answer"}, "answer_regex": r"####\s*(.+)$"}
     cfg = {"family": "generation", "backbone": "llama-tiny", "source": "hub", "dataset": str(tmp_path / "math"),
            "fields": {"question": "query", "solution": "response", "answer": "response"},
-           "answer_regex": r"The answer is:?\s*(.+)$",
+           "answer_regex": r"The answer is:?\s*(.+)$", "prompt": "Q: {question}\nA:", "max_new_tokens": 512,
            "splits": {"train": "train[:2]", "validation": gsm, "test": gsm}}
     manifest = prepare_task("metamath_gsm8k", cfg, 0, tmp_path / "out")
     train, test = load_split(tmp_path / "out", "train"), load_split(tmp_path / "out", "test")
-    assert train["answer"].tolist() == ["2", "5"] and train["question"].tolist() == ["1+1?", "2+3?"]
-    assert test["answer"].tolist() == ["42", "8"] and test["question"][0] == "6*7?"
+    assert train["answer"].tolist() == ["2", "5"] and train["question"].tolist() == ["Q: 1+1?\nA:", "Q: 2+3?\nA:"]
+    assert test["answer"].tolist() == ["42", "8"] and test["question"][0] == "Q: 6*7?\nA:"
+    assert manifest["max_new_tokens"] == 512
     assert manifest["sources"]["train"]["slice"] == [None, 2]
 
 
@@ -140,3 +141,15 @@ def test_config_check_refuses_unknown_prompt_placeholder(params):
         splits={"train": "a.csv", "validation": "a.csv", "test": "a.csv"})}}
     with pytest.raises(ConfigError, match="tasks.sst2.prompt"):
         validate(cfg)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("6 * 7 = 42. The answer is: 42", "42"),
+    ("so 1,000 - 1 = 999\nThe answer is: 999.", "999"),
+    ("The answer is 1,250 apples", "1250"),
+    ("no digits here", None),
+])
+def test_answers_are_extracted_from_decoded_text(text, expected):
+    from lorarepro.families.generation import extract_answer
+
+    assert extract_answer(text) == expected

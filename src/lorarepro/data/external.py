@@ -58,9 +58,10 @@ def check_task(task: str, task_cfg: dict) -> None:
             raise ValueError(f"config key '{key}': family {family!r} needs fields {missing}")
         if "prompt" in source:
             names = [n for _, n, _, _ in string.Formatter().parse(source["prompt"]) if n is not None]
-            bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_ #.-]+", n) or n not in fields.get("text", [])]
+            allowed = ["question"] if family == "generation" else fields.get("text", [])
+            bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_ #.-]+", n) or n not in allowed]
             if bad:
-                raise ValueError(f"config key 'tasks.{task}.prompt': placeholders {bad} are not plain names listed in fields.text")
+                raise ValueError(f"config key 'tasks.{task}.prompt': placeholders {bad} are not among {allowed}")
         if "answer_regex" in source and re.compile(source["answer_regex"]).groups < 1:
             raise ValueError(f"config key 'tasks.{task}.answer_regex': needs one capture group")
     if family == "nlu" and "label_words" not in task_cfg:
@@ -171,7 +172,10 @@ def to_family(task: str, task_cfg: dict, source: dict, frame: pd.DataFrame) -> p
             if any(m is None for m in found):
                 raise ValueError(f"task {task!r}: answer_regex finds no answer in {sum(m is None for m in found)} rows")
             answers = pd.Series([m.group(1).strip().replace(",", "") for m in found])
-        return pd.DataFrame({"question": frame[fields["question"]].astype(str).tolist(),
+        questions = frame[fields["question"]].astype(str).tolist()
+        if source.get("prompt"):
+            questions = [source["prompt"].format_map({"question": q}) for q in questions]
+        return pd.DataFrame({"question": questions,
                              "solution": frame[fields["solution"]].astype(str).tolist(), "answer": answers.tolist()})
     label_col = fields.get("label", "label")
     names = task_cfg.get("label_names")
@@ -194,6 +198,8 @@ def prepare_external(task: str, task_cfg: dict, data_seed: int, out_dir: Path) -
               "family": task_cfg["family"], "sources": sources}
     if task_cfg["family"] == "nlu":
         header.update(num_labels=len(task_cfg["label_words"]), label_words=list(task_cfg["label_words"]))
+    elif task_cfg["family"] == "generation" and "max_new_tokens" in task_cfg:
+        header["max_new_tokens"] = int(task_cfg["max_new_tokens"])
     elif task_cfg["family"] == "vision":
         header["num_labels"] = len(task_cfg["label_names"]) if task_cfg.get("label_names") else int(splits["train"]["label"].max()) + 1
     if "mirrors" in task_cfg:
