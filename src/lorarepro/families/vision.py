@@ -5,6 +5,7 @@ from the downstream tasks; each downstream task gets a fresh classifier head tra
 the adapter (the paper freezes CLIP's text-derived head, which a tiny ViT does not have).
 """
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,23 @@ def _pixels(df) -> torch.Tensor:
     x = torch.tensor(np.stack(df["pixels"].to_numpy()), dtype=torch.float32)
     side = int(round(x.shape[1] ** 0.5))
     return (x.view(-1, 1, side, side) - 0.5) / 0.5
+
+
+def _images(processor, blobs) -> torch.Tensor:
+    """Encoded image files (the `image` column of hub/local data) through the backbone's image
+    processor (resize, RGB, normalisation); decoded per batch, since a dataset of 224x224 float
+    tensors would not fit in memory."""
+    from PIL import Image
+
+    if processor is None:
+        raise ValueError("images from files need the backbone's image processor (preprocessor_config.json in its directory)")
+    return processor(images=[Image.open(io.BytesIO(b)).convert("RGB") for b in blobs], return_tensors="pt")["pixel_values"]
+
+
+def _inputs(processor, df, idx) -> torch.Tensor:
+    if "image" in df.columns:
+        return _images(processor, df["image"].iloc[idx].tolist())
+    return _pixels(df.iloc[idx])
 
 
 def build_backbone(size: dict, vocab: list[str]):
@@ -45,7 +63,12 @@ def load_for_task(backbone_dir: Path, manifest: dict):
         str(backbone_dir), num_labels=n, id2label={i: str(i) for i in range(n)},
         label2id={str(i): i for i in range(n)}, ignore_mismatched_sizes=True, use_safetensors=True,
     )
-    return model, None
+    processor = None
+    if (Path(backbone_dir) / "preprocessor_config.json").is_file():  # hub/local models; the tiny one takes pixels
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(str(backbone_dir))
+    return model, processor
 
 
 def trained_heads(model) -> list[str]:
@@ -58,16 +81,23 @@ def head_modules() -> list[str]:
 
 
 def encode(df, tokenizer, manifest: dict, max_length: int) -> Encoded:
-    columns = {"pixel_values": _pixels(df), "labels": torch.tensor(df["label"].to_numpy(), dtype=torch.long)}
+    """`tokenizer` is the backbone's image processor (None for the tiny pixel backbones)."""
+    labels = torch.tensor(df["label"].to_numpy(), dtype=torch.long)
+    if "image" in df.columns:  # decoded lazily per batch
+        columns = {"image": df["image"].tolist(), "labels": labels}
+        return Encoded(columns, lambda c, idx: {"pixel_values": _images(tokenizer, [c["image"][i] for i in idx]),
+                                                "labels": c["labels"][idx]})
+    columns = {"pixel_values": _pixels(df), "labels": labels}
     return Encoded(columns, lambda c, idx: {k: v[idx] for k, v in c.items()})
 
 
 @torch.no_grad()
 def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 512) -> float:
     model.eval()
-    x, y, dev = _pixels(df), torch.tensor(df["label"].to_numpy()), device.of(model)
+    y, dev = torch.tensor(df["label"].to_numpy()), device.of(model)
     correct = sum(
-        (model(pixel_values=x[i : i + batch_size].to(dev)).logits.argmax(-1).cpu() == y[i : i + batch_size]).sum().item()
-        for i in range(0, len(x), batch_size)
+        (model(pixel_values=_inputs(tokenizer, df, list(range(i, min(i + batch_size, len(df))))).to(dev)).logits.argmax(-1).cpu()
+         == y[i : i + batch_size]).sum().item()
+        for i in range(0, len(df), batch_size)
     )
-    return 100.0 * correct / len(x)
+    return 100.0 * correct / len(df)
