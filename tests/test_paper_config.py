@@ -19,7 +19,9 @@ PAPER = ROOT / "workflow" / "configs" / "paper.yaml"
 
 def test_paper_config_validates_and_stands_alone():
     cfg = load(ROOT / "params.yaml", PAPER)  # standalone: params.yaml is dropped, not merged under
-    assert set(cfg["tasks"]) == {"mnli", "sst2", "cola", "qnli", "mrpc", "metamath_gsm8k"}
+    assert set(cfg["tasks"]) == {"mnli", "sst2", "cola", "qnli", "mrpc", "cifar10", "cifar100", "cars", "svhn", "dtd",
+                                 "metamath_gsm8k"}
+    assert cfg["training"]["vision"]["flat"]["rho"] == 0.15 and cfg["training"]["vision"]["weight_decay"] == 0.1
     assert "sharpness" not in cfg and "full_ft" in cfg["methods"]
     assert cfg["methods"]["full_ft"]["training"]["lr"] == 1e-4
     assert cfg["training"]["nlu"]["lr"] == 5e-4 and cfg["training"]["nlu"]["max_length"] == 128
@@ -65,14 +67,15 @@ def test_dry_run_builds_the_whole_grid_offline(tmp_path):
     pairs = {tid: {(t, m) for t in spec["tasks"] for m in spec["methods"]} for tid, spec in table.items()}
     pairs |= {f["id"]: {(t, m) for t in f["tasks"] for m in f["methods"]} for f in cfg["figures"]}
     assert {k: len(v) for k, v in pairs.items()} == {
-        "table1_glue": 25, "table3_llama": 2, "table5_variants": 28, "table6_sam": 8, "table7_cost": 2,
-        "training_curves": 12, "rank_ablation": 10, "sigma_ablation": 6}
+        "table1_glue": 25, "table2_clip": 25, "table3_llama": 2, "table5_variants": 28, "table6_sam": 8,
+        "table7_cost": 2, "training_curves": 22, "ood_curve": 4, "rank_ablation": 10, "sigma_ablation": 6}
+    assert not pairs["ood_curve"] - pairs["table2_clip"]  # Fig. 4 reuses Table 2's runs
     new = len(pairs["table5_variants"] - pairs["table1_glue"]) + len(pairs["table6_sam"] - pairs["table1_glue"])
     assert (new, len(pairs["table7_cost"] - pairs["table3_llama"])) == (28, 0)  # Table 7 reuses Table 3's runs
     assert len(pairs["rank_ablation"] - pairs["table1_glue"]) + len(pairs["sigma_ablation"] - pairs["table1_glue"]) == 10
-    # one job per (task, method), all seeds inside: 25 + 2 + 28 + 10
-    assert counts["train"] == len(reported_pairs(cfg)) == 65
-    assert counts["prepare_data"] == 6 and counts["backbone"] == 2
+    # one job per (task, method), all seeds inside: 25 + 25 + 2 + 28 + 10
+    assert counts["train"] == len(reported_pairs(cfg)) == 90
+    assert counts["prepare_data"] == 11 and counts["backbone"] == 3
     assert "prepare_pretext" not in counts and "sharpness" not in counts  # hub backbones; no sharpness key
     assert counts["tables"] == counts["figures"] == counts["all"] == 1
     assert seconds < 20, f"dry run took {seconds:.1f} s"  # ~4 s here; the brief's budget is 10 s on a free core

@@ -14,7 +14,7 @@ import yaml
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 SAM_DEFAULTS = {"rho": 0.05, "space": "weight"}
-FAMILY_ARCH = {"nlu": ("t5", "encoder"), "vision": ("vit",), "generation": ("llama",)}
+FAMILY_ARCH = {"nlu": ("t5", "encoder"), "vision": ("vit", "clip"), "generation": ("llama",)}
 GENERATED_SOURCES = ("synthetic", "sklearn_digits")
 # What each rule declares unless `resources:` (or a task's `resources`, for its train job) says otherwise.
 DEFAULT_RESOURCES = {
@@ -136,8 +136,8 @@ def _check_tasks(config: dict) -> None:
             raise ConfigError(f"config key 'backbones.{name}.path': required when source is 'local'")
         if backbone["source"] == "hub" and "model" not in backbone:
             raise ConfigError(f"config key 'backbones.{name}.model': required when source is 'hub'")
-        if backbone["source"] == "pretrain" and backbone["arch"] == "encoder":
-            raise ConfigError(f"config key 'backbones.{name}.source': encoder backbones come from the hub or a local directory, not 'pretrain'")
+        if backbone["source"] == "pretrain" and backbone["arch"] in ("encoder", "clip"):
+            raise ConfigError(f"config key 'backbones.{name}.source': {backbone['arch']} backbones come from the hub or a local directory, not 'pretrain'")
         if backbone["source"] == "pretrain" and not {"size", "pretrain"} <= backbone.keys():
             raise ConfigError(f"config key 'backbones.{name}': source 'pretrain' needs 'size' and 'pretrain'")
 

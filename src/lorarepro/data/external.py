@@ -87,6 +87,9 @@ def _read_hub(source: dict) -> pd.DataFrame:
     if image is not None:
         ds = ds.cast_column(image, datasets.Image(decode=False))  # keep the file's own bytes
     frame = ds.to_pandas()
+    label = (source.get("fields") or {}).get("label")
+    if label in ds.features and hasattr(ds.features[label], "names"):
+        frame.attrs["class_names"] = list(ds.features[label].names)
     if image is not None:
         frame[image] = [cell["bytes"] for cell in frame[image]]
     return frame
@@ -130,7 +133,9 @@ def _read_imagefolder(task: str, root: Path) -> pd.DataFrame:
     rows = [{"image": f.read_bytes(), "label": classes[i], "file": str(f.relative_to(root))}
             for i, _ in enumerate(classes) for f in sorted((root / classes[i]).iterdir())
             if f.suffix.lower() in IMAGE_SUFFIXES]
-    return pd.DataFrame(rows, columns=["image", "label", "file"])
+    frame = pd.DataFrame(rows, columns=["image", "label", "file"])
+    frame.attrs["class_names"] = classes
+    return frame
 
 
 def _labels(task: str, values: pd.Series, names: list[str] | None, count: int) -> list[int]:
@@ -189,10 +194,12 @@ def to_family(task: str, task_cfg: dict, source: dict, frame: pd.DataFrame) -> p
 def prepare_external(task: str, task_cfg: dict, data_seed: int, out_dir: Path) -> dict:
     """Read, map and write every split of an external task; returns its manifest."""
     check_task(task, task_cfg)
-    splits, sources = {}, {}
+    splits, sources, class_names = {}, {}, {}
     for split in task_cfg["splits"]:
         source = split_source(task, task_cfg, split)
-        splits[split] = to_family(task, task_cfg, source, read_source(task, source))
+        frame = read_source(task, source)
+        class_names[split] = frame.attrs.get("class_names")
+        splits[split] = to_family(task, task_cfg, source, frame)
         sources[split] = {k: v for k, v in source.items() if k in ("dataset", "subset", "revision", "path", "format", "split", "slice")}
     header = {"task": task, "source": task_cfg["source"], "generator": None, "data_seed": int(data_seed),
               "family": task_cfg["family"], "sources": sources}
@@ -201,7 +208,10 @@ def prepare_external(task: str, task_cfg: dict, data_seed: int, out_dir: Path) -
     elif task_cfg["family"] == "generation" and "max_new_tokens" in task_cfg:
         header["max_new_tokens"] = int(task_cfg["max_new_tokens"])
     elif task_cfg["family"] == "vision":
-        header["num_labels"] = len(task_cfg["label_names"]) if task_cfg.get("label_names") else int(splits["train"]["label"].max()) + 1
+        names = task_cfg.get("label_names") or class_names.get("train")
+        header["num_labels"] = len(names) if names else int(splits["train"]["label"].max()) + 1
+        if names:
+            header["class_names"] = list(names)  # CLIP's zero-shot head is built from them
     if "mirrors" in task_cfg:
         header["mirrors"] = task_cfg["mirrors"]
     return write_dataset(out_dir, splits, header)

@@ -6,6 +6,7 @@ the adapter (the paper freezes CLIP's text-derived head, which a tiny ViT does n
 """
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +55,63 @@ def pretext_batch(tokenizer, rows, rng: np.random.Generator, max_length: int) ->
     return {"pixel_values": _pixels(rows), "labels": torch.tensor(rows["label"].to_numpy(), dtype=torch.long)}
 
 
+CLIP_TEMPLATE = "a photo of a {}."  # the zero-shot head's prompt (CLIP's own default template)
+
+
+class ClipClassifier(torch.nn.Module):
+    """CLIP's image tower with a frozen zero-shot head (the paper's Table 2 setting): the head's rows
+    are the normalised text embeddings of each class prompt, scaled by CLIP's logit scale."""
+
+    def __init__(self, clip, head_weight: torch.Tensor):
+        super().__init__()
+        self.vision_model = clip.vision_model
+        self.visual_projection = clip.visual_projection
+        self.head = torch.nn.Linear(head_weight.shape[1], head_weight.shape[0], bias=False)
+        self.head.weight.data.copy_(head_weight)
+        self.head.requires_grad_(False)
+
+    def forward(self, pixel_values, labels=None):
+        from transformers.modeling_outputs import ImageClassifierOutput
+
+        emb = self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
+        logits = self.head(emb / emb.norm(dim=-1, keepdim=True))
+        loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return ImageClassifierOutput(loss=loss, logits=logits)
+
+    def save_pretrained(self, out_dir, safe_serialization: bool = True) -> None:
+        """Full fine-tuning's checkpoint: every weight (tower, projection, frozen head) as safetensors."""
+        from safetensors.torch import save_file
+
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(Path(out_dir) / "model.safetensors"))
+
+
+def _load_clip(backbone_dir: Path, manifest: dict) -> ClipClassifier:
+    from transformers import AutoTokenizer, CLIPModel
+
+    names = manifest.get("class_names")
+    if not names:
+        raise ValueError(f"task '{manifest['task']}': a CLIP backbone needs class names (label_names, image folders or hub ClassLabel)")
+    clip = CLIPModel.from_pretrained(str(backbone_dir), use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(backbone_dir))
+    with torch.no_grad():
+        text = tokenizer([CLIP_TEMPLATE.format(n.replace("_", " ")) for n in names], padding=True, return_tensors="pt")
+        emb = clip.get_text_features(**text)
+        emb = emb if isinstance(emb, torch.Tensor) else emb.pooler_output
+        weight = clip.logit_scale.exp() * emb / emb.norm(dim=-1, keepdim=True)
+    return ClipClassifier(clip, weight)  # the text tower is dropped with `clip`
+
+
 def load_for_task(backbone_dir: Path, manifest: dict):
     from transformers import ViTForImageClassification
 
     quiet_transformers()
     n = manifest["num_labels"]
+    config = json.loads((Path(backbone_dir) / "config.json").read_text())
+    if config.get("model_type") == "clip":
+        from transformers import AutoImageProcessor
+
+        return _load_clip(backbone_dir, manifest), AutoImageProcessor.from_pretrained(str(backbone_dir))
     model = ViTForImageClassification.from_pretrained(
         str(backbone_dir), num_labels=n, id2label={i: str(i) for i in range(n)},
         label2id={str(i): i for i in range(n)}, ignore_mismatched_sizes=True, use_safetensors=True,
@@ -72,12 +125,12 @@ def load_for_task(backbone_dir: Path, manifest: dict):
 
 
 def trained_heads(model) -> list[str]:
-    """Heads trained in full beside an adapter (a new head per task)."""
-    return ["classifier"]
+    """A ViT's new head is trained in full beside an adapter; CLIP's zero-shot head stays frozen."""
+    return ["classifier"] if hasattr(model, "classifier") else []
 
 
 def head_modules() -> list[str]:
-    return ["classifier"]
+    return ["classifier", "head"]  # never LoRA targets
 
 
 def encode(df, tokenizer, manifest: dict, max_length: int) -> Encoded:
