@@ -1,6 +1,8 @@
 # lorarepro: data -> backbones -> train (task x method x seeds) -> tables, figures.
 # Run: snakemake --cores 2        (the embedded default, params.yaml)
 #      snakemake --cores 2 --configfile my_overrides.yaml   (deep-merged over params.yaml)
+#      snakemake --profile workflow/profiles/slurm --configfile workflow/configs/paper.yaml
+#          (a config with `standalone: true` is complete: params.yaml is not merged under it)
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -12,10 +14,20 @@ configfile: "params.yaml"
 report: "workflow/report/workflow.rst"  # snakemake --report results/report.html
 
 
+# Snakemake deep-merges --configfile over params.yaml, so the embedded default's tasks, methods and
+# sharpness settings would leak into a complete config such as the paper's; `standalone: true` in the
+# command-line config drops params.yaml (same as --replace-workflow-config).
+if workflow.config_settings.overwrite_config.get("standalone"):
+    import copy
+
+    config.clear()
+    config.update(copy.deepcopy(workflow.config_settings.overwrite_config))
+
+
 validate(config, "workflow/schemas/params.schema.yaml")
 
 from lorarepro import paths
-from lorarepro.config import check, reported_pairs, resolve_run, sharpness_specs, specs
+from lorarepro.config import check, reported_pairs, resolve_run, resources, sharpness_specs, specs
 
 check(config)  # cross-references (unknown task in a table, rank above a layer's size) before any job
 

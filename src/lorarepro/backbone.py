@@ -1,4 +1,4 @@
-"""Backbones: build a tiny model and pretrain it on its family's pretext corpus, or copy a local one.
+"""Backbones: build a tiny model and pretrain it on its family's pretext corpus, copy a local one, or download one.
 
 The result is a save_pretrained directory (safetensors, config, tokenizer) that fine-tuning loads
 through the same from_pretrained path that loads hub models in the paper profile.
@@ -68,6 +68,28 @@ def copy_local(name: str, cfg: dict, out_dir: Path) -> dict:
     return info
 
 
+# Weights as safetensors only (no pickle), plus configs, tokenizer files and processor settings.
+HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.model", "*.txt", "*.tiktoken"]
+
+
+def download_hub(name: str, cfg: dict, out_dir: Path) -> dict:
+    """Fetch a hub model (pinned `revision` if given) with its safetensors weights only.
+
+    Gated models (Llama-2) need an accepted licence and a token in HF_TOKEN; HF_HUB_OFFLINE=1 with
+    a filled cache works without network.
+    """
+    from huggingface_hub import snapshot_download
+
+    info = {"backbone": name, "arch": cfg["arch"], "source": "hub", "model": cfg["model"], "revision": cfg.get("revision")}
+    with atomic_dir(out_dir) as tmp:
+        snapshot_download(repo_id=cfg["model"], revision=cfg.get("revision"), local_dir=str(tmp), allow_patterns=HUB_PATTERNS)
+        shutil.rmtree(tmp / ".cache", ignore_errors=True)  # the hub client's bookkeeping, not part of the model
+        if not any(tmp.glob("*.safetensors")):
+            raise FileNotFoundError(f"backbones.{name}.model: {cfg['model']} has no *.safetensors weights (pickle weights are not loaded)")
+        _finish(tmp, cfg, info)
+    return info
+
+
 def _finish(tmp: Path, cfg: dict, info: dict) -> None:
     """Hash, then write the completion marker last (atomic_dir moves the directory into place).
 
@@ -85,4 +107,6 @@ def build(name: str, config: dict) -> dict:
     out = paths.backbone_dir(name)
     if cfg["source"] == "local":
         return copy_local(name, cfg, out)
+    if cfg["source"] == "hub":
+        return download_hub(name, cfg, out)
     return pretrain(name, cfg, paths.pretext_dir(name), out, config["data_seed"])

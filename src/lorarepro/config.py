@@ -13,7 +13,16 @@ import yaml
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 SAM_DEFAULTS = {"rho": 0.05, "space": "weight"}
-FAMILY_ARCH = {"nlu": "t5", "vision": "vit", "generation": "llama"}
+FAMILY_ARCH = {"nlu": ("t5", "encoder"), "vision": ("vit", "clip"), "generation": ("llama",)}
+GENERATED_SOURCES = ("synthetic", "sklearn_digits")
+# What each rule declares unless `resources:` (or a task's `resources`, for its train job) says otherwise.
+DEFAULT_RESOURCES = {
+    "prepare_data": {"mem_mb": 1000, "runtime": 10},
+    "prepare_pretext": {"mem_mb": 1000, "runtime": 10},
+    "backbone": {"mem_mb": 4000, "runtime": 60},
+    "train": {"mem_mb": 4000, "runtime": 120},
+    "sharpness": {"mem_mb": 4000, "runtime": 60},
+}
 
 
 class ConfigError(ValueError):
@@ -32,7 +41,10 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 def load(*paths: str | Path) -> dict:
-    """Read YAML files in order (later ones deep-merge over earlier), validate, and return the config."""
+    """Read YAML files in order (later ones deep-merge over earlier), validate, and return the config.
+
+    A file with `standalone: true` is complete: what came before it is dropped (as in the Snakefile).
+    """
     config: dict = {}
     for path in paths:
         path = Path(path)
@@ -42,7 +54,7 @@ def load(*paths: str | Path) -> dict:
             data = yaml.safe_load(fh) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
-        config = deep_merge(config, data)
+        config = copy.deepcopy(data) if data.get("standalone") else deep_merge(config, data)
     validate(config)
     return config
 
@@ -107,15 +119,26 @@ def _check_tasks(config: dict) -> None:
         backbone = config["backbones"].get(task["backbone"])
         if backbone is None:
             raise ConfigError(f"config key 'tasks.{name}.backbone': unknown backbone '{task['backbone']}' (known: {sorted(config['backbones'])})")
-        if backbone["arch"] != FAMILY_ARCH[task["family"]]:
-            raise ConfigError(f"config key 'tasks.{name}.backbone': family '{task['family']}' needs a '{FAMILY_ARCH[task['family']]}' backbone, '{task['backbone']}' is '{backbone['arch']}'")
-        if task["generator"] not in GENERATORS:
+        if backbone["arch"] not in FAMILY_ARCH[task["family"]]:
+            raise ConfigError(f"config key 'tasks.{name}.backbone': family '{task['family']}' needs a {' or '.join(FAMILY_ARCH[task['family']])} backbone, '{task['backbone']}' is '{backbone['arch']}'")
+        if task["source"] not in GENERATED_SOURCES:
+            from lorarepro.data.external import check_task
+
+            try:
+                check_task(name, task)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+        elif task["generator"] not in GENERATORS:
             raise ConfigError(f"config key 'tasks.{name}.generator': unknown generator '{task['generator']}' (known: {sorted(GENERATORS)})")
         if task["family"] not in config["training"]:
             raise ConfigError(f"config key 'training.{task['family']}': missing training defaults for family of task '{name}'")
     for name, backbone in config["backbones"].items():
         if backbone["source"] == "local" and "path" not in backbone:
             raise ConfigError(f"config key 'backbones.{name}.path': required when source is 'local'")
+        if backbone["source"] == "hub" and "model" not in backbone:
+            raise ConfigError(f"config key 'backbones.{name}.model': required when source is 'hub'")
+        if backbone["source"] == "pretrain" and backbone["arch"] in ("encoder", "clip"):
+            raise ConfigError(f"config key 'backbones.{name}.source': {backbone['arch']} backbones come from the hub or a local directory, not 'pretrain'")
         if backbone["source"] == "pretrain" and not {"size", "pretrain"} <= backbone.keys():
             raise ConfigError(f"config key 'backbones.{name}': source 'pretrain' needs 'size' and 'pretrain'")
 
@@ -182,6 +205,14 @@ def _smallest_linear_dim(backbone: dict) -> int | None:
     return min(dims) if dims else None
 
 
+def resources(config: dict, rule: str, task: str | None = None) -> dict:
+    """What one job of `rule` declares: defaults < config `resources.<rule>` < the task's `resources` (train only)."""
+    out = {"gpu": 0, **DEFAULT_RESOURCES[rule], **((config.get("resources") or {}).get(rule) or {})}
+    if rule == "train" and task is not None:
+        out.update(config["tasks"][task].get("resources") or {})
+    return out
+
+
 def resolve_run(config: dict, task: str, method: str) -> dict:
     """Everything one (task, method) run needs, with defaults deep-merged: family < method < task."""
     if task not in config["tasks"]:
@@ -195,7 +226,7 @@ def resolve_run(config: dict, task: str, method: str) -> dict:
     flat = None
     if method_cfg.get("flat") is not None:
         flat = deep_merge({"rho": 0.05, "mode": "exact", "scope": "lora"}, deep_merge(flat_defaults, method_cfg["flat"]))
-    return {
+    run = {
         "task": task,
         "method": method,
         "family": task_cfg["family"],
@@ -207,3 +238,7 @@ def resolve_run(config: dict, task: str, method: str) -> dict:
         "seeds": list(config["seeds"]),
         "threads": config.get("threads", 1),
     }
+    dtype = config["backbones"][task_cfg["backbone"]].get("dtype", "float32")
+    if dtype != "float32":  # only then: float32 runs keep their settings (and Snakemake params) unchanged
+        run["backbone_dtype"] = dtype
+    return run

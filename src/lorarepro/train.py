@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lorarepro import families, paths
+from lorarepro import device, families, paths
 from lorarepro.atomic import atomic_dir, write_json, write_text
 from lorarepro.config import resolve_run
 from lorarepro.cost import StepMemoryProbe
@@ -39,7 +39,10 @@ def load_model(run: dict, manifest: dict, seed: int):
     """The task's backbone, seeded so that a new head (and later the adapter init) is too."""
     family = families.get(run["family"])
     torch.manual_seed(seed)
-    return family.load_for_task(paths.backbone_dir(run["backbone"]), manifest)
+    model, tokenizer = family.load_for_task(paths.backbone_dir(run["backbone"]), manifest)
+    if run.get("backbone_dtype"):  # e.g. bf16 backbone; PEFT keeps the adapter in fp32 (autocast_adapter_dtype)
+        model = model.to(getattr(torch, run["backbone_dtype"]))
+    return model, tokenizer
 
 
 def wrap_adapter(model, run: dict, total_steps: int, gradient_batches=None):
@@ -47,7 +50,7 @@ def wrap_adapter(model, run: dict, total_steps: int, gradient_batches=None):
     if run["adapter"] is None:
         return model
     family = families.get(run["family"])
-    train_heads = family.head_modules() if family.TRAIN_HEAD else []
+    train_heads = family.trained_heads(model)
     return lora.apply(model, run["adapter"], family.head_modules(), train_heads,
                       total_steps=total_steps, gradient_batches=gradient_batches)
 
@@ -68,6 +71,8 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
     adapter = run["adapter"]
     ga_steps = plan[: lora.gradient_steps(adapter)]  # LoRA-GA's gradient: the first steps' batches
     model = wrap_adapter(model, run, len(plan), lambda: (encoded.batch(mb) for step in ga_steps for mb in step))
+    dev = device.pick()
+    model.to(dev)  # after the adapter exists (LoRA-GA/PiSSA initialise on the host)
     initial = lora.initial_state(model, adapter)
     optimizer, scheduler = make_optimizer(model, tcfg["lr"], tcfg["weight_decay"], len(plan), tcfg["warmup_ratio"],
                                           loraplus_lr_ratio=(adapter or {}).get("loraplus_lr_ratio"))
@@ -93,9 +98,10 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
 
     with tqdm(total=len(plan), desc=label, mininterval=2.0) as progress:
         try:
-            train_steps(lora.training_module(model, adapter), plan, encoded.batch, optimizer, scheduler,
-                        hook=hook, callbacks=[probe, *lora.callbacks(model, adapter)], label=label,
-                        progress=progress, start_step=start_step, history=history, on_step_end=on_step_end)
+            train_steps(lora.training_module(model, adapter), plan, lambda idx: device.to(encoded.batch(idx), dev),
+                        optimizer, scheduler, hook=hook, callbacks=[probe, *lora.callbacks(model, adapter)],
+                        label=label, progress=progress, start_step=start_step, history=history,
+                        on_step_end=on_step_end)
         except NonFiniteLoss as exc:
             _write_failed(run, seed, exc, history, manifest, tracker)
             ckpts.clear()
@@ -119,7 +125,7 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
         "flat": flat_info,
         "resources": {
             "seconds": round(seconds, 3), "seconds_per_step": round(seconds / len(plan), 5),
-            "step_peak_mb": probe.peak_mb, "peak_rss_mb": round(peak_rss_mb(), 1), "device": "cpu",
+            "step_peak_mb": probe.peak_mb, "peak_rss_mb": round(peak_rss_mb(), 1), "device": dev.type,
         },
         "lineage": {
             "data_sha256": manifest["sha256"],
@@ -197,15 +203,18 @@ def _finish_flat(model, run: dict, flat) -> dict | None:
 
 def pristine_targets(target_names: list[str], backbone_dir: Path) -> dict:
     """The saved backbone's weights of the perturbed layers, keyed by their (PEFT-wrapped) names."""
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
-    saved = load_file(str(Path(backbone_dir) / "model.safetensors"))
+    keys = {name: name.removeprefix("base_model.model.").removesuffix(".base_layer") + ".weight" for name in target_names}
+    found = {}
+    for shard in sorted(Path(backbone_dir).glob("*.safetensors")):  # hub models of 7B come in shards
+        with safe_open(str(shard), framework="pt") as fh:
+            found.update({k: fh.get_tensor(k) for k in set(fh.keys()) & set(keys.values())})
     out = {}
-    for name in target_names:
-        key = name.removeprefix("base_model.model.").removesuffix(".base_layer") + ".weight"
-        if key not in saved:
-            raise KeyError(f"{backbone_dir}/model.safetensors has no weight '{key}' for perturbed layer '{name}'")
-        out[name] = saved[key]
+    for name, key in keys.items():
+        if key not in found:
+            raise KeyError(f"{backbone_dir}/*.safetensors has no weight '{key}' for perturbed layer '{name}'")
+        out[name] = found[key]
     return out
 
 

@@ -17,7 +17,6 @@ rule backbone:
     log:
         str(paths.log("backbone", "{backbone}")),
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **rule_resources("backbone"),
     script:
         "../scripts/backbone.py"

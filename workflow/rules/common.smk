@@ -11,6 +11,14 @@ wildcard_constraints:
 SEEDS = config["seeds"]
 
 
+def rule_resources(rule):
+    """Resources of `rule` from the config (lorarepro.config.resources), per job: a task may override its train job's."""
+    keys = set(resources(config, rule))
+    if rule == "train":
+        keys |= {k for t in config["tasks"].values() for k in (t.get("resources") or {})}
+    return {key: (lambda w, key=key: resources(config, rule, w.get("task")).get(key, 0)) for key in sorted(keys)}
+
+
 TABLES = specs(config, "tables")
 FIGURES = specs(config, "figures")
 

@@ -8,8 +8,7 @@ rule prepare_data:
     log:
         str(paths.log("prepare_data", "{task}")),
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **rule_resources("prepare_data"),
     script:
         "../scripts/prepare_data.py"
 
@@ -24,7 +23,6 @@ rule prepare_pretext:
     log:
         str(paths.log("prepare_pretext", "{backbone}")),
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **rule_resources("prepare_pretext"),
     script:
         "../scripts/prepare_pretext.py"

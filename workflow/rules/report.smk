@@ -10,8 +10,7 @@ rule sharpness:
     log:
         str(paths.log("sharpness", "{task}")),
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **rule_resources("sharpness"),
     script:
         "../scripts/sharpness.py"
 

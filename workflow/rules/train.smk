@@ -16,7 +16,6 @@ rule train:
     log:
         str(paths.log("train", "{task}", "{method}")),
     resources:
-        mem_mb=4000,
-        runtime=120,
+        **rule_resources("train"),
     script:
         "../scripts/train.py"

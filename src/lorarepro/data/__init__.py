@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lorarepro.data import generation, nlu, vision
+from lorarepro.data import external, generation, nlu, vision
 from lorarepro.data.io import (
     GENERATORS,
     SPLITS,
@@ -44,7 +44,9 @@ def _check_disjoint(task: str, splits: dict[str, pd.DataFrame], key: str) -> Non
 
 
 def prepare_task(name: str, task_cfg: dict, data_seed: int, out_dir: Path) -> dict:
-    """Generate every split of one task into out_dir and return its manifest."""
+    """Generate (or, for hub/local sources, read) every split of one task into out_dir; returns its manifest."""
+    if task_cfg.get("source") in external.SOURCES:
+        return external.prepare_external(name, task_cfg, data_seed, out_dir)
     generator = get_generator(name, task_cfg.get("generator"))
     family = task_cfg.get("family")
     splits, meta = generator(name, task_cfg, int(data_seed))

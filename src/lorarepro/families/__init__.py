@@ -3,11 +3,12 @@ and how its metric is computed. One module per family, registered by name.
 
 Each family module provides:
     ARCH, METRIC                                   architecture key and metric name
-    TEXT, TRAIN_HEAD                               has a tokenizer; trains a new head beside an adapter
+    TEXT                                           has a tokenizer
     build_backbone(size, vocab) -> (model, tokenizer | None)
     pretext_batch(tokenizer, rows, rng, max_length) -> dict   one pretraining batch from pretext rows
     load_for_task(backbone_dir, manifest) -> (model, tokenizer | None)
-    head_modules() -> list[str]                    modules trained in full beside the adapter
+    head_modules() -> list[str]                    modules never wrapped by LoRA (heads)
+    trained_heads(model) -> list[str]              heads trained in full beside an adapter (a new head per task)
     encode(df, tokenizer, manifest, max_length) -> Encoded     tensors for training
     evaluate(model, tokenizer, df, manifest, max_length) -> float   metric in percent
 """

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lorarepro import device
 from lorarepro.families.common import Encoded, build_tokenizer, ids, load_tokenizer, pad, quiet_transformers
 
 TEXT = True  # has a tokenizer built from the family vocabulary
 ARCH = "llama"
-TRAIN_HEAD = False  # train the head in full beside an adapter (a new head per task)
 METRIC = "exact_match"
-MAX_NEW_TOKENS = 32
+MAX_NEW_TOKENS = 32  # the tiny tasks' solutions; a task's `max_new_tokens` (manifest) overrides it
 
 
 def build_backbone(size: dict, vocab: list[str]):
@@ -52,6 +52,11 @@ def load_for_task(backbone_dir: Path, manifest: dict):
     return LlamaForCausalLM.from_pretrained(str(backbone_dir), use_safetensors=True), tokenizer
 
 
+def trained_heads(model) -> list[str]:
+    """Heads trained in full beside an adapter (a new head per task)."""
+    return []
+
+
 def head_modules() -> list[str]:
     return ["lm_head"]
 
@@ -69,12 +74,14 @@ def encode(df, tokenizer, manifest: dict, max_length: int) -> Encoded:
     return Encoded(columns, lambda c, idx: _lm_batch([c["prompts"][i] for i in idx], [c["answers"][i] for i in idx], pad_id))
 
 
-def extract_answer(tokens: list[str]) -> str | None:
+def extract_answer(decoded: str | list[str]) -> str | None:
     """The final number of a decoded solution: after the last 'answer is', else the last number.
 
-    Digits are single tokens, so consecutive digit tokens are joined back into one number.
+    Digits are single tokens of the word-level tokenizer (decoded with spaces between them), so
+    digits separated by a space or a thousands comma are joined back into one number.
     """
-    text = re.sub(r"(?<=\d) (?=\d)", "", " ".join(tokens))
+    text = " ".join(decoded) if isinstance(decoded, list) else decoded
+    text = re.sub(r"(?<=\d)[ ,](?=\d)", "", text)
     if "answer is" in text:
         numbers = re.findall(r"-?\d+", text.rsplit("answer is", 1)[1])
         return numbers[0] if numbers else None
@@ -90,13 +97,14 @@ def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: 
     answers = df["answer"].astype(str).tolist()
     correct = 0
     for i in range(0, len(prompts), batch_size):
-        input_ids = pad(prompts[i : i + batch_size], tokenizer.pad_token_id, left=True)
+        input_ids = pad(prompts[i : i + batch_size], tokenizer.pad_token_id, left=True).to(device.of(model))
         out = model.generate(
             input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(),
-            max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            max_new_tokens=manifest.get("max_new_tokens", MAX_NEW_TOKENS), do_sample=False, pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
         for row, gold in zip(out[:, input_ids.shape[1] :].tolist(), answers[i : i + batch_size]):
-            tokens = tokenizer.convert_ids_to_tokens([t for t in row if t not in (tokenizer.pad_token_id, tokenizer.eos_token_id)])
-            correct += extract_answer(tokens) == gold
+            text = tokenizer.decode([t for t in row if t not in (tokenizer.pad_token_id, tokenizer.eos_token_id)],
+                                    skip_special_tokens=True)  # real tokenizers (SentencePiece) too
+            correct += extract_answer(text) == gold
     return 100.0 * correct / len(prompts)

@@ -1,19 +1,25 @@
-"""nlu: prompted classification as text-to-text with T5 (the paper's GLUE setting).
+"""nlu: prompted classification as text-to-text with T5 (the paper's GLUE setting), or with an
+encoder classifier (AutoModelForSequenceClassification: RoBERTa, BERT, DeBERTa; the original LoRA
+paper's GLUE setting).
 
-The input is the prompt, the target is the label word; accuracy is greedy decoding's first token
-against the label word's token, as in the paper's T5 evaluation (each label word is one token here).
+T5: the input is the prompt, the target is the label word; accuracy is greedy decoding's first token
+against the label word's first token (label words of a task must differ in their first token).
+Encoders: a new classification head per task, trained in full beside the adapter; accuracy is the
+argmax of its logits. Which of the two a backbone is comes from its config (is_encoder_decoder).
 """
 
+import json
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lorarepro import device
 from lorarepro.families.common import SENTINELS, Encoded, build_tokenizer, ids, load_tokenizer, pad, quiet_transformers
 
 TEXT = True  # has a tokenizer built from the family vocabulary
 ARCH = "t5"
-TRAIN_HEAD = False  # train the head in full beside an adapter (a new head per task)
 METRIC = "accuracy"
 
 
@@ -64,35 +70,86 @@ def _batch(inputs: list[list[int]], targets: list[list[int]], pad_id: int) -> di
     return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(), "labels": labels}
 
 
+def is_classifier(tokenizer) -> bool:
+    """True for an encoder classifier: the tokenizer was loaded from the backbone dir, whose config says."""
+    return _classifier_dir(str(tokenizer.name_or_path))
+
+
+@lru_cache(maxsize=None)
+def _classifier_dir(path: str) -> bool:
+    config = Path(path) / "config.json"
+    return config.is_file() and not json.loads(config.read_text()).get("is_encoder_decoder", False)
+
+
 def load_for_task(backbone_dir: Path, manifest: dict):
-    from transformers import T5ForConditionalGeneration
+    from transformers import AutoModelForSequenceClassification, T5ForConditionalGeneration
 
     quiet_transformers()
     tokenizer = load_tokenizer(backbone_dir)
+    if is_classifier(tokenizer):
+        n = manifest["num_labels"]
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(backbone_dir), num_labels=n, id2label=dict(enumerate(manifest["label_words"])),
+            label2id={w: i for i, w in enumerate(manifest["label_words"])}, ignore_mismatched_sizes=True,
+            use_safetensors=True,
+        )
+        return model, tokenizer
     model = T5ForConditionalGeneration.from_pretrained(str(backbone_dir), use_safetensors=True)
-    _label_ids(tokenizer, manifest)  # fail early if a label word is not one token
+    _label_ids(tokenizer, manifest)  # fail early on unknown or ambiguous label words
     return model, tokenizer
 
 
+def trained_heads(model) -> list[str]:
+    """An encoder's new classification head is trained in full; T5's tied vocabulary head is not."""
+    return ["classifier"] if hasattr(model, "classifier") else []
+
+
 def head_modules() -> list[str]:
-    return ["lm_head"]  # excluded from LoRA targets; not trained for adapters (tied vocabulary head)
+    return ["lm_head", "classifier"]  # never LoRA targets (heads of T5 and of encoder classifiers)
 
 
-def _label_ids(tokenizer, manifest: dict) -> list[int]:
+def _label_tokens(tokenizer, manifest: dict) -> list[list[int]]:
+    """Token ids of each label word. Accuracy compares the first decoded token, so first tokens must
+    differ (true of the tiny vocabulary's one-token words and of T5's GLUE words, e.g. not_entailment)."""
     out = []
     for word in manifest["label_words"]:
         tok = tokenizer(word, add_special_tokens=False)["input_ids"]
-        if len(tok) != 1 or tok[0] == tokenizer.unk_token_id:
-            raise ValueError(f"label word '{word}' of task '{manifest['task']}' is not a single known token")
-        out.append(tok[0])
+        if not tok or tokenizer.unk_token_id in tok:
+            raise ValueError(f"label word '{word}' of task '{manifest['task']}' has unknown tokens")
+        out.append(tok)
+    firsts = [t[0] for t in out]
+    if len(set(firsts)) != len(firsts):
+        raise ValueError(f"label words {manifest['label_words']} of task '{manifest['task']}' share a first token")
     return out
 
 
+def _label_ids(tokenizer, manifest: dict) -> list[int]:
+    return [t[0] for t in _label_tokens(tokenizer, manifest)]
+
+
+def _texts(df) -> list[str]:
+    """The text-to-text input: one string (a second sentence without a prompt is appended)."""
+    if "text_pair" in df:
+        return [f"{a} {b}" for a, b in zip(df["text"], df["text_pair"])]
+    return df["text"].tolist()
+
+
+def _classifier_inputs(tokenizer, df, max_length: int) -> list[list[int]]:
+    """Encoder inputs with the model's own special tokens; sentence pairs as the tokenizer pairs them."""
+    pair = df["text_pair"].tolist() if "text_pair" in df else None
+    return tokenizer(df["text"].tolist(), pair, truncation=True, max_length=max_length or None)["input_ids"]
+
+
 def encode(df, tokenizer, manifest: dict, max_length: int) -> Encoded:
-    label_ids = _label_ids(tokenizer, manifest)
+    if is_classifier(tokenizer):
+        columns = {"inputs": _classifier_inputs(tokenizer, df, max_length),
+                   "labels": torch.tensor(df["label"].to_numpy(), dtype=torch.long)}
+        pad_id = tokenizer.pad_token_id
+        return Encoded(columns, lambda c, idx: _classifier_batch([c["inputs"][i] for i in idx], c["labels"][idx], pad_id))
+    label_tokens = _label_tokens(tokenizer, manifest)
     columns = {
-        "inputs": ids(tokenizer, df["text"].tolist(), max_length, eos=True),
-        "targets": [[label_ids[y], tokenizer.eos_token_id] for y in df["label"].tolist()],
+        "inputs": ids(tokenizer, _texts(df), max_length, eos=True),
+        "targets": [label_tokens[y] + [tokenizer.eos_token_id] for y in df["label"].tolist()],
     }
     pad_id = tokenizer.pad_token_id
     return Encoded(columns, lambda c, idx: _batch([c["inputs"][i] for i in idx], [c["targets"][i] for i in idx], pad_id))
@@ -100,17 +157,36 @@ def encode(df, tokenizer, manifest: dict, max_length: int) -> Encoded:
 
 @torch.no_grad()
 def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 256) -> float:
-    """Accuracy (%) of the greedily decoded first token against the label word."""
+    """Accuracy (%): the greedily decoded first token against the label word's (T5), or the
+    classifier's argmax (encoders)."""
     model.eval()
+    if is_classifier(tokenizer):
+        return _classifier_accuracy(model, tokenizer, df, max_length, batch_size)
     label_ids = torch.tensor(_label_ids(tokenizer, manifest))
-    inputs = ids(tokenizer, df["text"].tolist(), max_length, eos=True)
+    inputs = ids(tokenizer, _texts(df), max_length, eos=True)
     gold = label_ids[torch.tensor(df["label"].to_numpy())]
     start = model.config.decoder_start_token_id
+    dev = device.of(model)
     correct = 0
     for i in range(0, len(inputs), batch_size):
-        input_ids = pad(inputs[i : i + batch_size], tokenizer.pad_token_id)
-        decoder_input_ids = torch.full((len(input_ids), 1), start, dtype=torch.long)
+        input_ids = pad(inputs[i : i + batch_size], tokenizer.pad_token_id).to(dev)
+        decoder_input_ids = torch.full((len(input_ids), 1), start, dtype=torch.long, device=dev)
         logits = model(input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(),
                        decoder_input_ids=decoder_input_ids).logits[:, 0]
-        correct += (logits.argmax(-1) == gold[i : i + batch_size]).sum().item()
+        correct += (logits.argmax(-1).cpu() == gold[i : i + batch_size]).sum().item()
+    return 100.0 * correct / len(inputs)
+
+
+def _classifier_batch(inputs: list[list[int]], labels: torch.Tensor, pad_id: int) -> dict:
+    input_ids = pad(inputs, pad_id)
+    return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(), "labels": labels}
+
+
+def _classifier_accuracy(model, tokenizer, df, max_length: int, batch_size: int) -> float:
+    inputs, gold, dev = _classifier_inputs(tokenizer, df, max_length), torch.tensor(df["label"].to_numpy()), device.of(model)
+    correct = 0
+    for i in range(0, len(inputs), batch_size):
+        input_ids = pad(inputs[i : i + batch_size], tokenizer.pad_token_id).to(dev)
+        logits = model(input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long()).logits
+        correct += (logits.argmax(-1).cpu() == gold[i : i + batch_size]).sum().item()
     return 100.0 * correct / len(inputs)
