@@ -95,10 +95,11 @@ def test_saved_adapter_reloads_to_the_same_metric(workspace, task):
     assert family.evaluate(model, tokenizer, test, manifest, run["training"]["max_length"]) == pytest.approx(result["metrics"]["test"], abs=1e-4)
 
 
-def test_inplace_flat_measures_drift_and_restores_pristine_weights(workspace):
+@pytest.mark.parametrize("task", ["sentiment", "digits"])  # digits: transformers renames ViT's checkpoint keys
+def test_inplace_flat_measures_drift_and_restores_pristine_weights(workspace, task):
     cfg = copy.deepcopy(workspace)
     cfg["methods"]["flat_lora_r8"]["flat"] = {"mode": "inplace", "rho": 0.5}
-    run = resolve_run(cfg, "sentiment", "flat_lora_r8")
+    run = resolve_run(cfg, task, "flat_lora_r8")
     result = train_one(cfg, run, seed=0)
     assert result["flat"]["mode"] == "inplace"
     assert result["flat"]["drift_max_abs"] > 0  # add-then-subtract does not round-trip in float
@@ -106,12 +107,13 @@ def test_inplace_flat_measures_drift_and_restores_pristine_weights(workspace):
     # The evaluated model was pristine base + adapter: reloading reproduces the metric exactly.
     from peft import PeftModel
 
-    family = families.get("nlu")
-    manifest = load_manifest(paths.prepared_dir("sentiment"))
-    base, tok = family.load_for_task(paths.backbone_dir("t5-tiny"), manifest)
-    model = PeftModel.from_pretrained(base, str(paths.checkpoint_dir("sentiment", "flat_lora_r8", 0)))
-    test = load_split(paths.prepared_dir("sentiment"), "test")
-    assert family.evaluate(model, tok, test, manifest, 48) == pytest.approx(result["metrics"]["test"], abs=1e-4)
+    family = families.get(run["family"])
+    manifest = load_manifest(paths.prepared_dir(task))
+    base, tok = family.load_for_task(paths.backbone_dir(run["backbone"]), manifest)
+    model = PeftModel.from_pretrained(base, str(paths.checkpoint_dir(task, "flat_lora_r8", 0)))
+    test = load_split(paths.prepared_dir(task), "test")
+    max_length = run["training"]["max_length"]
+    assert family.evaluate(model, tok, test, manifest, max_length) == pytest.approx(result["metrics"]["test"], abs=1e-4)
 
 
 def test_nan_loss_fails_naming_the_run_and_step(workspace):

@@ -111,7 +111,7 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
             if hook is not None:
                 hook.close()
     seconds = time.perf_counter() - start
-    flat_info = _finish_flat(model, run, flat)
+    flat_info = _finish_flat(model, run, flat, manifest)
     metrics = evaluate_splits(family, model, tokenizer, task_dir, manifest, tcfg["max_length"])
     ckpt = save_checkpoint(model, tokenizer, paths.checkpoint_dir(task, method, seed), initial)
     result = {
@@ -189,20 +189,27 @@ def _sam_hook(model, run: dict):
     return SAM(model, rho=run["sam"]["rho"], space=run["sam"]["space"])
 
 
-def _finish_flat(model, run: dict, flat) -> dict | None:
+def _finish_flat(model, run: dict, flat, manifest: dict) -> dict | None:
     """In-place mode leaves rounding drift in W: measure it, then restore W exactly from the backbone."""
     if flat is None:
         return None
     info = {"mode": run["flat"]["mode"], "layers": len(flat.target_names)}
     if run["flat"]["mode"] == "inplace":
-        pristine = pristine_targets(flat.target_names, paths.backbone_dir(run["backbone"]))
+        backbone = paths.backbone_dir(run["backbone"])
+        reload = lambda: families.get(run["family"]).load_for_task(backbone, manifest)[0]  # noqa: E731
+        pristine = pristine_targets(flat.target_names, backbone, reload)
         info.update({f"drift_{k}": v for k, v in flat.drift(pristine).items()})
         flat.restore(pristine)
     return info
 
 
-def pristine_targets(target_names: list[str], backbone_dir: Path) -> dict:
-    """The saved backbone's weights of the perturbed layers, keyed by their (PEFT-wrapped) names."""
+def pristine_targets(target_names: list[str], backbone_dir: Path, reload=None) -> dict:
+    """The saved backbone's weights of the perturbed layers, keyed by their (PEFT-wrapped) names.
+
+    Read straight from the safetensors shards where the file uses the module names (T5, Llama: no
+    second model in memory). transformers renames some architectures' keys on load (ViT, CLIP in
+    v5), so weights missing from the files come from `reload()`, a fresh load of the same backbone
+    by the loader training used."""
     from safetensors import safe_open
 
     keys = {name: name.removeprefix("base_model.model.").removesuffix(".base_layer") + ".weight" for name in target_names}
@@ -210,6 +217,9 @@ def pristine_targets(target_names: list[str], backbone_dir: Path) -> dict:
     for shard in sorted(Path(backbone_dir).glob("*.safetensors")):  # hub models of 7B come in shards
         with safe_open(str(shard), framework="pt") as fh:
             found.update({k: fh.get_tensor(k) for k in set(fh.keys()) & set(keys.values())})
+    if reload is not None and not set(keys.values()) <= found.keys():
+        loaded = dict(reload().named_parameters())
+        found.update({k: loaded[k].detach() for k in set(keys.values()) - found.keys() if k in loaded})
     out = {}
     for name, key in keys.items():
         if key not in found:
