@@ -14,7 +14,7 @@ rounds. Memory: torch keeps no CPU allocator statistics, so each method runs in 
 mark is reset (/proc/self/clear_refs) and the peak rise over three steps is read from VmHWM; extra
 memory = that rise minus LoRA's. On CUDA: torch.cuda.max_memory_allocated, the same way, in process.
 
-    python benchmarks/flat_overhead.py                      # full sweep, ~10 min on 2 CPU cores
+    python benchmarks/flat_overhead.py                      # full sweep: ~15 CPU-minutes (1 thread)
     python benchmarks/flat_overhead.py --quick              # seconds: smoke run
     python benchmarks/flat_overhead.py --tokens 2048 --accum 1 16 --hidden 1024 --ffn 2752
     python benchmarks/flat_overhead.py --device cuda        # bf16, Llama/4 shapes
