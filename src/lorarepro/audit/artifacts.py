@@ -50,6 +50,18 @@ def _indexed(index_path: Path) -> list[tuple[str, str, int]]:
     return [(m[1], m[2], int(m[3])) for m in found if m]
 
 
+def _unfinished(path: Path) -> dict:
+    """A diverged run is a recorded outcome the tables show as missing (a warning, with its cause);
+    a missing or otherwise unfinished result JSON is a failure."""
+    if path.is_file():
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if result.get("status") == "FAILED" and "failed_step" in result:
+            return record("result", "warn", path, f"run diverged at step {result['failed_step']}: "
+                          f"{result.get('error')}; the tables show this seed as missing",
+                          "lower the method's lr (or fix its data) and rerun `snakemake --cores 2`")
+    return record("result", "fail", path, f"result JSON {'not FINISHED' if path.is_file() else 'missing'}", RERUN)
+
+
 def collect_runs(config: dict) -> tuple[list[Run], list[dict]]:
     """Every run the config reports or the index lists; a missing or unfinished one is a failure."""
     wanted = [(t, m, s) for t, m in reported_pairs(config) for s in config["seeds"]]
@@ -62,8 +74,7 @@ def collect_runs(config: dict) -> tuple[list[Run], list[dict]]:
             records.append(record("result", "fail", path, str(err), RERUN))
             continue
         if result is None:
-            detail = "missing" if not path.is_file() else "not FINISHED"
-            records.append(record("result", "fail", path, f"result JSON {detail}", RERUN))
+            records.append(_unfinished(path))
         else:
             runs.append(Run(task, method, seed, result))
     return runs, records
