@@ -39,6 +39,12 @@ def run_results(pairs):
     return [str(paths.run_result(t, m, s)) for t, m in pairs for s in SEEDS]
 
 
+def checkpoint_dirs(pairs):
+    """Checkpoints of these runs, as inputs of the rules that load them: a checkpoint missing (a clone
+    without `dvc pull`) reruns its train job even though the result JSON came with git."""
+    return [str(paths.checkpoint_dir(t, m, s)) for t, m in pairs for s in SEEDS]
+
+
 def ancient_unless_ran_here(path, log):
     """`path` as an input whose mtime counts only where this checkout ran the job (its log, which
     neither git nor DVC carries, exists). After `git clone` + `dvc pull`, outputs and inputs carry

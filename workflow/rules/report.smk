@@ -2,6 +2,7 @@ rule sharpness:
     """Flatness of every run of one task in the full weight space, from its checkpoint (never retrains)."""
     input:
         runs=lambda w: [str(paths.run_result(w.task, m, s)) for t, m in table_pairs() if t == w.task for s in SEEDS],
+        checkpoints=lambda w: checkpoint_dirs([(t, m) for t, m in table_pairs() if t == w.task]),
     output:
         str(paths.task_sharpness("{task}")),
     params:
@@ -55,6 +56,9 @@ rule audit:
     input:
         rules.tables.output,
         rules.figures.output,
+        # The checkpoints it loads: in a clone with results from git but no `dvc pull`, these are
+        # missing, so their train jobs rerun instead of the audit failing on absent files.
+        checkpoint_dirs(reported_pairs(config)),
     output:
         report=report(str(paths.audit_report()), caption=f"../../{paths.caption('audit')}", category="Audit"),
         json=str(paths.audit_json()),
