@@ -510,3 +510,30 @@ def test_tiny_llama_exact_mode_matches_explicit_perturbation():
         assert torch.equal(clone(input_ids=ids).logits, model(input_ids=ids).logits)
     flat.end_step()
     flat.close()
+
+
+def _rank_noise(rank: int, world: int, init_file: str, out: dict) -> None:
+    """One data-parallel rank: its own global RNG state and data, the run's shared seed."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(1000 + rank)  # ranks' global RNGs differ (dropout, data order)
+    model = make_model()
+    flat = FlatLoRA(model, rho=0.5, total_steps=10, seed=5, scope="all")
+    flat.begin_step(7)
+    noise = torch.cat([flat.noise(0).flatten(), flat.noise(1).flatten()])
+    gathered = [torch.empty_like(noise) for _ in range(world)]
+    dist.all_gather(gathered, noise)
+    out[rank] = all(torch.equal(gathered[0], g) for g in gathered)
+    flat.end_step()
+    dist.destroy_process_group()
+
+
+def test_every_data_parallel_rank_draws_the_same_noise(tmp_path):
+    """Two real torch.distributed (gloo) ranks with different global RNG states gather identical noise."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_rank_noise, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
+        assert dict(out) == {0: True, 1: True}

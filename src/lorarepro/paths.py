@@ -11,6 +11,7 @@ MODELS = Path("models")
 CHECKPOINTS = Path("checkpoints")
 RESULTS = Path("results")
 LOGS = Path("logs")
+RESUME = Path("resume")
 BACKBONE_MARKER = "lorarepro_backbone.json"
 
 
@@ -40,8 +41,9 @@ def checkpoint_dir(task: str, method: str, seed: int) -> Path:
 
 
 def resume_dir(task: str, method: str, seed: int) -> Path:
-    """Step checkpoints for resuming an interrupted run; outside Snakemake's declared outputs."""
-    return CHECKPOINTS / "_resume" / task / method / f"seed{seed}"
+    """Step checkpoints for resuming an interrupted run: outside Snakemake's declared outputs and
+    DVC's `checkpoints` (a half-finished run is not an artifact); deleted when the run finishes."""
+    return RESUME / task / method / f"seed{seed}"
 
 
 def run_result(task: str, method: str, seed: int) -> Path:
