@@ -56,6 +56,11 @@ def load(*paths: str | Path) -> dict:
             raise ConfigError(f"{path}: top level must be a mapping")
         config = copy.deepcopy(data) if data.get("standalone") else deep_merge(config, data)
     validate(config)
+    # The schema's defaults, filled in by the same function the Snakefile calls, so a run's recorded
+    # settings (resolved inside Snakemake) and this config agree (the audit compares them).
+    from snakemake.utils import validate as snakemake_validate
+
+    snakemake_validate(config, str(SCHEMA), set_default=True)
     return config
 
 

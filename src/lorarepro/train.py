@@ -78,7 +78,8 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
                                           loraplus_lr_ratio=(adapter or {}).get("loraplus_lr_ratio"))
     flat = _flat_hook(model, run, len(plan), seed)
     hook = flat if flat is not None else _sam_hook(model, run)
-    probe = StepMemoryProbe(len(plan) // 2)
+    # The profiler's first use costs ~1 s a process: only runs a table reports the cost of are probed.
+    probe = StepMemoryProbe(len(plan) // 2) if _costed(config, task, method) else None
     # AdaLoRA's rank allocator keeps importance averages outside the model and optimizer, which a
     # step checkpoint does not hold: it always trains from the start.
     every = 0 if (adapter or {}).get("type") == "adalora" else config.get("checkpoint_every", 50)
@@ -99,7 +100,7 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
     with tqdm(total=len(plan), desc=label, mininterval=2.0) as progress:
         try:
             train_steps(lora.training_module(model, adapter), plan, lambda idx: device.to(encoded.batch(idx), dev),
-                        optimizer, scheduler, hook=hook, callbacks=[probe, *lora.callbacks(model, adapter)],
+                        optimizer, scheduler, hook=hook, callbacks=[*([probe] if probe else []), *lora.callbacks(model, adapter)],
                         label=label, progress=progress, start_step=start_step, history=history,
                         on_step_end=on_step_end)
         except NonFiniteLoss as exc:
@@ -107,7 +108,8 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
             ckpts.clear()
             raise
         finally:
-            probe.close()
+            if probe is not None:
+                probe.close()
             if hook is not None:
                 hook.close()
     seconds = time.perf_counter() - start
@@ -125,7 +127,7 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
         "flat": flat_info,
         "resources": {
             "seconds": round(seconds, 3), "seconds_per_step": round(seconds / len(plan), 5),
-            "step_peak_mb": probe.peak_mb, "peak_rss_mb": round(peak_rss_mb(), 1), "device": dev.type,
+            "step_peak_mb": probe.peak_mb if probe else None, "peak_rss_mb": round(peak_rss_mb(), 1), "device": dev.type,
         },
         "lineage": {
             "data_sha256": manifest["sha256"],
@@ -169,6 +171,11 @@ def _write_failed(run: dict, seed: int, exc: NonFiniteLoss, history: History, ma
                     **{f"git_{k}": v for k, v in git_state().items()}},
         "versions": versions(),
     })
+
+
+def _costed(config: dict, task: str, method: str) -> bool:
+    """Whether a table with `cost: true` reports this run (its step memory is then measured)."""
+    return any(spec.get("cost") and task in spec["tasks"] and method in spec["methods"] for spec in config.get("tables") or [])
 
 
 def _flat_hook(model, run: dict, total_steps: int, seed: int):
