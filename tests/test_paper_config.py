@@ -94,7 +94,9 @@ def test_cluster_profiles_have_the_keys_their_executors_read():
 
 def test_roberta_glue_config_validates():
     cfg = load(ROOT / "params.yaml", ROOT / "workflow" / "configs" / "roberta_glue.yaml")
-    assert cfg["backbones"] == {"roberta-base": {"arch": "encoder", "source": "hub", "model": "FacebookAI/roberta-base"}}
+    assert list(cfg["backbones"]) == ["roberta-base"]  # standalone: params.yaml's backbones are gone
+    assert cfg["backbones"]["roberta-base"] == {"arch": "encoder", "source": "hub", "model": "FacebookAI/roberta-base",
+                                                "dtype": "float32", "trust_remote_code": False}  # + schema defaults
     assert len(reported_pairs(cfg)) == 10 and "text" not in str(cfg["tasks"]["mrpc"].get("prompt", ""))
     bad = {**cfg, "backbones": {"roberta-base": {"arch": "encoder", "source": "pretrain", "size": {}, "pretrain": {}}}}
     with pytest.raises(ConfigError, match="encoder backbones"):
