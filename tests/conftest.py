@@ -4,6 +4,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,3 +60,12 @@ def workspace(prepared_root, monkeypatch, params):
     monkeypatch.chdir(prepared_root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{prepared_root / 'mlflow.db'}")
     return reduced(params)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls: threads only add spin-waiting on a shared CPU (params.yaml runs with 1 too)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

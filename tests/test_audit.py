@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, reduced
+from workspace import WORKFLOW, copy_repo
 
 pytestmark = pytest.mark.slow
 
@@ -43,12 +44,7 @@ def _run(cwd: Path, *cmd: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, params):
     """A DVC project that ran the pipeline (audit rule included) and recorded its outputs."""
-    root = tmp_path_factory.mktemp("audited")
-    for item in ("Snakefile", "params.yaml", "workflow", "src", "dvc.yaml", ".dvcignore"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item,
-                                                          **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {}))
-    (root / "profiles").symlink_to("workflow/profiles")
+    root = copy_repo(tmp_path_factory.mktemp("audited"), WORKFLOW + ("src", "dvc.yaml", ".dvcignore"))
     (root / "small.yaml").write_text(yaml.safe_dump(audit_config(params)))
     assert _run(root, sys.executable, "-m", "dvc", "init", "--no-scm", "-q").returncode == 0
     done = _run(root, sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "small.yaml")

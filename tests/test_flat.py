@@ -15,13 +15,7 @@ R, ALPHA = 4, 8
 SCALE = ALPHA / R  # PEFT's s = lora_alpha / r
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: threads only add spin-waiting on a shared CPU (params.yaml runs with 1 too)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(d_in=16, d_hidden=32, d_out=8, dtype=torch.float32, lora_init=False, seed=0):

@@ -3,7 +3,6 @@ of merging into it, and `snakemake -n` builds its whole DAG quickly and offline.
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from workspace import copy_repo
 from lorarepro.config import ConfigError, load, reported_pairs, resources, validate
 
 PAPER = ROOT / "workflow" / "configs" / "paper.yaml"
@@ -50,9 +50,7 @@ def _job_counts(output: str) -> dict[str, int]:
 
 
 def test_dry_run_builds_the_whole_grid_offline(tmp_path):
-    for item in ("Snakefile", "params.yaml", "workflow"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
+    copy_repo(tmp_path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(PAPER)],

@@ -8,7 +8,6 @@ regenerate identical results. Also: result lineage against MLflow tags, `dvc par
 import json
 import os
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, reduced
+from conftest import reduced
+from workspace import copy_repo
 
 pytestmark = pytest.mark.slow
 
@@ -55,15 +55,7 @@ def config(params: dict) -> dict:
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory, params):
     """The first machine: a git repository at one commit, after `snakemake --cores 8`."""
-    root = tmp_path_factory.mktemp("origin")
-    for item in COPIED:
-        src, dst = ROOT / item, root / item
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, dst)
-    (root / "profiles").symlink_to("workflow/profiles")
+    root = copy_repo(tmp_path_factory.mktemp("origin"), COPIED)
     (root / "params.yaml").write_text(yaml.safe_dump(config(params), sort_keys=False))
     sh(root, *GIT, "init", "-q")
     sh(root, *GIT, "add", "-A")

@@ -15,12 +15,7 @@ from lorarepro.methods.sam import SAM
 D_IN, D_HID, D_OUT, N = 12, 24, 6, 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Regressor(nn.Module):

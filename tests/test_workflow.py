@@ -7,7 +7,6 @@ only that method's jobs, and that a bad config is refused before any job starts.
 import json
 import os
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, reduced
+from conftest import reduced
+from workspace import copy_repo
 
 pytestmark = pytest.mark.slow
 
@@ -30,11 +30,7 @@ def snakemake(cwd: Path, *args: str, config: str = "reduced.yaml") -> subprocess
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, params):
-    root = tmp_path_factory.mktemp("repo")
-    for item in ("Snakefile", "params.yaml", "workflow"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item)
-    (root / "profiles").symlink_to("workflow/profiles")  # as in the repository
+    root = copy_repo(tmp_path_factory.mktemp("repo"))
     (root / "reduced.yaml").write_text(yaml.safe_dump(reduced(params)))
     done = snakemake(root)
     assert done.returncode == 0, done.stderr[-5000:]

@@ -10,7 +10,6 @@
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -21,7 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, reduced
+from conftest import reduced
+from workspace import copy_repo
 
 pytestmark = pytest.mark.slow
 TASK = "sentiment"
@@ -61,11 +61,7 @@ def _finished_train_jobs(log: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def killed_then_rerun(tmp_path_factory, params):
     """Start the pipeline, SIGKILL its process group once the first train job has finished, rerun."""
-    root = tmp_path_factory.mktemp("faults")
-    for item in ("Snakefile", "params.yaml", "workflow"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item)
-    (root / "profiles").symlink_to("workflow/profiles")
+    root = copy_repo(tmp_path_factory.mktemp("faults"))
     (root / "faults.yaml").write_text(yaml.safe_dump(_config(params)))
     cmd = [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "faults.yaml", "--keep-going"]
     with open(root / "first.log", "w") as log:

@@ -4,6 +4,7 @@ Built once per session from the reduced config; tests chdir into it because ever
 lorarepro is relative to the working directory.
 """
 
+import shutil
 from pathlib import Path
 
 from lorarepro import paths
@@ -24,3 +25,21 @@ def prepare(root: Path, config: dict) -> None:
             build(name, config)
     finally:
         os.chdir(old)
+
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW = ("Snakefile", "params.yaml", "workflow")
+
+
+def copy_repo(root: Path, items=WORKFLOW) -> Path:
+    """The repository's `items` (files or directories, no bytecode) copied into `root`, plus the
+    top-level `profiles` link as in the repository, so Snakemake runs there as a user runs it."""
+    for item in items:
+        src, dst = REPO / item, root / item
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
+    (root / "profiles").symlink_to("workflow/profiles")
+    return root
