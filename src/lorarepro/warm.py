@@ -158,10 +158,12 @@ def serve(address: str, parent: int) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the jobs; Snakemake stops us
-    started = time.monotonic()
+    started, environment = time.monotonic(), dict(os.environ)
     from lorarepro import jobs
 
     jobs.preload()
+    # what the imports put in the environment (e.g. TORCHINDUCTOR_CACHE_DIR): a cold job's imports would too
+    set_by_imports = {k: v for k, v in os.environ.items() if environment.get(k) != v}
     if threading.active_count() > 1:  # forking a process with threads can deadlock its children
         raise RuntimeError(f"preloading started threads {threading.enumerate()}; not serving")
     print(f"lorarepro.warm: imports done in {time.monotonic() - started:.2f} s; serving {address}", flush=True)
@@ -173,7 +175,7 @@ def serve(address: str, parent: int) -> None:
                 os.read(wake_r, 4096)
             if listener in readable:
                 conn, _ = listener.accept()
-                pid = _fork_job(conn, listener, (wake_r, wake_w))
+                pid = _fork_job(conn, listener, (wake_r, wake_w), set_by_imports)
                 if pid:
                     running[pid] = conn
             _reap(running)
@@ -182,7 +184,7 @@ def serve(address: str, parent: int) -> None:
         _remove(address)
 
 
-def _fork_job(conn: socket.socket, listener: socket.socket, pipe: tuple[int, int]) -> int | None:
+def _fork_job(conn: socket.socket, listener: socket.socket, pipe: tuple[int, int], set_by_imports: dict) -> int | None:
     uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
     if uid != os.getuid():
         conn.sendall(b"refused another user\n")
@@ -195,7 +197,7 @@ def _fork_job(conn: socket.socket, listener: socket.socket, pipe: tuple[int, int
         listener.close()
         for fd in pipe:
             os.close(fd)
-        _job_process(conn)  # never returns
+        _job_process(conn, set_by_imports)  # never returns
     return pid
 
 
@@ -213,7 +215,7 @@ def _reap(running: dict[int, socket.socket]) -> None:
             conn.close()
 
 
-def _job_process(conn: socket.socket) -> None:
+def _job_process(conn: socket.socket, set_by_imports: dict) -> None:
     """In the fork: become the client's job (descriptors, cwd, environment, path), run it, exit."""
     status = 1
     try:
@@ -233,7 +235,7 @@ def _job_process(conn: socket.socket) -> None:
             os.close(fd)
         os.chdir(request["cwd"])
         os.environ.clear()
-        os.environ.update(request["env"])
+        os.environ.update({**set_by_imports, **request["env"]})
         sys.path[:] = request["path"]
         sys.argv = request["argv"]
         _fresh_unseeded_rngs()
