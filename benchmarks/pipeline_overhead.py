@@ -9,9 +9,12 @@ Measures, each as the minimum and median of --repeats runs (the machine may be s
   temporary copy of the workflow with no outputs, so the whole DAG is planned;
 - noop_rerun_seconds: `snakemake --cores 2` on a finished pipeline (--workdir, else the reduced test
   config is run once in a temporary copy first) when nothing is left to do;
-- job_startup_seconds: (wall, and the process's CPU time) one training job of that pipeline from process start to its first optimizer
-  step: the Snakemake script preamble's import, the adapter, lorarepro and library imports, config
-  resolution, the MLflow run, data checks, model + adapter load, encoding and optimizer set-up.
+- job_startup_seconds: (wall, and the job process's CPU time) one training job of that pipeline from
+  process start to its first optimizer step: the Snakemake script preamble's import, the adapter,
+  lorarepro and library imports, config resolution, the MLflow run, data checks, model + adapter
+  load, encoding and optimizer set-up; `cold` (the job imports everything itself) and `warm` (the
+  job is a fork of the lorarepro.warm server, as local pipeline jobs are; the target applies here),
+  plus the server's one-off imports.
 Writes results/benchmarks/pipeline_overhead.json. Targets: paper-grid DAG <= 10 s, no-op rerun <= 5 s,
 per-job start-up <= 3 s.
 """
@@ -34,22 +37,36 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "benchmarks" / "pipeline_overhead.json"
 TARGETS = {"paper_dag_seconds": 10.0, "noop_rerun_seconds": 5.0, "job_startup_seconds": 3.0}
 
-# A training job as Snakemake runs it (workflow/scripts/train.py), stopped at its first optimizer step.
-STARTUP_JOB = """
-import os, sys, time
-import snakemake.script  # what Snakemake's script preamble imports before the adapter runs
-from lorarepro.workflow import logged
-with logged(sys.argv[2]):
-    import lorarepro.train as train
-    real = train.train_steps
-    def first_step(*args, **kwargs):
-        cpu = os.times()
-        print(f"FIRST_STEP {time.time():.6f} {cpu.user + cpu.system:.3f}", file=sys.__stdout__, flush=True)
-        raise SystemExit(0)
-    train.train_steps = first_step
+
+
+def probe_job(args: dict) -> None:
+    """A training job (lorarepro.jobs.train's body) stopped at its first optimizer step, which it
+    reports on stdout with the job process's CPU seconds. Runs in the job process: a fork of the
+    warm server, or the adapter's own process when started cold."""
     import yaml
-    config = yaml.safe_load(open(sys.argv[1]))
-    train.run_task_method(config, "sentiment", "lora_r8")
+
+    from lorarepro.workflow import logged
+
+    with logged(args["log"]):
+        import lorarepro.train as train
+
+        def first_step(*_args, **_kwargs):
+            cpu = os.times()
+            print(f"FIRST_STEP {time.time():.6f} {cpu.user + cpu.system:.3f}", file=sys.__stdout__, flush=True)
+            raise SystemExit(0)
+
+        train.train_steps = first_step
+        train.run_task_method(yaml.safe_load(open(args["config"])), "sentiment", "lora_r8")
+
+
+# The job's adapter process, as Snakemake's `script:` starts it: its preamble imports snakemake.script.
+PROBE_ADAPTER = """
+import sys
+import snakemake.script
+sys.path.insert(0, sys.argv[3])
+from pipeline_overhead import probe_job
+from lorarepro.warm import run_job
+run_job({"config": sys.argv[1], "log": sys.argv[2]}, probe_job)
 """
 
 
@@ -135,33 +152,47 @@ def noop_times(repo: Path, config: str, repeats: int) -> dict:
     return _stats(times)
 
 
-def startup_times(repo: Path, config: str, repeats: int, baseline: str | None = None) -> dict:
-    """Start-up of this tree's code and, if given, of a baseline source tree (e.g. the main branch's
-    src/), interleaved run by run so that changing load on a shared machine hits both alike."""
+def startup_times(repo: Path, config: str, repeats: int) -> dict:
+    """Start-up of one training job, cold (the job process imports everything itself) and warm (a
+    fork of the lorarepro.warm server, as the pipeline runs local jobs), interleaved run by run so
+    that changing load on a shared machine hits both alike. The server's own imports are paid once
+    per pipeline run and reported apart."""
     import yaml
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from lorarepro import warm
+    from lorarepro.config import deep_merge
 
     cfg = yaml.safe_load((repo / config).read_text()) if config != "params.yaml" else {}
     merged = repo / ".benchmark_config.yaml"
-    base = yaml.safe_load((repo / "params.yaml").read_text())
-    sys.path.insert(0, str(ROOT / "src"))
-    from lorarepro.config import deep_merge
-
-    merged.write_text(yaml.safe_dump(deep_merge(base, cfg)))
-    trees = {"this tree": ROOT / "src", **({f"baseline {baseline}": Path(baseline)} if baseline else {})}
-    wall, cpu = {name: [] for name in trees}, {name: [] for name in trees}
-    for _ in range(repeats):
-        for name, src in trees.items():
-            start = time.time()
-            done = subprocess.run([sys.executable, "-c", STARTUP_JOB, str(merged), str(repo / "logs" / "startup.log")],
-                                  cwd=repo, capture_output=True, text=True, env=_env(src))
-            marks = [line for line in done.stdout.splitlines() if line.startswith("FIRST_STEP")]
-            if not marks:
-                raise RuntimeError(f"start-up probe failed:\n{done.stderr[-3000:]}\n{(repo / 'logs' / 'startup.log').read_text()[-3000:]}")
-            wall[name].append(float(marks[0].split()[1]) - start)
-            cpu[name].append(float(marks[0].split()[2]))
+    merged.write_text(yaml.safe_dump(deep_merge(yaml.safe_load((repo / "params.yaml").read_text()), cfg)))
+    server_log = repo / "logs" / "warm" / "benchmark.log"
+    started = time.time()
+    os.environ.update(_env())  # the server imports this tree's lorarepro, as the jobs do
+    address, pid = warm.start(server_log)
+    while "imports done" not in server_log.read_text():
+        time.sleep(0.05)
+    server_seconds = time.time() - started
+    wall, cpu = {"cold": [], "warm": []}, {"cold": [], "warm": []}
+    try:
+        for _ in range(repeats):
+            for mode in ("cold", "warm"):
+                env = {**_env(), **({warm.ENV: address} if mode == "warm" else {})}
+                start = time.time()
+                done = subprocess.run([sys.executable, "-c", PROBE_ADAPTER, str(merged), str(repo / "logs" / "startup.log"),
+                                       str(Path(__file__).parent)], cwd=repo, capture_output=True, text=True, env=env)
+                marks = [line for line in done.stdout.splitlines() if line.startswith("FIRST_STEP")]
+                if not marks or "lorarepro.warm:" in done.stderr:
+                    raise RuntimeError(f"{mode} start-up probe failed:\n{done.stderr[-3000:]}\n"
+                                       f"{(repo / 'logs' / 'startup.log').read_text()[-3000:]}")
+                wall[mode].append(float(marks[0].split()[1]) - start)
+                cpu[mode].append(float(marks[0].split()[2]))
+    finally:
+        warm.stop(address, pid)
     # CPU seconds of the job process: less sensitive than wall time to other load on a shared machine
-    out = {name: {**_stats(wall[name]), "cpu_seconds": _stats(cpu[name])} for name in trees}
-    return out if baseline else out["this tree"]
+    out = {mode: {**_stats(wall[mode]), "cpu_seconds": _stats(cpu[mode])} for mode in wall}
+    out["warm_server_imports_seconds"] = round(server_seconds, 3)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -169,7 +200,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--configfile", action="append", default=[], help="another grid to time the DAG of (repeatable)")
     parser.add_argument("--workdir", help="a finished pipeline (default: run the reduced config in a temp copy)")
     parser.add_argument("--workdir-configfile", default="params.yaml", help="the --configfile that --workdir ran with")
-    parser.add_argument("--baseline-src", help="also time job start-up with this src/ (e.g. a checkout of main) for a before/after")
     parser.add_argument("--skip-dag", action="store_true", help="only the no-op rerun and start-up")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(OUT))
@@ -183,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         repo, config = finished_workdir(args.workdir, args.workdir_configfile, Path(keep))
         report["finished_pipeline"] = {"workdir": "temporary copy" if not args.workdir else str(args.workdir), "configfile": config}
         report["noop_rerun_seconds"] = noop_times(repo, config, args.repeats)
-        report["job_startup_seconds"] = startup_times(repo, config, args.repeats, args.baseline_src)
+        report["job_startup_seconds"] = startup_times(repo, config, args.repeats)
     report["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     from lorarepro.atomic import write_json
 

@@ -108,3 +108,25 @@ def test_concurrent_processes_lose_no_run_or_metric(tmp_path, config):
     assert sorted(status) == sorted(run_ids) and set(status.values()) == {"FINISHED"}
     assert dict(counts) == {"grad_norm": jobs * STRESS_STEPS, "train_loss": jobs * STRESS_STEPS * 10, "test": jobs}
     assert tags == jobs
+
+
+def test_next_invocation_here_ends_what_a_killed_one_left_running(config, tmp_path, monkeypatch):
+    """A SIGKILLed pipeline leaves its runs RUNNING; the next start in the same directory (Snakemake's
+    lock: nothing else runs there) ends them KILLED, and leaves other directories' runs alone."""
+    client = _client(config)
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    other = tracking.start_parent(config, "snakemake")  # a live invocation in another directory
+    monkeypatch.chdir(tmp_path)
+    killed = tracking.start_parent(config, "snakemake")
+    monkeypatch.setenv("LORAREPRO_MLFLOW_PARENT", killed)
+    with tracking.run(config, "t/m/seed0", {}, {}) as finished:
+        pass
+    child = tracking.run(config, "t/m/seed1", {}, {})
+    interrupted = child.__enter__()  # never exits: the process "died" mid-run
+    monkeypatch.delenv("LORAREPRO_MLFLOW_PARENT")
+    tracking.start_parent(config, "snakemake")
+    status = {run_id: client.get_run(run_id).info.status for run_id in (other, killed, finished.run_id, interrupted.run_id)}
+    assert status == {other: "RUNNING", killed: "KILLED", finished.run_id: "FINISHED", interrupted.run_id: "KILLED"}
+    assert "killed" in client.get_run(interrupted.run_id).data.tags["error"]

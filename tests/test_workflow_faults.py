@@ -113,6 +113,9 @@ def test_diverged_method_is_recorded_and_reported_as_diverged(killed_then_rerun)
     assert "— (0/2; 2 diverged)" in row
     with sqlite3.connect(root / "mlflow.db") as db:
         rows = db.execute("select name, status from runs where name like ?", (f"{TASK}/%/seed0",)).fetchall()
-    # (a run the kill interrupted may also be there, left RUNNING: SIGKILL gives no chance to end it)
+        pipelines = db.execute("select status from runs where name = 'snakemake' order by start_time").fetchall()
+        running = db.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0]
     assert "FAILED" in {s for n, s in rows if n == f"{TASK}/diverge/seed0"}
     assert "FINISHED" in {s for n, s in rows if n == f"{TASK}/lora_r8/seed0"}
+    # the killed invocation's runs (SIGKILL gives them no chance to end) are ended KILLED by the rerun
+    assert [s for (s,) in pipelines] == ["KILLED", "FINISHED"] and running == 0

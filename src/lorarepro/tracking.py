@@ -7,6 +7,7 @@ because concurrent first use of one SQLite file races on schema creation.
 
 import contextlib
 import os
+import socket
 import time
 import warnings
 
@@ -110,10 +111,31 @@ class Tracker:
 
 
 def start_parent(config: dict, name: str) -> str:
-    """The run of one pipeline invocation; training runs become its children (via the environment)."""
+    """The run of one pipeline invocation; training runs become its children (via the environment).
+    First, the runs a hard-killed invocation in this working directory left RUNNING are ended KILLED."""
     client, _ = _client(config)
-    created = _retry(client.create_run, init(config), run_name=name, tags={"lorarepro.kind": "pipeline"})
-    return created.info.run_id
+    experiment_id = init(config)
+    workdir = f"{socket.gethostname()}:{os.getcwd()}"
+    end_orphans(client, experiment_id, workdir)
+    tags = {"lorarepro.kind": "pipeline", "lorarepro.workdir": workdir}
+    return _retry(client.create_run, experiment_id, run_name=name, tags=tags).info.run_id
+
+
+def end_orphans(client, experiment_id: str, workdir: str) -> list[str]:
+    """Snakemake holds a lock on its working directory, so when a new invocation starts, no other
+    one runs there: pipeline runs of this directory still RUNNING, and their RUNNING children, were
+    killed without a chance to end (SIGKILL, power loss). Returns the ids marked KILLED."""
+    running = "attributes.status = 'RUNNING'"
+    parents = [r for r in _retry(client.search_runs, [experiment_id], f"tags.`lorarepro.kind` = 'pipeline' and {running}")
+               if r.data.tags.get("lorarepro.workdir") == workdir]
+    ended = []
+    for parent in parents:
+        children = _retry(client.search_runs, [experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and {running}")
+        for run in children + [parent]:
+            _retry(client.set_tag, run.info.run_id, "error", "killed: its pipeline invocation ended without ending it")
+            _retry(client.set_terminated, run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+    return ended
 
 
 def end_parent(config: dict, run_id: str, status: str) -> None:

@@ -86,12 +86,24 @@ def figure_outputs():
     return [str(paths.figure(f, ext)) for f in FIGURES for ext in ("png", "pdf")]
 
 
+def stop_warm_server():
+    import os
+    from lorarepro import warm
+
+    if os.environ.get(warm.ENV):
+        warm.stop(os.environ.pop(warm.ENV), int(os.environ.pop(warm.ENV + "_PID")))
+
+
 # One MLflow parent run per invocation that has work to do (onstart runs only then). Creating the
-# store here, before jobs fan out, avoids concurrent SQLite schema creation.
+# store here, before jobs fan out, avoids concurrent SQLite schema creation. Local jobs start warm
+# (lorarepro.warm): the server's address reaches every job through the environment.
 onstart:
     import os
-    from lorarepro import tracking
+    from lorarepro import tracking, warm
 
+    if config["warm_start"] and workflow.local_exec:
+        os.environ[warm.ENV], pid = warm.start(paths.log("warm", "server"))
+        os.environ[warm.ENV + "_PID"] = str(pid)
     os.environ["LORAREPRO_MLFLOW_PARENT"] = tracking.start_parent(config, "snakemake")
 
 
@@ -99,6 +111,7 @@ onsuccess:
     import os
     from lorarepro import tracking
 
+    stop_warm_server()
     if os.environ.get("LORAREPRO_MLFLOW_PARENT"):
         tracking.end_parent(config, os.environ["LORAREPRO_MLFLOW_PARENT"], "FINISHED")
 
@@ -107,5 +120,6 @@ onerror:
     import os
     from lorarepro import tracking
 
+    stop_warm_server()
     if os.environ.get("LORAREPRO_MLFLOW_PARENT"):
         tracking.end_parent(config, os.environ["LORAREPRO_MLFLOW_PARENT"], "FAILED")

@@ -1,9 +1,5 @@
-"""Snakemake adapter: the audit (logic in lorarepro.audit); the job fails when a check fails."""
-from pathlib import Path
+"""Snakemake adapter: the audit (lorarepro.jobs.audit, started warm by lorarepro.warm)."""
+from lorarepro.jobs import audit
+from lorarepro.warm import run_job
 
-from lorarepro.workflow import logged
-
-with logged(snakemake.log[0]):
-    from lorarepro import audit
-
-    audit.run_and_write(snakemake.config, Path(snakemake.output.report), Path(snakemake.output.json))
+run_job(snakemake, audit)

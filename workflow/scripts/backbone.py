@@ -1,7 +1,5 @@
-"""Snakemake adapter: build and pretrain (or copy) one backbone (logic in lorarepro.backbone)."""
-from lorarepro.workflow import logged
+"""Snakemake adapter: build and pretrain (or copy) one backbone (lorarepro.jobs.backbone, started warm by lorarepro.warm)."""
+from lorarepro.jobs import backbone
+from lorarepro.warm import run_job
 
-with logged(snakemake.log[0]):
-    from lorarepro.backbone import build
-
-    print(build(snakemake.wildcards.backbone, snakemake.config))
+run_job(snakemake, backbone)

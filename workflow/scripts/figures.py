@@ -1,7 +1,5 @@
-"""Snakemake adapter: draw every figure (logic in lorarepro.figures)."""
-from lorarepro.workflow import logged
+"""Snakemake adapter: draw every figure (lorarepro.jobs.figures, started warm by lorarepro.warm)."""
+from lorarepro.jobs import figures
+from lorarepro.warm import run_job
 
-with logged(snakemake.log[0]):
-    from lorarepro.figures import build_all_figures
-
-    build_all_figures(snakemake.config)
+run_job(snakemake, figures)

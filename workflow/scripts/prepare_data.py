@@ -1,9 +1,5 @@
-"""Snakemake adapter: prepare one task's data (logic in lorarepro.data)."""
-from pathlib import Path
+"""Snakemake adapter: prepare one task's data (lorarepro.jobs.prepare_data, started warm by lorarepro.warm)."""
+from lorarepro.jobs import prepare_data
+from lorarepro.warm import run_job
 
-from lorarepro.workflow import logged
-
-with logged(snakemake.log[0]):
-    from lorarepro.data import prepare_task
-
-    prepare_task(snakemake.wildcards.task, snakemake.params.task, snakemake.params.data_seed, Path(snakemake.output[0]))
+run_job(snakemake, prepare_data)

@@ -1,7 +1,5 @@
-"""Snakemake adapter: captions for `snakemake --report` (logic in lorarepro.captions)."""
-from lorarepro.workflow import logged
+"""Snakemake adapter: captions for `snakemake --report` (lorarepro.jobs.report_captions, started warm by lorarepro.warm)."""
+from lorarepro.jobs import report_captions
+from lorarepro.warm import run_job
 
-with logged(snakemake.log[0]):
-    from lorarepro.captions import write_all
-
-    write_all(snakemake.config, snakemake.input.index, snakemake.input.audit)
+run_job(snakemake, report_captions)

@@ -1,9 +1,5 @@
-"""Snakemake adapter: sharpness of every run of one task (logic in lorarepro.sharpness)."""
-from lorarepro.gpus import claim
-from lorarepro.workflow import logged
+"""Snakemake adapter: sharpness of every run of one task (lorarepro.jobs.sharpness, started warm by lorarepro.warm)."""
+from lorarepro.jobs import sharpness
+from lorarepro.warm import run_job
 
-# claim: this job's own GPUs (Snakemake never sets CUDA_VISIBLE_DEVICES locally)
-with logged(snakemake.log[0]), claim(snakemake.resources.get("gpu", 0)):
-    from lorarepro.sharpness import measure_task
-
-    measure_task(snakemake.config, snakemake.wildcards.task, **snakemake.params.options)
+run_job(snakemake, sharpness)

@@ -1,9 +1,5 @@
-"""Snakemake adapter: build every table, the index and the metrics summary (logic in lorarepro.tables)."""
-from pathlib import Path
+"""Snakemake adapter: build every table, the index and the metrics summary (lorarepro.jobs.tables, started warm by lorarepro.warm)."""
+from lorarepro.jobs import tables
+from lorarepro.warm import run_job
 
-from lorarepro.workflow import logged
-
-with logged(snakemake.log[0]):
-    from lorarepro.tables import build_all
-
-    build_all(snakemake.config, Path(snakemake.input.reference))
+run_job(snakemake, tables)
