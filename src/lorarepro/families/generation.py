@@ -90,8 +90,11 @@ def extract_answer(decoded: str | list[str]) -> str | None:
     return numbers[-1] if numbers else None
 
 
-def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int, **extra) -> list[list[int]]:
-    """Greedy continuations (token ids, pad and eos removed) of left-padded prompt batches."""
+def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
+              stop_strings: list[str] | None = None) -> list[list[int]]:
+    """Greedy continuations (token ids, pad and eos removed) of left-padded prompt batches; a row
+    stops early at eos or at one of `stop_strings` (the text may run past it within its last token)."""
+    extra = {"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}
     out_rows = []
     for i in range(0, len(prompts), batch_size):
         input_ids = pad(prompts[i : i + batch_size], tokenizer.pad_token_id, left=True).to(device.of(model))
@@ -121,7 +124,7 @@ def _humaneval(model, tokenizer, df, manifest: dict, max_length: int, batch_size
     opts = humaneval.require_opt_in(manifest)  # before any work: nothing is generated or run without it
     prompts = _prompts(tokenizer, df, max_length)
     rows = _generate(model, tokenizer, prompts, manifest.get("max_new_tokens", MAX_NEW_TOKENS), batch_size,
-                     stop_strings=list(humaneval.STOP), tokenizer=tokenizer)
+                     stop_strings=list(humaneval.STOP))
     completions = []
     for prompt, row in zip(prompts, rows):
         # Decoded together, so a SentencePiece word boundary between prompt and completion survives.
