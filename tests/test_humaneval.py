@@ -149,6 +149,7 @@ def test_tiny_llama_end_to_end_and_canonical_model_scores_100(prepared, tmp_path
     assert set(metrics) == {"validation", "test"} and all(0.0 <= v <= 100.0 for v in metrics.values())
     assert sum(details["test"]["outcomes"].values()) == 3 and details["test"]["isolation"]
     assert "WARNING: evaluation.execute_generated_code is true" in capfd.readouterr().err
+    assert details["test"]["isolation"][0]["network"] and "filesystem" in details["test"]["isolation"][0]
     assert evaluate_splits(generation, CanonicalModel(tokenizer), tokenizer, task_dir, manifest, 512, opt_in) == \
         {"validation": 100.0, "test": 100.0}
 

@@ -37,7 +37,7 @@ BIND = ("import socket, sys\ns = socket.socket()\ns.bind(('0.0.0.0', 0))\ns.list
         "sys.exit(0 if names == ['lo'] else 'listening with interfaces ' + str(names))\n")
 
 
-@pytest.mark.parametrize("layers", [("netns", "seccomp"), ("netns",), ("seccomp",), ()])
+@pytest.mark.parametrize("layers", [("netns", "mountns", "seccomp"), ("netns",), ("seccomp",), ()])
 def test_no_network_under_each_isolation_layer(layers):
     """Each layer alone refuses the network; with none, the Python socket guard does (and says so)."""
     ran = run_program(NET, timeout_s=5, layers=layers)
@@ -79,7 +79,7 @@ def test_program_runs_in_an_empty_temporary_cwd_that_is_removed():
     source = ("import os, pathlib\nprint(os.getcwd())\nassert sorted(os.listdir('.')) == ['program.py']\n"
               "pathlib.Path('written.txt').write_text('x')\npathlib.Path('../escaped.txt').write_text('x')\n"
               "import sys\nprint(os.getcwd(), file=sys.stderr)\n")
-    ran = run_program(source, timeout_s=5)
+    ran = run_program(source, timeout_s=5, layers=("seccomp",))  # without the read-only mount namespace
     assert ran["outcome"] == "passed", ran
     cwd = Path(ran["stderr"].strip().splitlines()[-1])
     assert cwd.name == "work" and not cwd.parent.exists()  # the whole temporary directory is gone
@@ -95,3 +95,14 @@ def test_environment_is_minimal_and_stdin_closed(monkeypatch):
 def test_file_size_limit():
     ran = run_program("open('big', 'wb').write(b'0' * 64 * 2**20)\n", timeout_s=5)
     assert ran["outcome"] in ("error", "failed") and ran["outcome"] != "passed"
+
+
+def test_file_system_is_read_only_but_the_cwd():
+    source = ("import pathlib\npathlib.Path('mine.txt').write_text('ok')\n"
+              f"pathlib.Path({str(ROOT / 'escaped.txt')!r}).write_text('x')\n")
+    ran = run_program(source, timeout_s=5)
+    if ran["isolation"]["filesystem"].startswith("not isolated"):
+        pytest.skip("this kernel refuses the mount namespace (recorded as not isolated)")
+    assert ran["outcome"] == "failed" and "Read-only file system" in ran["stderr"] and "escaped.txt" in ran["stderr"]
+    assert "mine.txt" not in ran["stderr"]  # the cwd itself stayed writable
+    assert not (ROOT / "escaped.txt").exists()

@@ -32,8 +32,8 @@ def require_opt_in(manifest: dict) -> dict:
         raise NotRun(f"HumanEval executes model-generated code; set `{OPT_IN}: true` in the config to run it "
                      "(sandboxed: lorarepro.sandbox)")
     message = (f"WARNING: {OPT_IN} is true: model-generated code WILL BE EXECUTED on this machine "
-               f"(subprocess, {opts['timeout_s']} s, {opts['memory_mb']} MB, no network; the file system is "
-               "not isolated)")
+               f"(lorarepro.sandbox: {opts['timeout_s']} s, {opts['memory_mb']} MB, no network, no new processes; "
+               "the file system read-only but its cwd only where the kernel allows a mount namespace)")
     print(message, flush=True)
     print(message, file=sys.__stderr__, flush=True)
     return opts

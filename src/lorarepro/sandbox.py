@@ -9,13 +9,16 @@ program, so every limit holds for the program and anything it starts:
 - rlimits: address space (RLIMIT_AS), CPU seconds, processes (RLIMIT_NPROC; not enforced for root),
   file size (RLIMIT_FSIZE), no core files;
 - no network: a new user + network namespace (only a down loopback) where the kernel allows it;
+- a read-only file system but for its cwd: a mount namespace in that user namespace, every mount
+  made read-only (mount_setattr, Linux >= 5.12), the cwd bind-mounted writable;
 - seccomp (x86_64, aarch64): no new processes (fork/vfork/clone without CLONE_THREAD), no sockets
   but AF_UNIX: holds for root too, where RLIMIT_NPROC does not;
 - where neither network layer is available, a guard that removes `socket` before the program runs.
 The parent gives it an empty temporary cwd, a minimal environment, stdin from /dev/null, a wall
 timeout that kills the whole process group, and removes the directory afterwards. Which layers
 were actually in force is reported by the launcher (before the program runs) as `isolation`.
-The file system is NOT isolated: the program can read and write what the job's user can.
+Without the mount namespace the file system is NOT isolated (the result says so): the program can
+then write wherever the job's user can.
 """
 
 import json
@@ -42,7 +45,7 @@ del _m, _n, _s, _socket, _no_network
 """
 
 
-LAYERS = ("netns", "seccomp")  # the layers tried, in order; tests switch them off one at a time
+LAYERS = ("netns", "mountns", "seccomp")  # the layers tried, in order; tests switch them off one at a time
 
 
 def run_program(source: str, timeout_s: float = 10.0, memory_mb: int = 2048, layers: tuple = LAYERS) -> dict:
@@ -93,7 +96,9 @@ def _kill_group(pid: int) -> None:
 
 # ---- the launcher (runs in the child under `python -I`: standard library only) ----------------------
 
-CLONE_NEWUSER, CLONE_NEWNET, CLONE_THREAD = 0x10000000, 0x40000000, 0x00010000
+CLONE_NEWUSER, CLONE_NEWNET, CLONE_NEWNS, CLONE_THREAD = 0x10000000, 0x40000000, 0x00020000, 0x00010000
+MS_BIND, MS_REC, MS_PRIVATE, MOUNT_ATTR_RDONLY, AT_RECURSIVE, AT_FDCWD = 0x1000, 0x4000, 0x40000, 1, 0x8000, -100
+SYS_MOUNT_SETATTR = 442  # the same number on every architecture
 # seccomp: audit arch -> syscall numbers (fork, vfork: x86_64 only; clone; clone3; socket)
 ARCHS = {0xC000003E: {"fork": 57, "vfork": 58, "clone": 56, "clone3": 435, "socket": 41},  # x86_64
          0xC00000B7: {"clone": 220, "clone3": 435, "socket": 198}}  # aarch64
@@ -112,9 +117,29 @@ def _set_limits(limits: dict) -> dict:
             "file_mb": FILE_LIMIT_MB}
 
 
-def _network_namespace(libc) -> bool:
-    """A new user namespace (no privileges outside it) with a new, empty network namespace."""
-    return libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0
+def _namespaces(libc, layers: list[str]) -> tuple[bool, bool]:
+    """A new user namespace (no privileges outside it) with a new, empty network namespace and a
+    mount namespace whose mounts are all read-only but the cwd. Returns (network, file system) done."""
+    import ctypes
+
+    flags = (CLONE_NEWNET if "netns" in layers else 0) | (CLONE_NEWNS if "mountns" in layers else 0)
+    if not flags or libc.unshare(CLONE_NEWUSER | flags) != 0:
+        return False, False
+    if not flags & CLONE_NEWNS:
+        return True, False
+
+    class MountAttr(ctypes.Structure):
+        _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                    ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+    cwd = os.getcwd().encode()
+    readonly, writable = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0), MountAttr(0, MOUNT_ATTR_RDONLY, 0, 0)
+    done = (libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0  # nothing propagates back out
+            and libc.mount(cwd, cwd, None, MS_BIND, None) == 0
+            and libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, b"/", AT_RECURSIVE, ctypes.byref(readonly), ctypes.sizeof(readonly)) == 0
+            and libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, cwd, 0, ctypes.byref(writable), ctypes.sizeof(writable)) == 0)
+    os.chdir(cwd)  # onto the writable bind mount
+    return bool(flags & CLONE_NEWNET), done
 
 
 def _seccomp(libc) -> str | None:
@@ -160,8 +185,9 @@ def _launch(argv: list[str]) -> None:
     limits, report_fd, program = json.loads(argv[1]), int(argv[2]), argv[3]
     libc = ctypes.CDLL(None, use_errno=True)
     isolation = {"process": "subprocess, new session, empty temporary cwd, minimal env, stdin closed",
-                 "limits": _set_limits(limits), "filesystem": "not isolated (the job's user)"}
-    netns = "netns" in limits["layers"] and _network_namespace(libc)
+                 "limits": _set_limits(limits)}
+    netns, mountns = _namespaces(libc, limits["layers"])
+    isolation["filesystem"] = "read-only but its cwd (mount namespace)" if mountns else "not isolated (the job's user)"
     arch = _seccomp(libc) if "seccomp" in limits["layers"] else None
     isolation["seccomp"] = f"no fork, no sockets but AF_UNIX ({arch})" if arch else None
     network = (["user+network namespace"] if netns else []) + (["seccomp"] if arch else [])
