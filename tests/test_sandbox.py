@@ -52,6 +52,11 @@ def test_no_network_under_each_isolation_layer(layers):
         assert ("seccomp" in network) == (ran["isolation"]["seccomp"] is not None)
 
 
+def test_socket_guard_leaves_the_program_unchanged():
+    ran = run_program("from __future__ import annotations\nimport sys\nassert __name__ == '__main__'\n", timeout_s=5, layers=())
+    assert ran["outcome"] == "passed" and ran["isolation"]["network"] == ["python socket guard"], ran
+
+
 def test_netns_alone_has_no_route():
     ran = run_program(NET, timeout_s=5, layers=("netns",))
     if "user+network namespace" not in ran["isolation"]["network"]:

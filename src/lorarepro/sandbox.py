@@ -77,10 +77,11 @@ def run_program(source: str, timeout_s: float = 10.0, memory_mb: int = 2048, lay
             _kill_group(proc.pid)
             _, err = proc.communicate()
             outcome = "timeout"
-        _kill_group(proc.pid)  # anything the program left behind in its group
         with os.fdopen(report_r) as fh:
             report = fh.read()
         isolation = json.loads(report) if report else {}
+        if not isolation.get("seccomp"):
+            _kill_group(proc.pid)  # it could fork: anything it left behind in its group
         if not isolation and outcome != "timeout":
             outcome = "error"  # the launcher died before the program started
     return {"outcome": outcome, "returncode": proc.returncode, "seconds": round(time.perf_counter() - start, 3),
@@ -191,15 +192,14 @@ def _launch(argv: list[str]) -> None:
     arch = _seccomp(libc) if "seccomp" in limits["layers"] else None
     isolation["seccomp"] = f"no fork, no sockets but AF_UNIX ({arch})" if arch else None
     network = (["user+network namespace"] if netns else []) + (["seccomp"] if arch else [])
-    if not network:
-        source = Path(program).read_text()
-        Path(program).write_text(_SOCKET_GUARD + source)
+    command = [sys.executable, "-I", program]
+    if not network:  # the guard runs first, then the unchanged program as __main__
+        command = [sys.executable, "-I", "-c", f"{_SOCKET_GUARD}import runpy\nrunpy.run_path({program!r}, run_name='__main__')\n"]
         network = ["python socket guard"]
     isolation["network"] = network
     os.write(report_fd, json.dumps(isolation, sort_keys=True).encode())
     os.close(report_fd)
-    sys.stdout.flush()
-    os.execv(sys.executable, [sys.executable, "-I", program])
+    os.execv(sys.executable, command)
 
 
 if __name__ == "__main__":
