@@ -183,5 +183,7 @@ def test_config_keys(params, tmp_path):
     broken["splits"]["test"] = {"split": "HumanEval.jsonl", "fields": {"question": "prompt", "solution": "canonical_solution"}}
     with pytest.raises(ConfigError, match="tasks.code.splits.test.*entry_point"):
         validate({**cfg, "tasks": {**cfg["tasks"], "code": broken}})
+    with pytest.raises(ConfigError, match="tasks.code.prompt"):  # HumanEval's prompts must stay code
+        validate({**cfg, "tasks": {**cfg["tasks"], "code": code_task(tmp_path, prompt="Q: {question}")}})
     with pytest.raises(ConfigError, match="execute_generated_code"):
         validate({**cfg, "evaluation": {"execute_generated_code": "yes"}})

@@ -59,6 +59,9 @@ def check_task(task: str, task_cfg: dict) -> None:
         missing = [f for f in need if f not in fields and not (f == "label" and source.get("format") == "imagefolder")]
         if missing:
             raise ValueError(f"config key '{key}': family {family!r} needs fields {missing}")
+        if "prompt" in source and split != "train" and task_cfg.get("metric") == "humaneval_pass_at_1":
+            raise ValueError(f"config key 'tasks.{task}.prompt': HumanEval's prompts are completed and run as code "
+                             "unchanged; give the template to the train split only")
         if "prompt" in source:
             names = [n for _, n, _, _ in string.Formatter().parse(source["prompt"]) if n is not None]
             allowed = ["question"] if family == "generation" else fields.get("text", [])
