@@ -15,6 +15,7 @@ SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.
 SAM_DEFAULTS = {"rho": 0.05, "space": "weight"}
 FAMILY_ARCH = {"nlu": ("t5", "encoder"), "vision": ("vit", "clip"), "generation": ("llama",)}
 GENERATED_SOURCES = ("synthetic", "sklearn_digits")
+CODE_METRICS = ("humaneval_pass_at_1",)  # metrics that execute model-written code (evaluation.execute_generated_code)
 # What each rule declares unless `resources:` (or a task's `resources`, for its train job) says otherwise.
 DEFAULT_RESOURCES = {
     "prepare_data": {"mem_mb": 1000, "runtime": 10},
@@ -126,6 +127,9 @@ def _check_tasks(config: dict) -> None:
             raise ConfigError(f"config key 'tasks.{name}.backbone': unknown backbone '{task['backbone']}' (known: {sorted(config['backbones'])})")
         if backbone["arch"] not in FAMILY_ARCH[task["family"]]:
             raise ConfigError(f"config key 'tasks.{name}.backbone': family '{task['family']}' needs a {' or '.join(FAMILY_ARCH[task['family']])} backbone, '{task['backbone']}' is '{backbone['arch']}'")
+        metric = task.get("metric", "exact_match")
+        if metric != "exact_match" and (task["family"] != "generation" or task["source"] in GENERATED_SOURCES):
+            raise ConfigError(f"config key 'tasks.{name}.metric': {metric} needs a generation task with hub or local data")
         if task["source"] not in GENERATED_SOURCES:
             from lorarepro.data.external import check_task
 
@@ -243,6 +247,11 @@ def resolve_run(config: dict, task: str, method: str) -> dict:
         "seeds": list(config["seeds"]),
         "threads": config.get("threads", 1),
     }
+    if task_cfg.get("metric") in CODE_METRICS:  # only these runs carry it: toggling it reruns nothing else
+        opts = config.get("evaluation") or {}
+        run["evaluation"] = {"execute_generated_code": bool(opts.get("execute_generated_code", False)),
+                             "timeout_s": float(opts.get("code_timeout_s", 10)),
+                             "memory_mb": int(opts.get("code_memory_mb", 2048))}
     dtype = config["backbones"][task_cfg["backbone"]].get("dtype", "float32")
     if dtype != "float32":  # only then: float32 runs keep their settings (and Snakemake params) unchanged
         run["backbone_dtype"] = dtype

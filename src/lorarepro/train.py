@@ -114,11 +114,13 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
                 hook.close()
     seconds = time.perf_counter() - start
     flat_info = _finish_flat(model, run, flat, manifest)
-    metrics = evaluate_splits(family, model, tokenizer, task_dir, manifest, tcfg["max_length"])
+    details: dict = {}  # per-split evaluation details (HumanEval: outcomes, sandbox isolation)
+    metrics = evaluate_splits(family, model, tokenizer, task_dir, manifest, tcfg["max_length"], run.get("evaluation"), details)
     ckpt = save_checkpoint(model, tokenizer, paths.checkpoint_dir(task, method, seed), initial)
     result = {
         "task": task, "method": method, "seed": seed, "family": run["family"], "backbone": run["backbone"],
-        "status": "FINISHED", "metric": family.METRIC, "metrics": metrics, "config": run,
+        "status": "FINISHED", "metric": manifest.get("metric", family.METRIC), "metrics": metrics,
+        **({"evaluation": details} if details else {}), "config": run,
         "train": {
             "steps": len(plan), "final_loss": history.loss[-1],
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -165,7 +167,7 @@ def _write_failed(run: dict, seed: int, exc: NonFiniteLoss, history: History, ma
     write_text(paths.run_history(task, method, seed), _history_csv(history))
     write_json(paths.run_result(task, method, seed), {
         "task": task, "method": method, "seed": seed, "family": run["family"], "backbone": run["backbone"],
-        **failure, "metric": families.get(run["family"]).METRIC, "metrics": {}, "config": run,
+        **failure, "metric": manifest.get("metric", families.get(run["family"]).METRIC), "metrics": {}, "config": run,
         "lineage": {"data_sha256": manifest["sha256"], "backbone_sha256": _backbone_sha(run["backbone"]),
                     "mlflow_run_id": tracker.run_id if tracker else None,
                     **{f"git_{k}": v for k, v in git_state().items()}},

@@ -83,7 +83,7 @@ def reevaluate(runs: list) -> list[dict]:
             out.append(record("reevaluate", "fail", run.checkpoint, f"does not load: {type(err).__name__}: {err}", FIX))
             continue
         metrics = evaluate_splits(families.get(cfg["family"]), model, tokenizer, paths.prepared_dir(run.task),
-                                  manifest, cfg["training"]["max_length"])
+                                  manifest, cfg["training"]["max_length"], cfg.get("evaluation"))
         diff = dict_diff(run.result.get("metrics") or {}, metrics)
         problems = [f"metrics recorded vs re-evaluated: {'; '.join(diff)}"] if diff else []
         if cfg["adapter"] is not None:

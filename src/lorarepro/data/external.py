@@ -4,11 +4,13 @@ Every split of an external task is read from its source (hub split, or a file/fo
 task's `path`), optionally sliced (`train[:100000]`), and mapped onto the family's prepared columns:
     nlu         text (the prompt filled from the source's text columns; without a prompt, two text
                 columns stay a pair: text, text_pair), label (int)
-    generation  question, solution, answer (the final answer, via `answer_regex`)
+    generation  question, solution, answer (the final answer, via `answer_regex`); for HumanEval
+                (metric humaneval_pass_at_1) test, entry_point, task_id instead of answer
     vision      image (encoded image bytes, as stored), label (int)
 The result is written like a generated task (parquet splits + manifest with sha256), so everything
 downstream is the same code for both profiles. A split entry may override the task's source keys
-(train on MetaMathQA, test on GSM8K).
+(train on MetaMathQA, test on GSM8K). A field `column[role]` reads a chat-message column (a list of
+{role, content}, as Code-Feedback's `messages`): the content of the first turn with that role.
 """
 
 import csv
@@ -23,6 +25,7 @@ from lorarepro.data.io import write_dataset
 SOURCES = ("hub", "local")
 SLICE = re.compile(r"^(?P<name>[A-Za-z0-9_./-]+?)(\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+TURN = re.compile(r"^(?P<column>.+)\[(?P<role>[A-Za-z_]+)\]$")  # messages[user]: the first user turn
 SOURCE_KEYS = ("dataset", "subset", "revision", "path", "format", "fields", "prompt", "answer_regex")
 
 
@@ -51,11 +54,14 @@ def check_task(task: str, task_cfg: dict) -> None:
         if task_cfg["source"] == "local" and not {"path", "format"} <= source.keys():
             raise ValueError(f"config key '{key}': local data needs `path` and `format`")
         fields = source.get("fields") or {}
-        need = {"nlu": ["text", "label"], "generation": ["question", "solution", "answer"],
+        need = {"nlu": ["text", "label"], "generation": _generation_fields(task_cfg, split),
                 "vision": ["label"] + (["image"] if source.get("format") != "imagefolder" else [])}[family]
         missing = [f for f in need if f not in fields and not (f == "label" and source.get("format") == "imagefolder")]
         if missing:
             raise ValueError(f"config key '{key}': family {family!r} needs fields {missing}")
+        if "prompt" in source and split != "train" and task_cfg.get("metric") == "humaneval_pass_at_1":
+            raise ValueError(f"config key 'tasks.{task}.prompt': HumanEval's prompts are completed and run as code "
+                             "unchanged; give the template to the train split only")
         if "prompt" in source:
             names = [n for _, n, _, _ in string.Formatter().parse(source["prompt"]) if n is not None]
             allowed = ["question"] if family == "generation" else fields.get("text", [])
@@ -66,6 +72,27 @@ def check_task(task: str, task_cfg: dict) -> None:
             raise ValueError(f"config key 'tasks.{task}.answer_regex': needs one capture group")
     if family == "nlu" and "label_words" not in task_cfg:
         raise ValueError(f"config key 'tasks.{task}.label_words': required for an external nlu task")
+
+
+def _generation_fields(task_cfg: dict, split: str) -> list[str]:
+    """Fields a generation split needs: HumanEval's evaluation splits carry tests instead of an answer."""
+    if task_cfg.get("metric", "exact_match") != "humaneval_pass_at_1":
+        return ["question", "solution", "answer"]
+    return ["question", "solution"] if split == "train" else ["question", "test", "entry_point"]
+
+
+def _column(frame: pd.DataFrame, spec: str) -> pd.Series:
+    """A source column, or with `column[role]` the first `role` turn of a chat-message column."""
+    turn = TURN.match(spec)
+    if spec in frame.columns or turn is None:
+        return frame[spec]
+    role = turn["role"]
+    return pd.Series([next((m["content"] for m in messages if m["role"] == role), "") for messages in frame[turn["column"]]])
+
+
+def _column_name(spec: str) -> str:
+    turn = TURN.match(spec)
+    return turn["column"] if turn else spec
 
 
 def read_source(task: str, source: dict) -> pd.DataFrame:
@@ -158,7 +185,8 @@ def _labels(task: str, values: pd.Series, names: list[str] | None, count: int) -
 def to_family(task: str, task_cfg: dict, source: dict, frame: pd.DataFrame) -> pd.DataFrame:
     """Map a raw split onto the family's prepared columns."""
     family, fields = task_cfg["family"], dict(source.get("fields") or {})
-    missing = [c for v in fields.values() for c in (v if isinstance(v, list) else [v]) if c not in frame.columns]
+    missing = [c for v in fields.values() for c in (v if isinstance(v, list) else [v])
+               if c not in frame.columns and _column_name(c) not in frame.columns]
     if missing:
         raise ValueError(f"task {task!r}: split {source['split']!r} has no columns {missing} (has {list(frame.columns)})")
     if family == "nlu":
@@ -170,18 +198,7 @@ def to_family(task: str, task_cfg: dict, source: dict, frame: pd.DataFrame) -> p
                  for r in frame[cols].to_dict("records")]
         return pd.DataFrame({"text": texts, "label": labels})
     if family == "generation":
-        answers = frame[fields["answer"]].astype(str)
-        if source.get("answer_regex"):
-            pattern = re.compile(source["answer_regex"], re.S | re.M)
-            found = [pattern.search(a) for a in answers]
-            if any(m is None for m in found):
-                raise ValueError(f"task {task!r}: answer_regex finds no answer in {sum(m is None for m in found)} rows")
-            answers = pd.Series([m.group(1).strip().replace(",", "") for m in found])
-        questions = frame[fields["question"]].astype(str).tolist()
-        if source.get("prompt"):
-            questions = [source["prompt"].format_map({"question": q}) for q in questions]
-        return pd.DataFrame({"question": questions,
-                             "solution": frame[fields["solution"]].astype(str).tolist(), "answer": answers.tolist()})
+        return _generation_frame(task, source, frame, fields)
     label_col = fields.get("label", "label")
     names = task_cfg.get("label_names")
     if source.get("format") == "imagefolder" and names is None:
@@ -189,6 +206,28 @@ def to_family(task: str, task_cfg: dict, source: dict, frame: pd.DataFrame) -> p
     count = len(names) if names is not None else int(pd.to_numeric(frame[label_col]).max()) + 1
     labels = _labels(task, frame[label_col], names, count)
     return pd.DataFrame({"image": frame[fields.get("image", "image")].tolist(), "label": pd.Series(labels, dtype="int64")})
+
+
+def _generation_frame(task: str, source: dict, frame: pd.DataFrame, fields: dict) -> pd.DataFrame:
+    questions = _column(frame, fields["question"]).astype(str).tolist()
+    if source.get("prompt"):
+        questions = [source["prompt"].format_map({"question": q}) for q in questions]
+    out = {"question": questions}
+    if "solution" in fields:
+        out["solution"] = _column(frame, fields["solution"]).astype(str).tolist()
+    if "answer" in fields:
+        answers = _column(frame, fields["answer"]).astype(str)
+        if source.get("answer_regex"):
+            pattern = re.compile(source["answer_regex"], re.S | re.M)
+            found = [pattern.search(a) for a in answers]
+            if any(m is None for m in found):
+                raise ValueError(f"task {task!r}: answer_regex finds no answer in {sum(m is None for m in found)} rows")
+            answers = pd.Series([m.group(1).strip().replace(",", "") for m in found])
+        out["answer"] = answers.tolist()
+    for name in ("test", "entry_point", "task_id"):  # HumanEval's problems
+        if name in fields:
+            out[name] = _column(frame, fields[name]).astype(str).tolist()
+    return pd.DataFrame(out)
 
 
 def prepare_external(task: str, task_cfg: dict, data_seed: int, out_dir: Path) -> dict:
@@ -205,8 +244,10 @@ def prepare_external(task: str, task_cfg: dict, data_seed: int, out_dir: Path) -
               "family": task_cfg["family"], "sources": sources}
     if task_cfg["family"] == "nlu":
         header.update(num_labels=len(task_cfg["label_words"]), label_words=list(task_cfg["label_words"]))
-    elif task_cfg["family"] == "generation" and "max_new_tokens" in task_cfg:
-        header["max_new_tokens"] = int(task_cfg["max_new_tokens"])
+    elif task_cfg["family"] == "generation":
+        if "max_new_tokens" in task_cfg:
+            header["max_new_tokens"] = int(task_cfg["max_new_tokens"])
+        header["metric"] = task_cfg.get("metric", "exact_match")  # the family's evaluate dispatches on it
     elif task_cfg["family"] == "vision":
         names = task_cfg.get("label_names") or class_names.get("train")
         header["num_labels"] = len(names) if names else int(splits["train"]["label"].max()) + 1

@@ -1,7 +1,8 @@
 """generation: math word problems with a causal LM (the paper's Llama-2 / GSM8K setting).
 
 Training is next-token prediction on `question solution`, with the loss on the solution only.
-Evaluation decodes greedily and compares the extracted final number with the answer (exact match).
+Evaluation decodes greedily; the task's `metric` picks the score: exact match of the extracted final
+number (default), or HumanEval pass@1 of the completion run in a sandbox (lorarepro.humaneval).
 """
 
 import re
@@ -89,22 +90,59 @@ def extract_answer(decoded: str | list[str]) -> str | None:
     return numbers[-1] if numbers else None
 
 
-@torch.no_grad()
-def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 128) -> float:
-    """Exact match (%) of the greedily decoded final number."""
-    model.eval()
-    prompts = _prompts(tokenizer, df, max_length)
-    answers = df["answer"].astype(str).tolist()
-    correct = 0
+def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
+              stop_strings: list[str] | None = None) -> list[list[int]]:
+    """Greedy continuations (token ids, pad and eos removed) of left-padded prompt batches; a row
+    stops early at eos or at one of `stop_strings` (the text may run past it within its last token)."""
+    extra = {"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}
+    out_rows = []
     for i in range(0, len(prompts), batch_size):
         input_ids = pad(prompts[i : i + batch_size], tokenizer.pad_token_id, left=True).to(device.of(model))
         out = model.generate(
             input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(),
-            max_new_tokens=manifest.get("max_new_tokens", MAX_NEW_TOKENS), do_sample=False, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id, **extra,
         )
-        for row, gold in zip(out[:, input_ids.shape[1] :].tolist(), answers[i : i + batch_size]):
-            text = tokenizer.decode([t for t in row if t not in (tokenizer.pad_token_id, tokenizer.eos_token_id)],
-                                    skip_special_tokens=True)  # real tokenizers (SentencePiece) too
-            correct += extract_answer(text) == gold
+        out_rows += [[t for t in row if t not in (tokenizer.pad_token_id, tokenizer.eos_token_id)]
+                     for row in out[:, input_ids.shape[1] :].tolist()]
+    return out_rows
+
+
+def _exact_match(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int) -> float:
+    """Exact match (%) of the greedily decoded final number."""
+    prompts = _prompts(tokenizer, df, max_length)
+    rows = _generate(model, tokenizer, prompts, manifest.get("max_new_tokens", MAX_NEW_TOKENS), batch_size)
+    correct = sum(extract_answer(tokenizer.decode(row, skip_special_tokens=True)) == gold  # SentencePiece too
+                  for row, gold in zip(rows, df["answer"].astype(str).tolist()))
     return 100.0 * correct / len(prompts)
+
+
+def _humaneval(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int) -> float:
+    """HumanEval pass@1 (%): greedy completions run in the sandbox (lorarepro.humaneval); NotRun unless opted in."""
+    from lorarepro import humaneval
+
+    opts = humaneval.require_opt_in(manifest)  # before any work: nothing is generated or run without it
+    prompts = _prompts(tokenizer, df, max_length)
+    rows = _generate(model, tokenizer, prompts, manifest.get("max_new_tokens", MAX_NEW_TOKENS), batch_size,
+                     stop_strings=list(humaneval.STOP))
+    completions = []
+    for prompt, row in zip(prompts, rows):
+        # Decoded together, so a SentencePiece word boundary between prompt and completion survives.
+        head = tokenizer.decode(prompt, skip_special_tokens=True)
+        full = tokenizer.decode(prompt + row, skip_special_tokens=True)
+        completions.append(full[len(head):] if full.startswith(head) else tokenizer.decode(row, skip_special_tokens=True))
+    return humaneval.pass_at_1(df, completions, opts)
+
+
+METRICS = {"exact_match": _exact_match, "humaneval_pass_at_1": _humaneval}
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 128) -> float:
+    """The task's metric (manifest `metric`, default exact match), in percent."""
+    metric = manifest.get("metric", METRIC)
+    if metric not in METRICS:
+        raise ValueError(f"task {manifest.get('task')!r}: metric {metric!r} is not implemented for generation "
+                         f"(known: {sorted(METRICS)})")
+    model.eval()
+    return METRICS[metric](model, tokenizer, df, manifest, max_length, batch_size)
