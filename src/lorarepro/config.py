@@ -96,6 +96,12 @@ def check(config: dict) -> None:
             raise ConfigError(f"config key 'tables.{spec['id']}.cost_baseline': '{baseline}' needs cost: true and must be one of the table's methods")
     _check_tasks(config)
     _check_methods(config)
+    from lorarepro import judge  # deferred, as the data checks
+
+    try:
+        judge.check((config.get("evaluation") or {}).get("judge"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def specs(config: dict, kind: str) -> dict:
@@ -126,6 +132,9 @@ def _check_tasks(config: dict) -> None:
             raise ConfigError(f"config key 'tasks.{name}.backbone': unknown backbone '{task['backbone']}' (known: {sorted(config['backbones'])})")
         if backbone["arch"] not in FAMILY_ARCH[task["family"]]:
             raise ConfigError(f"config key 'tasks.{name}.backbone': family '{task['family']}' needs a {' or '.join(FAMILY_ARCH[task['family']])} backbone, '{task['backbone']}' is '{backbone['arch']}'")
+        metric = task.get("metric", "exact_match")
+        if metric != "exact_match" and (task["family"] != "generation" or task["source"] in GENERATED_SOURCES):
+            raise ConfigError(f"config key 'tasks.{name}.metric': '{metric}' is for generation tasks with hub or local data")
         if task["source"] not in GENERATED_SOURCES:
             from lorarepro.data.external import check_task
 

@@ -4,7 +4,9 @@ Every split of an external task is read from its source (hub split, or a file/fo
 task's `path`), optionally sliced (`train[:100000]`), and mapped onto the family's prepared columns:
     nlu         text (the prompt filled from the source's text columns; without a prompt, two text
                 columns stay a pair: text, text_pair), label (int)
-    generation  question, solution, answer (the final answer, via `answer_regex`)
+    generation  question, solution, answer (the final answer, via `answer_regex`); the evaluation
+                splits of an mt_bench task: turns, prompts (turns in the task's prompt), category,
+                reference (lists of strings: to_mt_bench)
     vision      image (encoded image bytes, as stored), label (int)
 The result is written like a generated task (parquet splits + manifest with sha256), so everything
 downstream is the same code for both profiles. A split entry may override the task's source keys
@@ -51,7 +53,7 @@ def check_task(task: str, task_cfg: dict) -> None:
         if task_cfg["source"] == "local" and not {"path", "format"} <= source.keys():
             raise ValueError(f"config key '{key}': local data needs `path` and `format`")
         fields = source.get("fields") or {}
-        need = {"nlu": ["text", "label"], "generation": ["question", "solution", "answer"],
+        need = {"nlu": ["text", "label"], "generation": _generation_fields(task_cfg, split),
                 "vision": ["label"] + (["image"] if source.get("format") != "imagefolder" else [])}[family]
         missing = [f for f in need if f not in fields and not (f == "label" and source.get("format") == "imagefolder")]
         if missing:
@@ -66,6 +68,39 @@ def check_task(task: str, task_cfg: dict) -> None:
             raise ValueError(f"config key 'tasks.{task}.answer_regex': needs one capture group")
     if family == "nlu" and "label_words" not in task_cfg:
         raise ValueError(f"config key 'tasks.{task}.label_words': required for an external nlu task")
+
+
+def _generation_fields(task_cfg: dict, split: str) -> list[str]:
+    """MT-Bench splits are questions of one or more turns; a task scored by a judge needs no answer column."""
+    metric = task_cfg.get("metric", "exact_match")
+    if metric == "mt_bench" and split != "train":
+        return ["turns", "category"]
+    return ["question", "solution"] + (["answer"] if metric == "exact_match" else [])
+
+
+def to_mt_bench(task: str, source: dict, frame: pd.DataFrame) -> pd.DataFrame:
+    """MT-Bench questions (HuggingFaceH4/mt_bench_prompts layout): the user turns as written (for the
+    judge) and wrapped in the task's prompt (for the model), the category, the reference answers."""
+    fields = source["fields"]
+    missing = [c for c in fields.values() if c not in frame.columns]
+    if missing:
+        raise ValueError(f"task {task!r}: split {source['split']!r} has no columns {missing} (has {list(frame.columns)})")
+
+    def strings(value, what: str, row: int) -> list[str]:
+        if value is None or (not isinstance(value, str) and pd.api.types.is_scalar(value) and pd.isna(value)):
+            return []
+        if isinstance(value, str) or not hasattr(value, "__iter__"):
+            raise ValueError(f"task {task!r}: row {row}: {what} must be a list of strings, got {value!r}")
+        return [str(v) for v in value]
+
+    turns = [strings(v, f"fields.turns ({fields['turns']!r})", i) for i, v in enumerate(frame[fields["turns"]])]
+    if any(not t for t in turns):
+        raise ValueError(f"task {task!r}: split {source['split']!r}: a question without turns")
+    prompt = source.get("prompt")
+    references = ([strings(v, f"fields.reference ({fields['reference']!r})", i) for i, v in enumerate(frame[fields["reference"]])]
+                  if "reference" in fields else [[] for _ in turns])
+    return pd.DataFrame({"turns": turns, "prompts": [[prompt.format_map({"question": q}) if prompt else q for q in t] for t in turns],
+                         "category": frame[fields["category"]].astype(str).tolist(), "reference": references})
 
 
 def read_source(task: str, source: dict) -> pd.DataFrame:
@@ -170,7 +205,7 @@ def to_family(task: str, task_cfg: dict, source: dict, frame: pd.DataFrame) -> p
                  for r in frame[cols].to_dict("records")]
         return pd.DataFrame({"text": texts, "label": labels})
     if family == "generation":
-        answers = frame[fields["answer"]].astype(str)
+        answers = frame[fields["answer"]].astype(str) if "answer" in fields else pd.Series([""] * len(frame))
         if source.get("answer_regex"):
             pattern = re.compile(source["answer_regex"], re.S | re.M)
             found = [pattern.search(a) for a in answers]
@@ -199,14 +234,18 @@ def prepare_external(task: str, task_cfg: dict, data_seed: int, out_dir: Path) -
         source = split_source(task, task_cfg, split)
         frame = read_source(task, source)
         class_names[split] = frame.attrs.get("class_names")
-        splits[split] = to_family(task, task_cfg, source, frame)
+        mt_bench = task_cfg.get("metric") == "mt_bench" and split != "train"
+        splits[split] = to_mt_bench(task, source, frame) if mt_bench else to_family(task, task_cfg, source, frame)
         sources[split] = {k: v for k, v in source.items() if k in ("dataset", "subset", "revision", "path", "format", "split", "slice")}
     header = {"task": task, "source": task_cfg["source"], "generator": None, "data_seed": int(data_seed),
               "family": task_cfg["family"], "sources": sources}
     if task_cfg["family"] == "nlu":
         header.update(num_labels=len(task_cfg["label_words"]), label_words=list(task_cfg["label_words"]))
-    elif task_cfg["family"] == "generation" and "max_new_tokens" in task_cfg:
-        header["max_new_tokens"] = int(task_cfg["max_new_tokens"])
+    elif task_cfg["family"] == "generation":
+        if "max_new_tokens" in task_cfg:
+            header["max_new_tokens"] = int(task_cfg["max_new_tokens"])
+        if task_cfg.get("metric", "exact_match") != "exact_match":  # absent: exact match (manifests unchanged)
+            header["metric"] = task_cfg["metric"]
     elif task_cfg["family"] == "vision":
         names = task_cfg.get("label_names") or class_names.get("train")
         header["num_labels"] = len(names) if names else int(splits["train"]["label"].max()) + 1

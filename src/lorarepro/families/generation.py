@@ -1,7 +1,8 @@
 """generation: math word problems with a causal LM (the paper's Llama-2 / GSM8K setting).
 
 Training is next-token prediction on `question solution`, with the loss on the solution only.
-Evaluation decodes greedily and compares the extracted final number with the answer (exact match).
+Evaluation decodes greedily and compares the extracted final number with the answer (exact match);
+a task with `metric: mt_bench` answers MT-Bench's two-turn questions and a judge rates them (lorarepro.judge).
 """
 
 import re
@@ -89,22 +90,68 @@ def extract_answer(decoded: str | list[str]) -> str | None:
     return numbers[-1] if numbers else None
 
 
-@torch.no_grad()
-def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 128) -> float:
-    """Exact match (%) of the greedily decoded final number."""
-    model.eval()
-    prompts = _prompts(tokenizer, df, max_length)
-    answers = df["answer"].astype(str).tolist()
-    correct = 0
+def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> list[list[int]]:
+    """Greedy continuations of left-padded prompts, without padding and end-of-sequence tokens."""
+    out_rows = []
     for i in range(0, len(prompts), batch_size):
         input_ids = pad(prompts[i : i + batch_size], tokenizer.pad_token_id, left=True).to(device.of(model))
         out = model.generate(
             input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(),
-            max_new_tokens=manifest.get("max_new_tokens", MAX_NEW_TOKENS), do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-        for row, gold in zip(out[:, input_ids.shape[1] :].tolist(), answers[i : i + batch_size]):
-            text = tokenizer.decode([t for t in row if t not in (tokenizer.pad_token_id, tokenizer.eos_token_id)],
-                                    skip_special_tokens=True)  # real tokenizers (SentencePiece) too
-            correct += extract_answer(text) == gold
+        out_rows += [[t for t in row if t not in (tokenizer.pad_token_id, tokenizer.eos_token_id)]
+                     for row in out[:, input_ids.shape[1] :].tolist()]
+    return out_rows
+
+
+def _decode(tokenizer, tokens: list[int]) -> str:
+    return tokenizer.decode(tokens, skip_special_tokens=True)  # real tokenizers (SentencePiece) too
+
+
+@torch.no_grad()
+def chat_answers(model, tokenizer, conversations: list[list[str]], manifest: dict, max_length: int,
+                 batch_size: int = 128) -> list[list[str]]:
+    """Greedy answers to every user turn of every conversation, each turn seeing the conversation so
+    far: `<s> turn1 answer1 </s> <s> turn2` (turns as written, already in the task's prompt), the
+    context cut to its last `max_length` tokens."""
+    model.eval()
+    contexts, answers = [[] for _ in conversations], [[] for _ in conversations]
+    for turn in range(max(len(c) for c in conversations)):
+        active = [i for i, c in enumerate(conversations) if turn < len(c)]
+        turn_ids = ids(tokenizer, [conversations[i][turn] for i in active], max_length, eos=False)
+        for i, t in zip(active, turn_ids):
+            contexts[i] = contexts[i] + [tokenizer.bos_token_id] + t
+        inputs = [contexts[i][-max_length:] if max_length else contexts[i] for i in active]
+        generated = _generate(model, tokenizer, inputs, manifest.get("max_new_tokens", MAX_NEW_TOKENS), batch_size)
+        for i, tokens in zip(active, generated):
+            contexts[i] += tokens + [tokenizer.eos_token_id]
+            answers[i].append(_decode(tokenizer, tokens))
+    return answers
+
+
+def _mt_bench(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int, evaluation: dict | None) -> float:
+    from lorarepro import judge, paths
+
+    grader = judge.make_judge((evaluation or {}).get("judge"))  # NotRun before any answer is generated
+    answers = chat_answers(model, tokenizer, [list(p) for p in df["prompts"]], manifest, max_length, batch_size)
+    questions = [{"turns": list(r.turns), "category": r.category, "reference": list(r.reference)} for r in df.itertuples()]
+    return judge.mt_bench_score(grader, questions, answers, paths.JUDGE_CACHE)
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 128,
+             evaluation: dict | None = None) -> float:
+    """The task's metric (manifest `metric`): exact match (%) of the greedily decoded final number,
+    or the MT-Bench score (1-10) of a judge (`evaluation.judge`; lorarepro.judge)."""
+    metric = manifest.get("metric", METRIC)
+    if metric == "mt_bench":
+        return _mt_bench(model, tokenizer, df, manifest, max_length, batch_size, evaluation)
+    if metric != METRIC:
+        raise ValueError(f"task {manifest.get('task')!r}: metric {metric!r} is not implemented by the generation family")
+    model.eval()
+    prompts = _prompts(tokenizer, df, max_length)
+    answers = df["answer"].astype(str).tolist()
+    generated = _generate(model, tokenizer, prompts, manifest.get("max_new_tokens", MAX_NEW_TOKENS), batch_size)
+    correct = sum(extract_answer(_decode(tokenizer, tokens)) == gold for tokens, gold in zip(generated, answers))
     return 100.0 * correct / len(prompts)
