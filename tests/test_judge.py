@@ -216,3 +216,20 @@ def test_run_without_judge_finishes_with_not_run_and_the_table_says_so(chat_work
     assert judged["judge"] == {"kind": "python", "model": "test_judge:turn_judge", "prompt_sha256": judge.PROMPT_SHA256}
     assert [r["status"] for r in rerun.reevaluate([artifacts.Run("chat_tiny", "lora_r8", 0, judged)],
                                                   cfg["evaluation"])] == ["pass"]
+
+
+def test_config_refuses_misplaced_metric_and_missing_mt_bench_fields(params, tmp_path):
+    from lorarepro.config import ConfigError, validate
+
+    def check(task, **extra):
+        validate({**params, "tasks": {**params["tasks"], "chat": task}, **extra})
+
+    with pytest.raises(ConfigError, match="tasks.chat.metric"):
+        check({**params["tasks"]["sentiment"], "metric": "mt_bench"})  # an nlu task
+    task = chat_task(tmp_path)
+    check(task)
+    del task["splits"]["test"]["fields"]["category"]
+    with pytest.raises(ConfigError, match=r"tasks.chat.splits.validation': an MT-Bench split needs fields \['category'\]"):
+        check(task)
+    with pytest.raises(ConfigError, match="evaluation.judge.callable"):
+        check(chat_task(tmp_path), evaluation={"judge": {"kind": "python"}})

@@ -57,7 +57,8 @@ def check_task(task: str, task_cfg: dict) -> None:
                 "vision": ["label"] + (["image"] if source.get("format") != "imagefolder" else [])}[family]
         missing = [f for f in need if f not in fields and not (f == "label" and source.get("format") == "imagefolder")]
         if missing:
-            raise ValueError(f"config key '{key}': family {family!r} needs fields {missing}")
+            needs = "an MT-Bench split" if "turns" in need else f"family {family!r}"
+            raise ValueError(f"config key '{key}': {needs} needs fields {missing}")
         if "prompt" in source:
             names = [n for _, n, _, _ in string.Formatter().parse(source["prompt"]) if n is not None]
             allowed = ["question"] if family == "generation" else fields.get("text", [])
