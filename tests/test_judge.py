@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from lorarepro import judge, paths
-from lorarepro.evaluate import NotRun, evaluate_splits
+from lorarepro.evaluate import NotRun, evaluate_checkpoint, evaluate_splits
 
 MATH = {"turns": ["how many apples does anna have ?", "and how many does ben have ?"], "category": "math",
         "reference": ["anna has 4 apples", "ben has 2 apples"]}
@@ -209,13 +209,19 @@ def test_run_without_judge_finishes_with_not_run_and_the_table_says_so(chat_work
     assert [r["status"] for r in artifacts.check_metrics([run])] == ["info"]
     assert [r["status"] for r in mlflow_runs.check(cfg, [run])] == ["pass"]
     assert [r["status"] for r in rerun.reevaluate([run])] == ["pass"]  # not run again, for the same reason
-    # with a judge, the same checkpoint is scored, and the result records the judge (never a key)
+    # with a judge set later, the saved checkpoint is scored without training again; the result records
+    # the judge (never a key), MLflow gets the metrics and loses the not-run tags
     cfg = dict(cfg, evaluation={"judge": {"kind": "python", "callable": "test_judge:turn_judge"}})
-    (judged,) = run_task_method(cfg, "chat_tiny", "lora_r8")
+    judged = evaluate_checkpoint(cfg, "chat_tiny", "lora_r8", 0)
     assert judged["metrics"] == {"validation": 7.0, "test": 7.0} and "not_run" not in judged
     assert judged["judge"] == {"kind": "python", "model": "test_judge:turn_judge", "prompt_sha256": judge.PROMPT_SHA256}
-    assert [r["status"] for r in rerun.reevaluate([artifacts.Run("chat_tiny", "lora_r8", 0, judged)],
-                                                  cfg["evaluation"])] == ["pass"]
+    assert json.loads(paths.run_result("chat_tiny", "lora_r8", 0).read_text()) == judged
+    assert set(judged) == set(result) - {"not_run"} and judged["train"] == result["train"]
+    run = artifacts.Run("chat_tiny", "lora_r8", 0, judged)
+    assert [r["status"] for r in mlflow_runs.check(cfg, [run])] == ["pass"]
+    assert not any(k.startswith("not_run") for k in tracking._client(cfg)[0].get_run(judged["lineage"]["mlflow_run_id"]).data.tags)
+    assert [r["status"] for r in rerun.reevaluate([run], cfg["evaluation"])] == ["pass"]
+    assert [r["status"] for r in artifacts.check_metrics([run])] == ["pass"]
 
 
 def test_config_refuses_misplaced_metric_and_missing_mt_bench_fields(params, tmp_path):
@@ -233,3 +239,16 @@ def test_config_refuses_misplaced_metric_and_missing_mt_bench_fields(params, tmp
         check(task)
     with pytest.raises(ConfigError, match="evaluation.judge.callable"):
         check(chat_task(tmp_path), evaluation={"judge": {"kind": "python"}})
+
+
+def test_evaluate_command_names_what_is_missing(tmp_path, monkeypatch, capsys, params):
+    import yaml
+
+    from lorarepro.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "arithmetic", "lora_r8"]) == 2
+    assert "params.yaml" in capsys.readouterr().err
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["evaluate", "arithmetic", "lora_r8", "--seeds", "0"]) == 1
+    assert "no result to evaluate again: results/runs/arithmetic/lora_r8/seed0.json" in capsys.readouterr().err
