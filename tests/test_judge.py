@@ -72,7 +72,8 @@ def test_http_judge_scores_and_sends_model_temperature_and_reference(server, spe
     judge.mt_bench_score(grader, [MATH], [["anna has 4", "ben has 3"]], tmp_path)  # turn 2 only
     assert len(server.requests) == 5
     assert "sk-secret" not in "".join(p.read_text() for p in tmp_path.iterdir())
-    assert judge.describe(spec) == {"kind": "openai_chat", "model": "gpt-4-0613", "prompt_sha256": judge.PROMPT_SHA256}
+    assert judge.describe(spec, {"test": 7.0}) == {"kind": "openai_chat", "model": "gpt-4-0613", "prompt_sha256": judge.PROMPT_SHA256}
+    assert judge.describe(spec, {"test": None}) is None  # configured but not run (e.g. no key): no judge scored it
 
 
 def test_unparsable_reply_and_http_errors_are_clear(server, spec):

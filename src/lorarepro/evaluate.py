@@ -64,7 +64,7 @@ def evaluate_checkpoint(config: dict, task: str, method: str, seed: int) -> dict
     updated = {**{k: v for k, v in result.items() if k != "not_run"}, "metrics": metrics,
                **({"not_run": not_run} if not_run else {})}
     if result.get("metric") == "mt_bench":
-        updated["judge"] = judge.describe((evaluation or {}).get("judge"))
+        updated["judge"] = judge.describe((evaluation or {}).get("judge"), metrics)
     write_json(path, updated)
     run_id = (result.get("lineage") or {}).get("mlflow_run_id")
     if run_id and tracking.log_metrics(config, run_id, {k: v for k, v in metrics.items() if v is not None}):

@@ -67,9 +67,10 @@ def check(spec: dict | None) -> None:
         raise ValueError("config key 'evaluation.judge.callable': required for kind python (module:function)")
 
 
-def describe(spec: dict | None) -> dict | None:
-    """What a result JSON records about its judge: kind, model and the grading prompt's hash (no key)."""
-    if spec is None:
+def describe(spec: dict | None, metrics: dict) -> dict | None:
+    """What a result JSON records about the judge that scored `metrics`: kind, model and the grading
+    prompt's hash (never a key); None when no split was scored (not run)."""
+    if spec is None or all(v is None for v in metrics.values()):
         return None
     model = spec.get("model") or spec.get("callable")
     return {"kind": spec["kind"], "model": model, "prompt_sha256": PROMPT_SHA256}

@@ -125,7 +125,7 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
         "status": "FINISHED", "metric": metric, "metrics": metrics,
         # present only when some split was deliberately not run, or a judge scored it: other results keep their keys
         **({"not_run": not_run} if not_run else {}),
-        **({"judge": judge.describe((evaluation or {}).get("judge"))} if metric == "mt_bench" else {}),
+        **({"judge": judge.describe((evaluation or {}).get("judge"), metrics)} if metric == "mt_bench" else {}),
         "config": run,
         "train": {
             "steps": len(plan), "final_loss": history.loss[-1],

@@ -113,28 +113,33 @@ def _decode(tokenizer, tokens: list[int]) -> str:
 def chat_answers(model, tokenizer, conversations: list[list[str]], manifest: dict, max_length: int,
                  batch_size: int = 128) -> list[list[str]]:
     """Greedy answers to every user turn of every conversation, each turn seeing the conversation so
-    far: `<s> turn1 answer1 </s> <s> turn2` (turns as written, already in the task's prompt), the
-    context cut to its last `max_length` tokens."""
+    far: `<s> turn1 answer1 </s> <s> turn2` (turns as written, already in the task's prompt; each cut
+    to `max_length` tokens), the context cut to its last tokens only where it would not fit the
+    model's positions with the new tokens."""
     model.eval()
+    max_new = manifest.get("max_new_tokens", MAX_NEW_TOKENS)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    keep = max(positions - max_new, 1) if positions else None
     contexts, answers = [[] for _ in conversations], [[] for _ in conversations]
     for turn in range(max(len(c) for c in conversations)):
         active = [i for i, c in enumerate(conversations) if turn < len(c)]
         turn_ids = ids(tokenizer, [conversations[i][turn] for i in active], max_length, eos=False)
         for i, t in zip(active, turn_ids):
             contexts[i] = contexts[i] + [tokenizer.bos_token_id] + t
-        inputs = [contexts[i][-max_length:] if max_length else contexts[i] for i in active]
-        generated = _generate(model, tokenizer, inputs, manifest.get("max_new_tokens", MAX_NEW_TOKENS), batch_size)
+        inputs = [contexts[i][-keep:] if keep else contexts[i] for i in active]
+        generated = _generate(model, tokenizer, inputs, max_new, batch_size)
         for i, tokens in zip(active, generated):
             contexts[i] += tokens + [tokenizer.eos_token_id]
             answers[i].append(_decode(tokenizer, tokens))
     return answers
 
 
-def _mt_bench(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int, evaluation: dict | None) -> float:
+def _mt_bench(model, tokenizer, df, manifest: dict, max_length: int, evaluation: dict | None) -> float:
     from lorarepro import judge, paths
 
     grader = judge.make_judge((evaluation or {}).get("judge"))  # NotRun before any answer is generated
-    answers = chat_answers(model, tokenizer, [list(p) for p in df["prompts"]], manifest, max_length, batch_size)
+    # 16 conversations a batch: two turns of up to ~1K new tokens each keep a 7B model's KV cache small
+    answers = chat_answers(model, tokenizer, [list(p) for p in df["prompts"]], manifest, max_length, batch_size=16)
     questions = [{"turns": list(r.turns), "category": r.category, "reference": list(r.reference)} for r in df.itertuples()]
     return judge.mt_bench_score(grader, questions, answers, paths.JUDGE_CACHE)
 
@@ -146,7 +151,7 @@ def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: 
     or the MT-Bench score (1-10) of a judge (`evaluation.judge`; lorarepro.judge)."""
     metric = manifest.get("metric", METRIC)
     if metric == "mt_bench":
-        return _mt_bench(model, tokenizer, df, manifest, max_length, batch_size, evaluation)
+        return _mt_bench(model, tokenizer, df, manifest, max_length, evaluation)
     if metric != METRIC:
         raise ValueError(f"task {manifest.get('task')!r}: metric {metric!r} is not implemented by the generation family")
     model.eval()
