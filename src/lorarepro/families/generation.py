@@ -134,29 +134,37 @@ def chat_answers(model, tokenizer, conversations: list[list[str]], manifest: dic
     return answers
 
 
-def _mt_bench(model, tokenizer, df, manifest: dict, max_length: int, evaluation: dict | None) -> float:
+def _mt_bench(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int, evaluation: dict | None) -> float:
+    """MT-Bench score (1-10) of a judge (`evaluation.judge`; lorarepro.judge), or NotRun without one."""
     from lorarepro import judge, paths
 
     grader = judge.make_judge((evaluation or {}).get("judge"))  # NotRun before any answer is generated
-    # 16 conversations a batch: two turns of up to ~1K new tokens each keep a 7B model's KV cache small
-    answers = chat_answers(model, tokenizer, [list(p) for p in df["prompts"]], manifest, max_length, batch_size=16)
+    # at most 16 conversations a batch: two turns of up to ~1K new tokens each keep a 7B model's KV cache small
+    answers = chat_answers(model, tokenizer, [list(p) for p in df["prompts"]], manifest, max_length, min(batch_size, 16))
     questions = [{"turns": list(r.turns), "category": r.category, "reference": list(r.reference)} for r in df.itertuples()]
     return judge.mt_bench_score(grader, questions, answers, paths.JUDGE_CACHE)
 
 
-@torch.no_grad()
-def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 128,
-             evaluation: dict | None = None) -> float:
-    """The task's metric (manifest `metric`): exact match (%) of the greedily decoded final number,
-    or the MT-Bench score (1-10) of a judge (`evaluation.judge`; lorarepro.judge)."""
-    metric = manifest.get("metric", METRIC)
-    if metric == "mt_bench":
-        return _mt_bench(model, tokenizer, df, manifest, max_length, evaluation)
-    if metric != METRIC:
-        raise ValueError(f"task {manifest.get('task')!r}: metric {metric!r} is not implemented by the generation family")
-    model.eval()
+def _exact_match(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int, evaluation: dict | None) -> float:
+    """Exact match (%) of the greedily decoded final number."""
     prompts = _prompts(tokenizer, df, max_length)
     answers = df["answer"].astype(str).tolist()
     generated = _generate(model, tokenizer, prompts, manifest.get("max_new_tokens", MAX_NEW_TOKENS), batch_size)
     correct = sum(extract_answer(_decode(tokenizer, tokens)) == gold for tokens, gold in zip(generated, answers))
     return 100.0 * correct / len(prompts)
+
+
+# A task's `metric` (schema: tasks.<name>.metric, carried in the manifest) -> its scorer.
+METRICS = {"exact_match": _exact_match, "mt_bench": _mt_bench}
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 128,
+             evaluation: dict | None = None) -> float:
+    """The task's metric (manifest `metric`, default exact match); `evaluation`: the config's section."""
+    metric = manifest.get("metric", METRIC)
+    if metric not in METRICS:
+        raise ValueError(f"task {manifest.get('task')!r}: metric {metric!r} is not implemented by the generation family "
+                         f"(known: {sorted(METRICS)})")
+    model.eval()
+    return METRICS[metric](model, tokenizer, df, manifest, max_length, batch_size, evaluation)
