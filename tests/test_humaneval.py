@@ -143,15 +143,15 @@ def test_tiny_llama_end_to_end_and_canonical_model_scores_100(prepared, tmp_path
     task_dir, manifest = prepared
     tiny_llama(tmp_path / "llama", byte_tokenizer())
     model, tokenizer = generation.load_for_task(tmp_path / "llama", manifest)
-    opt_in = {"execute_generated_code": True, "timeout_s": 5, "memory_mb": 1024}
+    opt_in = {"execute_generated_code": True, "code_timeout_s": 5, "code_memory_mb": 1024}  # the config's section
     details = {}
-    metrics = evaluate_splits(generation, model, tokenizer, task_dir, manifest, 512, opt_in, details)
-    assert set(metrics) == {"validation", "test"} and all(0.0 <= v <= 100.0 for v in metrics.values())
+    metrics, not_run = evaluate_splits(generation, model, tokenizer, task_dir, manifest, 512, opt_in, details)
+    assert set(metrics) == {"validation", "test"} and all(0.0 <= v <= 100.0 for v in metrics.values()) and not not_run
     assert sum(details["test"]["outcomes"].values()) == 3 and details["test"]["isolation"]
     assert "WARNING: evaluation.execute_generated_code is true" in capfd.readouterr().err
     assert details["test"]["isolation"][0]["network"] and "filesystem" in details["test"]["isolation"][0]
     assert evaluate_splits(generation, CanonicalModel(tokenizer), tokenizer, task_dir, manifest, 512, opt_in) == \
-        {"validation": 100.0, "test": 100.0}
+        ({"validation": 100.0, "test": 100.0}, {})
 
 
 def test_without_opt_in_nothing_is_generated_or_executed(prepared, monkeypatch):
@@ -162,21 +162,22 @@ def test_without_opt_in_nothing_is_generated_or_executed(prepared, monkeypatch):
 
     monkeypatch.setattr(sandbox.subprocess, "Popen", forbidden)
     monkeypatch.setattr(generation, "_generate", forbidden)
-    for evaluation in (None, {"execute_generated_code": False, "timeout_s": 5, "memory_mb": 1024}):
+    for evaluation in (None, {"execute_generated_code": False, "code_timeout_s": 5}):
         with pytest.raises(NotRun, match="evaluation.execute_generated_code: true"):
-            evaluate_splits(generation, torch.nn.Linear(1, 1), byte_tokenizer(), task_dir, manifest, 512, evaluation)
+            generation.evaluate(torch.nn.Linear(1, 1), byte_tokenizer(), None, manifest, 512, evaluation=evaluation)
+        metrics, not_run = evaluate_splits(generation, torch.nn.Linear(1, 1), byte_tokenizer(), task_dir, manifest, 512, evaluation)
+        assert metrics == {"validation": None, "test": None}  # recorded as not run, with the reason
+        assert all("evaluation.execute_generated_code: true" in reason for reason in not_run.values())
 
 
 def test_config_keys(params, tmp_path):
     cfg = {**params, "tasks": {**params["tasks"], "code": code_task(tmp_path)},
            "tables": [*params["tables"], {"id": "code", "caption": "c", "tasks": ["code"], "methods": ["lora_r8"]}]}
     validate(cfg)
-    assert resolve_run(cfg, "code", "lora_r8")["evaluation"] == {"execute_generated_code": False, "timeout_s": 10.0,
-                                                                  "memory_mb": 2048}
     on = {**cfg, "evaluation": {"execute_generated_code": True, "code_timeout_s": 3}}
-    assert resolve_run(on, "code", "lora_r8")["evaluation"]["execute_generated_code"] is True
+    # not a run setting: switching it on retrains nothing (`lorarepro evaluate` scores saved checkpoints)
+    assert resolve_run(on, "code", "lora_r8") == resolve_run(cfg, "code", "lora_r8")
     task = next(iter(t for t, c in params["tasks"].items() if c["family"] == "generation"))
-    assert "evaluation" not in resolve_run(on, task, "lora_r8")  # other runs' settings stay unchanged
     with pytest.raises(ConfigError, match=f"tasks.{task}.metric"):  # the synthetic tasks have no tests to run
         validate({**cfg, "tasks": {**cfg["tasks"], task: {**cfg["tasks"][task], "metric": "humaneval_pass_at_1"}}})
     broken = code_task(tmp_path)

@@ -20,7 +20,7 @@ PAPER = ROOT / "workflow" / "configs" / "paper.yaml"
 def test_paper_config_validates_and_stands_alone():
     cfg = load(ROOT / "params.yaml", PAPER)  # standalone: params.yaml is dropped, not merged under
     assert set(cfg["tasks"]) == {"mnli", "sst2", "cola", "qnli", "mrpc", "cifar10", "cifar100", "cars", "svhn", "dtd",
-                                 "metamath_gsm8k", "codefeedback_humaneval"}
+                                 "metamath_gsm8k", "codefeedback_humaneval", "wizardlm_mtbench"}
     assert cfg["training"]["vision"]["flat"]["rho"] == 0.15 and cfg["training"]["vision"]["weight_decay"] == 0.1
     assert "sharpness" not in cfg and "full_ft" in cfg["methods"]
     assert cfg["methods"]["full_ft"]["training"]["lr"] == 1e-4
@@ -30,7 +30,12 @@ def test_paper_config_validates_and_stands_alone():
     assert cfg["tasks"]["codefeedback_humaneval"]["metric"] == "humaneval_pass_at_1"
     assert "metric" not in cfg["tasks"]["metamath_gsm8k"]  # exact_match, the generation default, with no schema default
     assert cfg["evaluation"]["execute_generated_code"] is False  # running model-written code is opt-in
-    assert resolve_run(cfg, "codefeedback_humaneval", "lora_r8")["evaluation"]["execute_generated_code"] is False
+    assert "evaluation" not in resolve_run(cfg, "codefeedback_humaneval", "lora_r8")  # changing it retrains nothing
+    chat = cfg["tasks"]["wizardlm_mtbench"]
+    assert chat["metric"] == "mt_bench"
+    assert chat["splits"]["test"]["fields"] == {"turns": "prompt", "category": "category", "reference": "reference"}
+    assert cfg["evaluation"]["judge"] == {"kind": "openai_chat", "model": "gpt-4-0613", "base_url": "https://api.openai.com/v1",
+                                          "api_key_env": "OPENAI_API_KEY", "timeout": 120, "retries": 5}
     assert resources(cfg, "train", "sst2") == {"gpu": 1, "mem_mb": 32000, "runtime": 720}
 
 
@@ -65,19 +70,19 @@ def test_dry_run_builds_the_whole_grid_offline(tmp_path):
     cfg = load(PAPER)
     table = {spec["id"]: spec for spec in cfg["tables"]}
     assert len(table["table1_glue"]["tasks"]) * len(table["table1_glue"]["methods"]) == 25
-    assert len(table["table3_llama"]["tasks"]) * len(table["table3_llama"]["methods"]) == 4
+    assert len(table["table3_llama"]["tasks"]) * len(table["table3_llama"]["methods"]) == 6
     pairs = {tid: {(t, m) for t in spec["tasks"] for m in spec["methods"]} for tid, spec in table.items()}
     pairs |= {f["id"]: {(t, m) for t in f["tasks"] for m in f["methods"]} for f in cfg["figures"]}
     assert {k: len(v) for k, v in pairs.items()} == {
-        "table1_glue": 25, "table2_clip": 25, "table3_llama": 4, "table5_variants": 28, "table6_sam": 8,
-        "table7_cost": 2, "training_curves": 24, "ood_curve": 4, "rank_ablation": 10, "sigma_ablation": 6}
+        "table1_glue": 25, "table2_clip": 25, "table3_llama": 6, "table5_variants": 28, "table6_sam": 8,
+        "table7_cost": 2, "training_curves": 26, "ood_curve": 4, "rank_ablation": 10, "sigma_ablation": 6}
     assert not pairs["ood_curve"] - pairs["table2_clip"]  # Fig. 4 reuses Table 2's runs
     new = len(pairs["table5_variants"] - pairs["table1_glue"]) + len(pairs["table6_sam"] - pairs["table1_glue"])
     assert (new, len(pairs["table7_cost"] - pairs["table3_llama"])) == (28, 0)  # Table 7 reuses Table 3's runs
     assert len(pairs["rank_ablation"] - pairs["table1_glue"]) + len(pairs["sigma_ablation"] - pairs["table1_glue"]) == 10
-    # one job per (task, method), all seeds inside: 25 + 25 + 4 + 28 + 10
-    assert counts["train"] == len(reported_pairs(cfg)) == 92
-    assert counts["prepare_data"] == 12 and counts["backbone"] == 3
+    # one job per (task, method), all seeds inside: 25 + 25 + 6 + 28 + 10
+    assert counts["train"] == len(reported_pairs(cfg)) == 94
+    assert counts["prepare_data"] == 13 and counts["backbone"] == 3
     assert "prepare_pretext" not in counts and "sharpness" not in counts  # hub backbones; no sharpness key
     assert counts["tables"] == counts["figures"] == counts["all"] == 1
     assert seconds < 20, f"dry run took {seconds:.1f} s"  # ~4 s here; the brief's budget is 10 s on a free core

@@ -210,6 +210,56 @@ def test_build_all_writes_index_and_metrics(workdir):
     assert "table_nlu/full_ft/nli" not in metrics and "table_nlu/full_ft/Avg" not in metrics
 
 
+def write_not_run(task, method, seed, reason="no MT-Bench judge: set evaluation.judge"):
+    """A FINISHED run whose test split was deliberately not run (evaluate.NotRun)."""
+    path = paths.run_result(task, method, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"task": task, "method": method, "seed": seed, "status": "FINISHED", "metric": "mt_bench",
+                                "metrics": {"validation": None, "test": None},
+                                "not_run": {"validation": reason, "test": reason}}))
+    return str(path)
+
+
+def test_not_run_cell_is_never_a_number_and_says_why(workdir):
+    from lorarepro.audit.tables import check_tables
+
+    grid = {k: v for k, v in FULL_GRID.items() if k[1] != "nli"}
+    used = write_grid(grid) + [write_not_run("nli", m, s) for m in ("lora_r8", "flat_lora_r8") for s in SEEDS]
+    used.append(write_not_run("nli", "full_ft", 0))
+    write_run("nli", "full_ft", 1, 60.0)  # one seed judged, one not run, one missing
+    write_run("nli", "full_ft", 2, 0.0, status="FAILED")
+    entry, csv, md = build()
+    grid_md = md_grid(md)
+    assert grid_md["LoRA (r=8)"]["nli"] == grid_md["Flat-LoRA (r=8)"]["nli"] == "not run"
+    assert grid_md["Full FT"]["nli"] == "60.00 ± 0.00 (1/3; 1 diverged; 1 not run)"
+    assert grid_md["LoRA (r=8)"]["Avg"] == "" and not grid_md["LoRA (r=8)"]["nli"].startswith("**")
+    assert "\nNot run: nli (Full FT, LoRA (r=8), Flat-LoRA (r=8)): no MT-Bench judge: set evaluation.judge.\n" in md
+    line = next(line for line in md.splitlines() if line.startswith("Flat-LoRA vs LoRA:"))
+    assert "beats lora_r8 on 1 of 1 task (1 not run)" in line
+    row = cell(csv, "lora_r8", "nli")
+    assert (row["n_seeds"], row["n_not_run"], row["mean"], row["values"]) == (0, 3, "", "")
+    assert row["not_run"] == "no MT-Bench judge: set evaluation.judge" and list(csv.columns)[-2:] == ["n_not_run", "not_run"]
+    assert r"Not run: nli (Full FT, LoRA (r=8), Flat-LoRA (r=8)): no MT-Bench judge: set evaluation.judge." in \
+        paths.table("table_nlu", "tex").read_text()
+    assert sorted(entry["runs"]) == sorted(used + [str(paths.run_result("nli", "full_ft", 1))])
+    sig, _ = read_sig()
+    assert sig_row(sig, "nli")["n"] == 0  # nothing to pair
+    # the audit recomputes every file byte for byte from result JSONs holding null metrics
+    ref = workdir / "ref.yaml"
+    ref.write_text("")
+    tables.build_all(make_config(), ref)
+    assert "table_nlu/lora_r8/nli" not in json.loads(paths.metrics_summary().read_text())
+    records = check_tables(make_config(), ref)
+    assert records and all(r["status"] == "pass" for r in records), records
+
+
+def test_null_metric_without_a_reason_is_an_error(workdir):
+    write_grid(FULL_GRID)
+    write_run("nli", "lora_r8", 0, None)
+    with pytest.raises(ValueError, match="no numeric metrics.test"):
+        build()
+
+
 def test_unknown_table_id_is_named(workdir):
     with pytest.raises(KeyError, match="nope"):
         tables.build_table("nope", make_config(), None)

@@ -3,6 +3,8 @@
     lorarepro audit                                 # audit the default pipeline's outputs
     lorarepro audit --configfile reduced.yaml       # a pipeline run with --configfile reduced.yaml
     lorarepro audit --retrain 2 --reevaluate 3      # more evidence, slower
+    lorarepro evaluate wizardlm_mtbench lora_r8 --configfile workflow/configs/paper.yaml
+                                                    # evaluate saved checkpoints again (e.g. a judge is now set)
 
 (`python -m lorarepro audit` works the same without the console script.)
 """
@@ -29,7 +31,38 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--strict", action="store_true", default=None, help="warn and skip fail too")
     audit.add_argument("--report", help="report path (default results/audit/report.md)")
     audit.add_argument("--json", help="JSON path (default results/audit/audit.json)")
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate finished runs again from their checkpoints (e.g. MT-Bench once a judge is set)",
+        description="Rewrites the runs' result JSONs (metrics, not_run, judge) and MLflow metrics; trains nothing. "
+                    "Rebuild the tables afterwards (snakemake reruns the tables rule).")
+    evaluate.add_argument("task")
+    evaluate.add_argument("method")
+    evaluate.add_argument("--seeds", type=int, nargs="*", help="default: every configured seed")
+    evaluate.add_argument("--configfile", nargs="*", default=[], metavar="FILE",
+                          help="config files deep-merged over params.yaml, as given to snakemake --configfile")
+    evaluate.add_argument("--params", default="params.yaml", help="the base config (default: %(default)s)")
     return parser
+
+
+def evaluate(args) -> int:
+    from lorarepro.config import ConfigError, load
+    from lorarepro.evaluate import evaluate_checkpoint
+
+    try:
+        config = load(args.params, *args.configfile)
+    except ConfigError as err:
+        print(f"lorarepro evaluate: {err}", file=sys.stderr)
+        return 2
+    for seed in args.seeds if args.seeds is not None else config["seeds"]:
+        try:
+            result = evaluate_checkpoint(config, args.task, args.method, seed)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"lorarepro evaluate: {err}", file=sys.stderr)
+            return 1
+        not_run = result.get("not_run") or {}
+        print(f"{args.task}/{args.method}/seed{seed}: " + ", ".join(
+            f"{k} {'not run (' + not_run[k] + ')' if v is None else v}" for k, v in result["metrics"].items()))
+    return 0
 
 
 def audit(args) -> int:
@@ -55,7 +88,7 @@ def audit(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return {"audit": audit}[args.command](args)
+    return {"audit": audit, "evaluate": evaluate}[args.command](args)
 
 
 if __name__ == "__main__":

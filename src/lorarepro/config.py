@@ -15,7 +15,6 @@ SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.
 SAM_DEFAULTS = {"rho": 0.05, "space": "weight"}
 FAMILY_ARCH = {"nlu": ("t5", "encoder"), "vision": ("vit", "clip"), "generation": ("llama",)}
 GENERATED_SOURCES = ("synthetic", "sklearn_digits")
-CODE_METRICS = ("humaneval_pass_at_1",)  # metrics that execute model-written code (evaluation.execute_generated_code)
 # What each rule declares unless `resources:` (or a task's `resources`, for its train job) says otherwise.
 DEFAULT_RESOURCES = {
     "prepare_data": {"mem_mb": 1000, "runtime": 10},
@@ -97,6 +96,12 @@ def check(config: dict) -> None:
             raise ConfigError(f"config key 'tables.{spec['id']}.cost_baseline': '{baseline}' needs cost: true and must be one of the table's methods")
     _check_tasks(config)
     _check_methods(config)
+    from lorarepro import judge  # deferred, as the data checks
+
+    try:
+        judge.check((config.get("evaluation") or {}).get("judge"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def specs(config: dict, kind: str) -> dict:
@@ -129,7 +134,7 @@ def _check_tasks(config: dict) -> None:
             raise ConfigError(f"config key 'tasks.{name}.backbone': family '{task['family']}' needs a {' or '.join(FAMILY_ARCH[task['family']])} backbone, '{task['backbone']}' is '{backbone['arch']}'")
         metric = task.get("metric", "exact_match")
         if metric != "exact_match" and (task["family"] != "generation" or task["source"] in GENERATED_SOURCES):
-            raise ConfigError(f"config key 'tasks.{name}.metric': {metric} needs a generation task with hub or local data")
+            raise ConfigError(f"config key 'tasks.{name}.metric': '{metric}' is for generation tasks with hub or local data")
         if task["source"] not in GENERATED_SOURCES:
             from lorarepro.data.external import check_task
 
@@ -247,11 +252,6 @@ def resolve_run(config: dict, task: str, method: str) -> dict:
         "seeds": list(config["seeds"]),
         "threads": config.get("threads", 1),
     }
-    if task_cfg.get("metric") in CODE_METRICS:  # only these runs carry it: toggling it reruns nothing else
-        opts = config.get("evaluation") or {}
-        run["evaluation"] = {"execute_generated_code": bool(opts.get("execute_generated_code", False)),
-                             "timeout_s": float(opts.get("code_timeout_s", 10)),
-                             "memory_mb": int(opts.get("code_memory_mb", 2048))}
     dtype = config["backbones"][task_cfg["backbone"]].get("dtype", "float32")
     if dtype != "float32":  # only then: float32 runs keep their settings (and Snakemake params) unchanged
         run["backbone_dtype"] = dtype

@@ -249,7 +249,8 @@ def _ablation_points(config: dict, task: str, methods: list[str], x_of, series_o
     seeds = list(config["seeds"])
     points: dict[str, list] = {}
     for method in methods:
-        runs = [r for r in (load_finished_run(paths.run_result(task, method, s)) for s in seeds) if r is not None]
+        runs = [r for r in (load_finished_run(paths.run_result(task, method, s)) for s in seeds)
+                if r is not None and (r.get("metrics") or {}).get("test") is not None]  # not run: no point
         if len(runs) < len(seeds):
             missing.append(f"{task}/{method} ({len(runs)}/{len(seeds)} seeds)")
         if not runs:

@@ -17,17 +17,18 @@ from lorarepro.sandbox import OUTCOMES, run_program
 
 STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 OPT_IN = "evaluation.execute_generated_code"
-DEFAULTS = {"execute_generated_code": False, "timeout_s": 10.0, "memory_mb": 2048}
 
 
-def settings(manifest: dict) -> dict:
-    """The run's evaluation settings (lorarepro.evaluate passes them in the manifest), with defaults."""
-    return {**DEFAULTS, **(manifest.get("evaluation") or {})}
+def settings(evaluation: dict | None) -> dict:
+    """The sandbox settings from the config's `evaluation` section (schema defaults where absent)."""
+    evaluation = evaluation or {}
+    return {"execute_generated_code": bool(evaluation.get("execute_generated_code", False)),
+            "timeout_s": float(evaluation.get("code_timeout_s", 10)), "memory_mb": int(evaluation.get("code_memory_mb", 2048))}
 
 
-def require_opt_in(manifest: dict) -> dict:
+def require_opt_in(evaluation: dict | None) -> dict:
     """Raise NotRun unless executing generated code was switched on; warn loudly when it was."""
-    opts = settings(manifest)
+    opts = settings(evaluation)
     if not opts["execute_generated_code"]:
         raise NotRun(f"HumanEval executes model-generated code; set `{OPT_IN}: true` in the config to run it "
                      "(sandboxed: lorarepro.sandbox)")

@@ -12,6 +12,7 @@ CHECKPOINTS = Path("checkpoints")
 RESULTS = Path("results")
 LOGS = Path("logs")
 RESUME = Path("resume")
+JUDGE_CACHE = Path("judge_cache")  # judge replies by content (lorarepro.judge): a rerun does not pay twice
 BACKBONE_MARKER = "lorarepro_backbone.json"
 
 

@@ -394,11 +394,11 @@ def runs_frame(config: dict, tasks: list[str], methods: list[str]):
                 m = load_measures(task, method, seed)
                 if m is None:
                     continue
-                ood = [float(v) for k, v in m["metrics"].items() if k.startswith("ood_s")]
+                ood = [float(v) for k, v in m["metrics"].items() if k.startswith("ood_s") and v is not None]
                 rows.append({"method": method, "task": task, "seed": seed, "path": m["path"],
                              **{f"rho={rho}": v for rho, v in m["expected_sharpness"].items()},
                              "lambda_max": m["lambda_max"],
-                             "test": float(m["metrics"].get("test", math.nan)),
+                             "test": float(math.nan if m["metrics"].get("test") is None else m["metrics"]["test"]),
                              "ood": sum(ood) / len(ood) if ood else math.nan})
     if not rows:
         return pd.DataFrame(columns=["method", "task", "seed", "path", "lambda_max", "test", "ood"])

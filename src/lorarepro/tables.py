@@ -4,6 +4,11 @@ Each cell is the mean ± sample std of the test metric over every configured see
 fewer finished seeds than configured is shown but flagged `(k/n)` and kept out of the row average,
 the best-cell marking and every comparison, so a missing seed can never pass for a full result.
 
+A seed whose test split was deliberately not run (a FINISHED run with a null metric and a reason
+under `not_run`: no judge configured) is never a number: the cell reads "not run", the reason is
+given under the table (Markdown) or in the caption (LaTeX), the CSV gains `n_not_run`/`not_run`
+columns, and like a missing seed it stays out of every average and comparison.
+
 Each table also gets `{id}_significance.csv|md`: every Flat variant against its base (pairing rule
 in `stats.flat_pairs`), per task, paired by seed; a Flat cell of the main table is marked ↑/↓ only
 when the 95% CI of its per-seed gain excludes 0 and both cells are complete.
@@ -86,7 +91,10 @@ def _lookup(config: dict, section: str, key: str) -> dict:
     return entries[key]
 
 
-def _test_metric(run: dict, path: Path) -> float:
+def _test_metric(run: dict, path: Path) -> float | None:
+    """None: the test split was deliberately not run (a null metric with its reason under `not_run`)."""
+    if (run.get("metrics") or {}).get("test", 0) is None and "test" in (run.get("not_run") or {}):
+        return None
     try:
         return float(run["metrics"]["test"])
     except (KeyError, TypeError, ValueError) as err:
@@ -95,18 +103,23 @@ def _test_metric(run: dict, path: Path) -> float:
 
 def collect_cell(task: str, method: str, seeds: list[int]) -> dict:
     """Per-seed test values of one (method, task); n_seeds < n_expected flags an incomplete cell."""
-    values, used, failed = [], [], 0
+    values, used, failed, not_run = [], [], 0, []
     for seed in seeds:
         path = paths.run_result(task, method, seed)
         run = load_finished_run(path)
         if run is not None:
-            values.append(_test_metric(run, path))
+            value = _test_metric(run, path)
+            if value is None:
+                not_run.append(run["not_run"]["test"])
+            else:
+                values.append(value)
             used.append(str(path))
         elif path.is_file():
             failed += 1  # recorded but not FINISHED: the trainer's FAILED outcome (loss went NaN/inf)
     n = len(values)
     return {
         "values": values, "runs": used, "n_seeds": n, "n_expected": len(seeds), "n_failed": failed,
+        "n_not_run": len(not_run), "not_run": "; ".join(sorted(set(not_run))),
         "mean": mean(values) if n else math.nan,
         "std": (stdev(values) if n > 1 else 0.0) if n else math.nan,
     }
@@ -172,8 +185,8 @@ def seed_values(task: str, method: str, seeds: list[int]) -> dict[int, float]:
     for seed in seeds:
         path = paths.run_result(task, method, seed)
         run = load_finished_run(path)
-        if run is not None:
-            values[seed] = _test_metric(run, path)
+        if run is not None and (value := _test_metric(run, path)) is not None:
+            values[seed] = value
     return values
 
 
@@ -268,6 +281,10 @@ def _bold(text: str, style: str) -> str:
 
 def _format_cell(cell, style: str) -> str:
     failed = f"; {cell.n_failed} diverged" if getattr(cell, "n_failed", 0) else ""
+    not_run = getattr(cell, "n_not_run", 0)
+    if cell.n_seeds == 0 and not_run:  # never a number: the reason is under the table
+        return "not run" + (f" ({not_run}/{cell.n_expected}{failed})" if not_run < cell.n_expected or failed else "")
+    failed += f"; {not_run} not run" if not_run else ""
     if cell.n_seeds == 0:
         text = f"{_DASH[style]} (0/{cell.n_expected}{failed})"
     else:
@@ -318,18 +335,30 @@ def flat_vs_lora(cells: pd.DataFrame, methods_cfg: dict) -> list[str]:
     sentences = []
     for flat, base in flat_pairs(methods_cfg, list(dict.fromkeys(cells["method"]))):
         pair = cells[cells["method"].isin([flat, base])].pivot(
-            index="task", columns="method", values=["mean", "complete"])
+            index="task", columns="method", values=["mean", "complete", "n_not_run"])
         comparable = pair["complete"].all(axis=1).astype(bool)
+        not_run = int((~comparable & (pair["n_not_run"].sum(axis=1) > 0)).sum())
         diff = (pair["mean"][flat] - pair["mean"][base])[comparable]
         n = int(comparable.sum())
         text = f"{flat} beats {base} on {int((diff > 0).sum())} of {n} task{'s' * (n != 1)}"
         notes = []
         if (ties := int((diff == 0).sum())):
             notes.append(f"{ties} tied")
-        if n < n_tasks:
-            notes.append(f"{n_tasks - n} not comparable: incomplete seeds")
+        if not_run:
+            notes.append(f"{not_run} not run")
+        if n + not_run < n_tasks:
+            notes.append(f"{n_tasks - n - not_run} not comparable: incomplete seeds")
         sentences.append(text + (f" ({'; '.join(notes)})" if notes else ""))
     return sentences
+
+
+def not_run_notes(cells: pd.DataFrame) -> list[str]:
+    """One note per (task, reason) of the cells not run: which methods, and why."""
+    if "n_not_run" not in cells or not cells["n_not_run"].any():
+        return []
+    shown = cells[cells["n_not_run"] > 0]
+    return [f"{task} ({', '.join(dict.fromkeys(group['label']))}): {reason}"
+            for (task, reason), group in shown.groupby(["task", "not_run"], sort=False)]
 
 
 def render_markdown(cells: pd.DataFrame, caption: str, config: dict, extra=None) -> str:
@@ -349,6 +378,7 @@ def render_markdown(cells: pd.DataFrame, caption: str, config: dict, extra=None)
         "",
         "Flat-LoRA vs LoRA: " + ("; ".join(pairs) if pairs else "no Flat row with its base") + ".",
     ]
+    lines += [f"\nNot run: {note}." for note in not_run_notes(cells)]
     return "\n".join(lines) + "\n"
 
 
@@ -358,7 +388,8 @@ def render_latex(cells: pd.DataFrame, caption: str, config: dict, extra=None) ->
     full_caption = (f"{_tex_escape(caption)}. Mean $\\pm$ std over {n_seeds} seeds; "
                     f"(k/{n_seeds}) marks incomplete cells; $^\\uparrow$/$^\\downarrow$: Flat variant "
                     f"significantly better/worse than its base (paired t-test over the {n_seeds} seeds, "
-                    "95\\% CI excludes 0).")
+                    "95\\% CI excludes 0)."
+                    + "".join(f" Not run: {_tex_escape(note)}." for note in not_run_notes(cells)))
     lines = [
         "% generated by lorarepro.tables; needs \\usepackage{booktabs}",
         "\\begin{table}[ht]", "\\centering", f"\\caption{{{full_caption}}}",
@@ -373,7 +404,9 @@ def render_latex(cells: pd.DataFrame, caption: str, config: dict, extra=None) ->
 
 def render_csv(cells: pd.DataFrame) -> str:
     tidy = cells.assign(values=cells["values"].map(lambda vs: ";".join(str(v) for v in vs)))
-    return tidy[CSV_COLUMNS].round({"mean": 4, "std": 4}).to_csv(index=False)
+    # the not-run columns only where a cell has one: the other tables' CSVs keep their columns
+    columns = CSV_COLUMNS + (["n_not_run", "not_run"] if not_run_notes(cells) else [])
+    return tidy[columns].round({"mean": 4, "std": 4}).to_csv(index=False)
 
 
 # ----------------------------------------------------------------------------- entry points

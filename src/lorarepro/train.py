@@ -5,6 +5,8 @@ Called by the Snakemake `train` rule (workflow/scripts/train.py). One job covers
 run itself; every seed still gets its own checkpoint, result JSON and MLflow run.
 
 A run killed mid-way resumes from its last step checkpoint (lorarepro.resume) with the same result.
+An evaluation deliberately not run (lorarepro.evaluate.NotRun: no judge configured) is recorded as
+a null metric with the reason under `not_run`; the run is still FINISHED and its checkpoint saved.
 A run whose loss goes NaN/inf is a recorded outcome: its result JSON has status FAILED with the
 error and step, its MLflow run is FAILED, and the job goes on with the other seeds and succeeds, so
 the tables (which only count FINISHED runs) show the cell as diverged.
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from lorarepro import device, families, paths
+from lorarepro import device, families, judge, paths
 from lorarepro.atomic import atomic_dir, write_json, write_text
 from lorarepro.config import resolve_run
 from lorarepro.cost import StepMemoryProbe
@@ -114,13 +116,20 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
                 hook.close()
     seconds = time.perf_counter() - start
     flat_info = _finish_flat(model, run, flat, manifest)
+    evaluation = config.get("evaluation")
     details: dict = {}  # per-split evaluation details (HumanEval: outcomes, sandbox isolation)
-    metrics = evaluate_splits(family, model, tokenizer, task_dir, manifest, tcfg["max_length"], run.get("evaluation"), details)
+    metrics, not_run = evaluate_splits(family, model, tokenizer, task_dir, manifest, tcfg["max_length"], evaluation, details)
     ckpt = save_checkpoint(model, tokenizer, paths.checkpoint_dir(task, method, seed), initial)
+    metric = manifest.get("metric", family.METRIC)
     result = {
         "task": task, "method": method, "seed": seed, "family": run["family"], "backbone": run["backbone"],
-        "status": "FINISHED", "metric": manifest.get("metric", family.METRIC), "metrics": metrics,
-        **({"evaluation": details} if details else {}), "config": run,
+        "status": "FINISHED", "metric": metric, "metrics": metrics,
+        # present only when some split was deliberately not run, was scored by a judge or carries
+        # details (HumanEval's outcomes): other results keep their keys
+        **({"not_run": not_run} if not_run else {}),
+        **({"judge": judge.describe((evaluation or {}).get("judge"), metrics)} if metric == "mt_bench" else {}),
+        **({"evaluation": details} if details else {}),
+        "config": run,
         "train": {
             "steps": len(plan), "final_loss": history.loss[-1],
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -298,8 +307,10 @@ def run_task_method(config: dict, task: str, method: str, job: dict | None = Non
             with tracking.run(config, f"{task}/{method}/seed{seed}", resolved, tags) as tracker:
                 tracker.dict_artifact(resolved, "config.json")
                 result = train_one(config, run, seed, tracker)
-                tracker.metrics(result["metrics"])
-                tracker.tags({k: v for k, v in result["lineage"].items() if k != "mlflow_run_id"})
+                tracker.metrics({k: v for k, v in result["metrics"].items() if v is not None})
+                # a split not run is a tag with its reason, never a number
+                tracker.tags({**{k: v for k, v in result["lineage"].items() if k != "mlflow_run_id"},
+                              **{f"not_run.{split}": reason for split, reason in (result.get("not_run") or {}).items()}})
                 tracker.artifact(paths.run_result(task, method, seed))
         except NonFiniteLoss as exc:
             # The MLflow run is already FAILED (tracking.run); the other seeds still run, and the job

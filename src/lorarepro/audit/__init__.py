@@ -86,7 +86,8 @@ def run(config: dict, options: Options | None = None) -> dict:
     consistent = {r["file"] for r in lineage if r["status"] == "pass"}
     records += dvc_outs.check(runs, consistent)
     by_table = artifacts.runs_by_table(config, runs)
-    records += rerun.reevaluate(sample_runs(by_table, options.reevaluate, options.sample_seed))
+    records += artifacts.check_metrics(runs)
+    records += rerun.reevaluate(sample_runs(by_table, options.reevaluate, options.sample_seed), config.get("evaluation"))
     if options.retrain:
         pool = list(dict.fromkeys(r for table_runs in by_table.values() for r in table_runs))
         picked = sample_runs({"all": pool}, options.retrain, options.sample_seed)

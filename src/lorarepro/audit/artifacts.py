@@ -80,6 +80,25 @@ def collect_runs(config: dict) -> tuple[list[Run], list[dict]]:
     return runs, records
 
 
+def check_metrics(runs: list[Run]) -> list[dict]:
+    """Every metric of a FINISHED run is a number, or null with the reason it was not run (evaluate.NotRun)."""
+    out = []
+    for run in runs:
+        metrics, not_run = run.result.get("metrics") or {}, run.result.get("not_run") or {}
+        bad = [k for k, v in metrics.items() if (v is None) != (k in not_run) or not (v is None or isinstance(v, (int, float)))]
+        bad += [k for k in not_run if k not in metrics]
+        if bad:
+            out.append(record("metrics", "fail", run.path, f"splits {bad}: a metric must be a number, or null with "
+                              "a reason under not_run", RERUN))
+        elif not_run:
+            reasons = "; ".join(sorted({f"{r}" for r in not_run.values()}))
+            out.append(record("metrics", "info", run.path, f"not run: {sorted(not_run)} ({reasons}); the tables show "
+                              "these cells as not run", "configure what the evaluation needs and evaluate the checkpoint again"))
+        else:
+            out.append(record("metrics", "pass", run.path, f"{len(metrics)} numeric metrics"))
+    return out
+
+
 def runs_by_table(config: dict, runs: list[Run]) -> dict[str, list[Run]]:
     return {tid: [r for r in runs if r.task in spec["tasks"] and r.method in spec["methods"]]
             for tid, spec in specs(config, "tables").items()}

@@ -1,5 +1,6 @@
 """Audit check against MLflow: each result JSON's run exists, is active and FINISHED, and logged the
-same params (the resolved run config, as lorarepro.tracking flattens it), final metrics and lineage tags."""
+same params (the resolved run config, as lorarepro.tracking flattens it), final metrics and lineage tags
+(a split not run: no metric, a `not_run.<split>` tag with the reason)."""
 
 from __future__ import annotations
 
@@ -54,12 +55,13 @@ def _check_run(client, run) -> tuple[dict, bool]:
     logged = tracked.data.params
     problems += [f"param {k}: result {v!r}, MLflow {logged.get(k)!r}" for k, v in sorted(params.items())
                  if logged.get(k) != v][:3]
-    expected = {**{k: float(v) for k, v in (result.get("metrics") or {}).items()},
+    expected = {**{k: float(v) for k, v in (result.get("metrics") or {}).items() if v is not None},
                 "train_loss": float((result.get("train") or {}).get("final_loss", "nan"))}
     metrics = tracked.data.metrics
     problems += [f"metric {k}: result {v}, MLflow {metrics.get(k)}" for k, v in sorted(expected.items())
                  if metrics.get(k) != v][:3]
     tags = {k: str(v) for k, v in (result.get("lineage") or {}).items() if k != "mlflow_run_id"}
+    tags.update({f"not_run.{split}": reason for split, reason in (result.get("not_run") or {}).items()})
     problems += [f"tag {k}: result {v}, MLflow {tracked.data.tags.get(k)}" for k, v in sorted(tags.items())
                  if tracked.data.tags.get(k) != v][:3]
     if problems:

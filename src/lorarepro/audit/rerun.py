@@ -70,7 +70,8 @@ def backbone_differences(model, run: dict) -> tuple[int, list[str]]:
     return compared, differ
 
 
-def reevaluate(runs: list) -> list[dict]:
+def reevaluate(runs: list, evaluation: dict | None = None) -> list[dict]:
+    """`evaluation`: the config's section (a judge); a split not run comes back not run, with its reason."""
     from lorarepro.evaluate import evaluate_splits
 
     out = []
@@ -82,9 +83,10 @@ def reevaluate(runs: list) -> list[dict]:
         except Exception as err:  # any load failure is the finding (corrupt file, missing adapter, ...)
             out.append(record("reevaluate", "fail", run.checkpoint, f"does not load: {type(err).__name__}: {err}", FIX))
             continue
-        metrics = evaluate_splits(families.get(cfg["family"]), model, tokenizer, paths.prepared_dir(run.task),
-                                  manifest, cfg["training"]["max_length"], cfg.get("evaluation"))
-        diff = dict_diff(run.result.get("metrics") or {}, metrics)
+        metrics, not_run = evaluate_splits(families.get(cfg["family"]), model, tokenizer, paths.prepared_dir(run.task),
+                                           manifest, cfg["training"]["max_length"], evaluation)
+        diff = dict_diff({"metrics": run.result.get("metrics") or {}, "not_run": run.result.get("not_run") or {}},
+                         {"metrics": metrics, "not_run": not_run})
         problems = [f"metrics recorded vs re-evaluated: {'; '.join(diff)}"] if diff else []
         if cfg["adapter"] is not None:
             compared, differ = backbone_differences(model, cfg)
@@ -128,8 +130,8 @@ def retrain(config: dict, runs: list, gpu_tolerance: float) -> list[dict]:
             diff = dict_diff(recorded, retrained)
         else:
             diff = [f"{k}: {v} vs {again['metrics'].get(k)}" for k, v in run.result["metrics"].items()
-                    if abs(float(v) - float(again["metrics"].get(k, float("nan")))) > gpu_tolerance
-                    or k not in again["metrics"]]
+                    if (v is None) != (again["metrics"].get(k) is None) or k not in again["metrics"]
+                    or (v is not None and abs(float(v) - float(again["metrics"][k])) > gpu_tolerance)]
         how = "exactly (CPU)" if cpu else f"within ±{gpu_tolerance} (GPU)"
         out.append(record("retrain", "fail", run.path, f"recorded vs retrained, expected {how}: {'; '.join(diff)}",
                           "the run does not reproduce: check the machine, package versions and seeds")

@@ -5,7 +5,9 @@ task's `path`), optionally sliced (`train[:100000]`), and mapped onto the family
     nlu         text (the prompt filled from the source's text columns; without a prompt, two text
                 columns stay a pair: text, text_pair), label (int)
     generation  question, solution, answer (the final answer, via `answer_regex`); for HumanEval
-                (metric humaneval_pass_at_1) test, entry_point, task_id instead of answer
+                (metric humaneval_pass_at_1) test, entry_point, task_id instead of answer; the
+                evaluation splits of an mt_bench task: turns, prompts (turns in the task's prompt),
+                category, reference (lists of strings: to_mt_bench)
     vision      image (encoded image bytes, as stored), label (int)
 The result is written like a generated task (parquet splits + manifest with sha256), so everything
 downstream is the same code for both profiles. A split entry may override the task's source keys
@@ -58,7 +60,8 @@ def check_task(task: str, task_cfg: dict) -> None:
                 "vision": ["label"] + (["image"] if source.get("format") != "imagefolder" else [])}[family]
         missing = [f for f in need if f not in fields and not (f == "label" and source.get("format") == "imagefolder")]
         if missing:
-            raise ValueError(f"config key '{key}': family {family!r} needs fields {missing}")
+            needs = "an MT-Bench split" if "turns" in need else f"family {family!r}"
+            raise ValueError(f"config key '{key}': {needs} needs fields {missing}")
         if "prompt" in source and split != "train" and task_cfg.get("metric") == "humaneval_pass_at_1":
             raise ValueError(f"config key 'tasks.{task}.prompt': HumanEval's prompts are completed and run as code "
                              "unchanged; give the template to the train split only")
@@ -75,10 +78,15 @@ def check_task(task: str, task_cfg: dict) -> None:
 
 
 def _generation_fields(task_cfg: dict, split: str) -> list[str]:
-    """Fields a generation split needs: HumanEval's evaluation splits carry tests instead of an answer."""
-    if task_cfg.get("metric", "exact_match") != "humaneval_pass_at_1":
-        return ["question", "solution", "answer"]
-    return ["question", "solution"] if split == "train" else ["question", "test", "entry_point"]
+    """Fields a generation split needs. Evaluation splits: MT-Bench's are questions of one or more
+    turns, HumanEval's carry tests instead of an answer; a task scored otherwise than by exact match
+    needs no answer column."""
+    metric = task_cfg.get("metric", "exact_match")
+    if split != "train" and metric == "mt_bench":
+        return ["turns", "category"]
+    if split != "train" and metric == "humaneval_pass_at_1":
+        return ["question", "test", "entry_point"]
+    return ["question", "solution"] + (["answer"] if metric == "exact_match" else [])
 
 
 def _column(frame: pd.DataFrame, spec: str) -> pd.Series:
@@ -93,6 +101,31 @@ def _column(frame: pd.DataFrame, spec: str) -> pd.Series:
 def _column_name(spec: str) -> str:
     turn = TURN.match(spec)
     return turn["column"] if turn else spec
+
+
+def to_mt_bench(task: str, source: dict, frame: pd.DataFrame) -> pd.DataFrame:
+    """MT-Bench questions (HuggingFaceH4/mt_bench_prompts layout): the user turns as written (for the
+    judge) and wrapped in the task's prompt (for the model), the category, the reference answers."""
+    fields = source["fields"]
+    missing = [c for c in fields.values() if c not in frame.columns]
+    if missing:
+        raise ValueError(f"task {task!r}: split {source['split']!r} has no columns {missing} (has {list(frame.columns)})")
+
+    def strings(value, what: str, row: int) -> list[str]:
+        if value is None or (not isinstance(value, str) and pd.api.types.is_scalar(value) and pd.isna(value)):
+            return []
+        if isinstance(value, str) or not hasattr(value, "__iter__"):
+            raise ValueError(f"task {task!r}: row {row}: {what} must be a list of strings, got {value!r}")
+        return [str(v) for v in value]
+
+    turns = [strings(v, f"fields.turns ({fields['turns']!r})", i) for i, v in enumerate(frame[fields["turns"]])]
+    if any(not t for t in turns):
+        raise ValueError(f"task {task!r}: split {source['split']!r}: a question without turns")
+    prompt = source.get("prompt")
+    references = ([strings(v, f"fields.reference ({fields['reference']!r})", i) for i, v in enumerate(frame[fields["reference"]])]
+                  if "reference" in fields else [[] for _ in turns])
+    return pd.DataFrame({"turns": turns, "prompts": [[prompt.format_map({"question": q}) if prompt else q for q in t] for t in turns],
+                         "category": frame[fields["category"]].astype(str).tolist(), "reference": references})
 
 
 def read_source(task: str, source: dict) -> pd.DataFrame:
@@ -238,7 +271,8 @@ def prepare_external(task: str, task_cfg: dict, data_seed: int, out_dir: Path) -
         source = split_source(task, task_cfg, split)
         frame = read_source(task, source)
         class_names[split] = frame.attrs.get("class_names")
-        splits[split] = to_family(task, task_cfg, source, frame)
+        mt_bench = task_cfg.get("metric") == "mt_bench" and split != "train"
+        splits[split] = to_mt_bench(task, source, frame) if mt_bench else to_family(task, task_cfg, source, frame)
         sources[split] = {k: v for k, v in source.items() if k in ("dataset", "subset", "revision", "path", "format", "split", "slice")}
     header = {"task": task, "source": task_cfg["source"], "generator": None, "data_seed": int(data_seed),
               "family": task_cfg["family"], "sources": sources}
@@ -247,7 +281,8 @@ def prepare_external(task: str, task_cfg: dict, data_seed: int, out_dir: Path) -
     elif task_cfg["family"] == "generation":
         if "max_new_tokens" in task_cfg:
             header["max_new_tokens"] = int(task_cfg["max_new_tokens"])
-        header["metric"] = task_cfg.get("metric", "exact_match")  # the family's evaluate dispatches on it
+        if task_cfg.get("metric", "exact_match") != "exact_match":  # absent: exact match (manifests unchanged)
+            header["metric"] = task_cfg["metric"]
     elif task_cfg["family"] == "vision":
         names = task_cfg.get("label_names") or class_names.get("train")
         header["num_labels"] = len(names) if names else int(splits["train"]["label"].max()) + 1

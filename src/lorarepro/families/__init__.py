@@ -10,7 +10,10 @@ Each family module provides:
     head_modules() -> list[str]                    modules never wrapped by LoRA (heads)
     trained_heads(model) -> list[str]              heads trained in full beside an adapter (a new head per task)
     encode(df, tokenizer, manifest, max_length) -> Encoded     tensors for training
-    evaluate(model, tokenizer, df, manifest, max_length) -> float   metric in percent
+    evaluate(model, tokenizer, df, manifest, max_length) -> float   metric in percent (generation's also
+                                                   takes `evaluation=`, the config's judge, for a task
+                                                   whose manifest `metric` needs one; it may raise
+                                                   evaluate.NotRun)
 """
 
 from importlib import import_module

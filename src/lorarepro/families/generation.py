@@ -2,7 +2,8 @@
 
 Training is next-token prediction on `question solution`, with the loss on the solution only.
 Evaluation decodes greedily; the task's `metric` picks the score: exact match of the extracted final
-number (default), or HumanEval pass@1 of the completion run in a sandbox (lorarepro.humaneval).
+number (default), HumanEval pass@1 of the completion run in a sandbox (lorarepro.humaneval), or
+MT-Bench, two-turn answers rated by a judge model (lorarepro.judge).
 """
 
 import re
@@ -108,41 +109,83 @@ def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, b
     return out_rows
 
 
-def _exact_match(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int) -> float:
+def _decode(tokenizer, tokens: list[int]) -> str:
+    return tokenizer.decode(tokens, skip_special_tokens=True)  # real tokenizers (SentencePiece) too
+
+
+@torch.no_grad()
+def chat_answers(model, tokenizer, conversations: list[list[str]], manifest: dict, max_length: int,
+                 batch_size: int = 128) -> list[list[str]]:
+    """Greedy answers to every user turn of every conversation, each turn seeing the conversation so
+    far: `<s> turn1 answer1 </s> <s> turn2` (turns as written, already in the task's prompt; each cut
+    to `max_length` tokens), the context cut to its last tokens only where it would not fit the
+    model's positions with the new tokens."""
+    model.eval()
+    max_new = manifest.get("max_new_tokens", MAX_NEW_TOKENS)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    keep = max(positions - max_new, 1) if positions else None
+    contexts, answers = [[] for _ in conversations], [[] for _ in conversations]
+    for turn in range(max(len(c) for c in conversations)):
+        active = [i for i, c in enumerate(conversations) if turn < len(c)]
+        turn_ids = ids(tokenizer, [conversations[i][turn] for i in active], max_length, eos=False)
+        for i, t in zip(active, turn_ids):
+            contexts[i] = contexts[i] + [tokenizer.bos_token_id] + t
+        inputs = [contexts[i][-keep:] if keep else contexts[i] for i in active]
+        generated = _generate(model, tokenizer, inputs, max_new, batch_size)
+        for i, tokens in zip(active, generated):
+            contexts[i] += tokens + [tokenizer.eos_token_id]
+            answers[i].append(_decode(tokenizer, tokens))
+    return answers
+
+
+def _mt_bench(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int, evaluation: dict | None) -> float:
+    """MT-Bench score (1-10) of a judge (`evaluation.judge`; lorarepro.judge), or NotRun without one."""
+    from lorarepro import judge, paths
+
+    grader = judge.make_judge((evaluation or {}).get("judge"))  # NotRun before any answer is generated
+    # at most 16 conversations a batch: two turns of up to ~1K new tokens each keep a 7B model's KV cache small
+    answers = chat_answers(model, tokenizer, [list(p) for p in df["prompts"]], manifest, max_length, min(batch_size, 16))
+    questions = [{"turns": list(r.turns), "category": r.category, "reference": list(r.reference)} for r in df.itertuples()]
+    return judge.mt_bench_score(grader, questions, answers, paths.JUDGE_CACHE)
+
+
+def _exact_match(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int, evaluation: dict | None) -> float:
     """Exact match (%) of the greedily decoded final number."""
     prompts = _prompts(tokenizer, df, max_length)
-    rows = _generate(model, tokenizer, prompts, manifest.get("max_new_tokens", MAX_NEW_TOKENS), batch_size)
-    correct = sum(extract_answer(tokenizer.decode(row, skip_special_tokens=True)) == gold  # SentencePiece too
-                  for row, gold in zip(rows, df["answer"].astype(str).tolist()))
+    answers = df["answer"].astype(str).tolist()
+    generated = _generate(model, tokenizer, prompts, manifest.get("max_new_tokens", MAX_NEW_TOKENS), batch_size)
+    correct = sum(extract_answer(_decode(tokenizer, tokens)) == gold for tokens, gold in zip(generated, answers))
     return 100.0 * correct / len(prompts)
 
 
-def _humaneval(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int) -> float:
+def _humaneval(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int, evaluation: dict | None) -> float:
     """HumanEval pass@1 (%): greedy completions run in the sandbox (lorarepro.humaneval); NotRun unless opted in."""
     from lorarepro import humaneval
 
-    opts = humaneval.require_opt_in(manifest)  # before any work: nothing is generated or run without it
+    opts = humaneval.require_opt_in(evaluation)  # before any work: nothing is generated or run without it
     prompts = _prompts(tokenizer, df, max_length)
     rows = _generate(model, tokenizer, prompts, manifest.get("max_new_tokens", MAX_NEW_TOKENS), batch_size,
                      stop_strings=list(humaneval.STOP))
     completions = []
     for prompt, row in zip(prompts, rows):
         # Decoded together, so a SentencePiece word boundary between prompt and completion survives.
-        head = tokenizer.decode(prompt, skip_special_tokens=True)
-        full = tokenizer.decode(prompt + row, skip_special_tokens=True)
-        completions.append(full[len(head):] if full.startswith(head) else tokenizer.decode(row, skip_special_tokens=True))
+        head = _decode(tokenizer, prompt)
+        full = _decode(tokenizer, prompt + row)
+        completions.append(full[len(head):] if full.startswith(head) else _decode(tokenizer, row))
     return humaneval.pass_at_1(df, completions, opts)
 
 
-METRICS = {"exact_match": _exact_match, "humaneval_pass_at_1": _humaneval}
+# A task's `metric` (schema: tasks.<name>.metric, carried in the manifest) -> its scorer.
+METRICS = {"exact_match": _exact_match, "humaneval_pass_at_1": _humaneval, "mt_bench": _mt_bench}
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 128) -> float:
-    """The task's metric (manifest `metric`, default exact match), in percent."""
+def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 128,
+             evaluation: dict | None = None) -> float:
+    """The task's metric (manifest `metric`, default exact match); `evaluation`: the config's section."""
     metric = manifest.get("metric", METRIC)
     if metric not in METRICS:
-        raise ValueError(f"task {manifest.get('task')!r}: metric {metric!r} is not implemented for generation "
+        raise ValueError(f"task {manifest.get('task')!r}: metric {metric!r} is not implemented by the generation family "
                          f"(known: {sorted(METRICS)})")
     model.eval()
-    return METRICS[metric](model, tokenizer, df, manifest, max_length, batch_size)
+    return METRICS[metric](model, tokenizer, df, manifest, max_length, batch_size, evaluation)
