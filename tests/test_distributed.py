@@ -98,14 +98,17 @@ def test_two_ranks_match_one_process(ddp_workspace, tmp_path, monkeypatch, metho
 
 
 @pytest.mark.slow
-def test_ranks_perturb_identically_under_flat(tmp_path):
+def test_ranks_perturb_identically_under_flat_and_sam(tmp_path):
     """Each rank trains its own shards with its own global RNG; at step 3 every rank holds the same
-    W + eps (in-place Flat) and the same adapter (tests/ddp_probe.py gathers them)."""
+    W + eps (in-place Flat) and the same adapter; SAM-W on 2 ranks gives the 1-process adapter
+    (tests/ddp_probe.py)."""
     out = tmp_path / "probe.json"
     run_ranks([str(HERE / "ddp_probe.py"), str(out)], 2, what="noise probe")
     probe = json.loads(out.read_text())
     assert probe["world"] == 2 and probe["noise_abs_sum"] > 0
     assert probe["perturbed_spread"] == 0.0 and probe["adapter_spread"] == 0.0
+    # SAM-W ascends along the all-reduced (full-batch) gradient: 2 ranks train as 1 process.
+    assert probe["sam_moved"] > 1e-3 and probe["sam_gap"] <= TOL, probe
 
 
 def test_a_dying_rank_fails_the_job_without_hanging(tmp_path):

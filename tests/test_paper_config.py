@@ -12,7 +12,7 @@ import yaml
 
 from conftest import ROOT
 from workspace import copy_repo
-from lorarepro.config import ConfigError, load, reported_pairs, resources, validate
+from lorarepro.config import ConfigError, load, reported_pairs, resolve_run, resources, validate
 
 PAPER = ROOT / "workflow" / "configs" / "paper.yaml"
 
@@ -27,6 +27,10 @@ def test_paper_config_validates_and_stands_alone():
     assert cfg["training"]["nlu"]["lr"] == 5e-4 and cfg["training"]["nlu"]["max_length"] == 128
     assert cfg["tasks"]["mnli"]["training"]["epochs"] == 1 and cfg["training"]["nlu"]["epochs"] == 10
     assert resources(cfg, "train", "metamath_gsm8k")["mem_mb"] == 128000
+    # Table 3 on 4 GPUs, 4 ranks: effective batch 32 = 4 per rank x 4 ranks x 2 accumulation steps
+    llama = resolve_run(cfg, "metamath_gsm8k", "flat_lora_r8")["training"]
+    assert llama["distributed"]["processes"] == resources(cfg, "train", "metamath_gsm8k")["gpu"] == 4
+    assert llama["batch_size"] == 32 and llama["batch_size"] // llama["grad_accum"] // 4 == 4
     assert resources(cfg, "train", "sst2") == {"gpu": 1, "mem_mb": 32000, "runtime": 720}
 
 

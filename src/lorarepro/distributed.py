@@ -180,10 +180,11 @@ def main(argv: list[str]) -> None:
 
         config = json.loads(Path(config_path).read_text())
         ranks = Ranks(accelerator(settings(resolve_run(config, task, method))))
-        try:
-            run_task_method(config, task, method, json.loads(job), ranks=ranks)
-        finally:
-            torch.distributed.destroy_process_group()
+        run_task_method(config, task, method, json.loads(job), ranks=ranks)
+        # Only after success, and together: a rank that destroys its group while another still talks
+        # to it can hang (pytorch#75097); after an error the launcher stops the other ranks.
+        ranks.barrier()
+        torch.distributed.destroy_process_group()
 
     rank_main()
 
