@@ -110,7 +110,7 @@ class Ranks:
 
     def wrap(self, module):
         """DDP around the module the loop calls (accelerate places it on this rank's device)."""
-        self._causal = not getattr(getattr(module, "config", None), "is_encoder_decoder", False)
+        self._causal = _is_causal(module)
         return self.accelerator.prepare_model(module)
 
     def barrier(self) -> None:
@@ -152,6 +152,15 @@ class Ranks:
         if self._causal:
             labels = labels[..., 1:]
         return (labels != -100).sum().to(torch.float64)
+
+
+def _is_causal(module) -> bool:
+    """Whether the transformers model inside (PEFT wrappers around it) shifts its labels (decoder-only)."""
+    for sub in module.modules():
+        config = getattr(sub, "config", None)
+        if hasattr(config, "is_encoder_decoder"):
+            return not config.is_encoder_decoder
+    return False
 
 
 def accelerator(dp: dict):
