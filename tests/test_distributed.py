@@ -10,12 +10,10 @@ instead of target tokens would miss by 2.7e-3 in the loss (checked), so the test
 import copy
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from lorarepro import paths

@@ -50,11 +50,6 @@ def settings(run: dict) -> dict:
     return {**DEFAULTS, **(run["training"].get("distributed") or {})}
 
 
-def record(dp: dict, backend: str | None) -> dict:
-    """What a result JSON says about how the run was parallelised."""
-    return {"processes": dp["processes"], "backend": backend if dp["processes"] > 1 else None}
-
-
 # --------------------------------------------------------------------------- launcher (job process)
 
 
@@ -178,11 +173,11 @@ def accelerator(dp: dict):
 
 def main(argv: list[str]) -> None:
     """One rank: `python -m lorarepro.distributed <config.json> <task> <method> <job tags json>`."""
-    from torch.distributed.elastic.multiprocessing.errors import record as record_errors
+    from torch.distributed.elastic.multiprocessing.errors import record
 
     config_path, task, method, job = argv
 
-    @record_errors  # the launcher's failure summary then names the rank and its exception
+    @record  # the launcher's failure summary then names the rank and its exception
     def rank_main() -> None:
         from lorarepro.config import resolve_run
         from lorarepro.train import run_task_method
