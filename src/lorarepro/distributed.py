@@ -41,7 +41,6 @@ from pathlib import Path
 
 import torch
 
-BACKENDS = ("auto", "nccl", "gloo")
 DEFAULTS = {"processes": 1, "backend": "auto", "timeout_minutes": 60}
 
 
@@ -53,11 +52,11 @@ def settings(run: dict) -> dict:
 # --------------------------------------------------------------------------- launcher (job process)
 
 
-def run_ranks(target: list[str], processes: int, env: dict | None = None, what: str = "job") -> None:
+def run_ranks(target: list[str], processes: int, what: str = "job") -> None:
     """Run `target` (`["-m", module, ...]` or `[script, ...]`) on `processes` local ranks; raise if any fails."""
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
             "--max-restarts=0", *target]
-    env = {**os.environ, **(env or {})}
+    env = dict(os.environ)
     env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (device.pick does the same)
     env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default; run_task_method sets config threads
     sys.stdout.flush()
