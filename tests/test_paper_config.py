@@ -36,6 +36,10 @@ def test_paper_config_validates_and_stands_alone():
     assert chat["splits"]["test"]["fields"] == {"turns": "prompt", "category": "category", "reference": "reference"}
     assert cfg["evaluation"]["judge"] == {"kind": "openai_chat", "model": "gpt-4-0613", "base_url": "https://api.openai.com/v1",
                                           "api_key_env": "OPENAI_API_KEY", "timeout": 120, "retries": 5}
+    # Table 3 on 4 GPUs, 4 ranks: effective batch 32 = 4 per rank x 4 ranks x 2 accumulation steps
+    llama = resolve_run(cfg, "metamath_gsm8k", "flat_lora_r8")["training"]
+    assert llama["distributed"]["processes"] == resources(cfg, "train", "metamath_gsm8k")["gpu"] == 4
+    assert llama["batch_size"] == 32 and llama["batch_size"] // llama["grad_accum"] // 4 == 4
     assert resources(cfg, "train", "sst2") == {"gpu": 1, "mem_mb": 32000, "runtime": 720}
 
 

@@ -96,6 +96,7 @@ def check(config: dict) -> None:
             raise ConfigError(f"config key 'tables.{spec['id']}.cost_baseline': '{baseline}' needs cost: true and must be one of the table's methods")
     _check_tasks(config)
     _check_methods(config)
+    _check_distributed(config)
     from lorarepro import judge  # deferred, as the data checks
 
     try:
@@ -185,6 +186,21 @@ def _check_methods(config: dict) -> None:
                 f"config key 'methods.{name}.flat.mode': inplace restores W from the saved backbone, which "
                 f"init '{adapter['init']}' rewrote; use mode exact (task '{task_name}')"
             )
+
+
+def _check_distributed(config: dict) -> None:
+    """Data-parallel ranks need one GPU each (or none at all: CPU ranks with gloo)."""
+    for task, method in reported_pairs(config):
+        dp = resolve_run(config, task, method)["training"].get("distributed") or {}
+        processes, backend = dp.get("processes", 1), dp.get("backend", "auto")
+        gpu = resources(config, "train", task)["gpu"]
+        where = f"tasks.{task}.resources.gpu" if "gpu" in (config["tasks"][task].get("resources") or {}) else "resources.train.gpu"
+        if processes > 1 and gpu not in (0, processes):
+            raise ConfigError(f"config key '{where}': {gpu} GPU(s) for training.distributed.processes = {processes} "
+                              f"(task '{task}', method '{method}'); every rank needs its own GPU, so they must be equal")
+        if processes > 1 and gpu == 0 and backend == "nccl":
+            raise ConfigError(f"config key 'training.distributed.backend': nccl needs GPUs, but task '{task}' declares "
+                              f"{where} = 0 (use gloo or auto for CPU ranks)")
 
 
 def _check_adapter(name: str, adapter: dict) -> None:

@@ -65,7 +65,8 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, total
 
 
 def train_steps(model, plan, batch_fn, optimizer, scheduler, *, hook=None, callbacks=(), label: str = "",
-                progress=None, start_step: int = 0, history: History | None = None, on_step_end=None) -> History:
+                progress=None, start_step: int = 0, history: History | None = None, on_step_end=None,
+                ranks=None) -> History:
     """Run the optimizer steps of `plan` from `start_step`; `batch_fn(indices) -> dict` builds a micro-batch.
 
     `hook` (optional) gets `begin_step(step)` before the first micro-batch and `end_step()` after the
@@ -76,6 +77,8 @@ def train_steps(model, plan, batch_fn, optimizer, scheduler, *, hook=None, callb
     before the gradients are cleared (AdaLoRA's rank allocation reads them; the cost probe).
     A resumed run passes `start_step` and the `history` so far; `on_step_end(steps_done, history)` runs
     after each complete step, outside the hook's window (step checkpoints, lorarepro.resume).
+    `ranks` (data-parallel training, lorarepro.distributed.Ranks): each rank runs its shard of every
+    micro-batch and the recorded loss is the mean over all ranks; SAM's first pass does not sync.
     """
     history = History() if history is None else history
     model.train()
@@ -88,10 +91,10 @@ def train_steps(model, plan, batch_fn, optimizer, scheduler, *, hook=None, callb
             callback.on_step_start(step)
         if hook is not None:
             hook.begin_step(step)
-        step_loss = _accumulate(model, micro_batches, batch_fn, f"{label}: loss", step)
+        step_loss = _accumulate(model, micro_batches, batch_fn, f"{label}: loss", step, ranks, sync=not two_pass)
         if two_pass:
             hook.ascend()
-            _accumulate(model, micro_batches, batch_fn, f"{label}: perturbed (SAM) loss", step)
+            _accumulate(model, micro_batches, batch_fn, f"{label}: perturbed (SAM) loss", step, ranks)
         if hook is not None:
             hook.end_step()
         optimizer.step()
@@ -110,8 +113,10 @@ def train_steps(model, plan, batch_fn, optimizer, scheduler, *, hook=None, callb
     return history
 
 
-def _accumulate(model, micro_batches, batch_fn, what: str, step: int) -> float:
+def _accumulate(model, micro_batches, batch_fn, what: str, step: int, ranks=None, sync: bool = True) -> float:
     """Forward + backward of every micro-batch, gradients weighted to the step's mean; its mean loss."""
+    if ranks is not None:
+        return ranks.accumulate(model, micro_batches, batch_fn, what, step, sync)
     total = sum(len(m) for m in micro_batches)
     step_loss = 0.0
     for indices in micro_batches:

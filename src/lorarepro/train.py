@@ -1,12 +1,17 @@
 """Fine-tune one (task, method) for every seed: train, evaluate, save the checkpoint and the result JSON.
 
-Called by the Snakemake `train` rule (workflow/scripts/train.py). One job covers all seeds of a
-(task, method) because importing torch + transformers + peft + mlflow costs ~7 s, more than a tiny
-run itself; every seed still gets its own checkpoint, result JSON and MLflow run.
+Called by the Snakemake `train` rule (lorarepro.jobs.train). One job covers all seeds of a
+(task, method) because a job's fixed cost (set-up, and for a job started cold the imports of torch,
+transformers, PEFT and MLflow: ~5 s) exceeds a tiny run itself; every seed still gets its own
+checkpoint, result JSON and MLflow run.
 
 A run killed mid-way resumes from its last step checkpoint (lorarepro.resume) with the same result.
-An evaluation deliberately not run (lorarepro.evaluate.NotRun: no judge configured) is recorded as
+An evaluation deliberately not run (lorarepro.evaluate.NotRun: code execution not enabled, no judge configured) is recorded as
 a null metric with the reason under `not_run`; the run is still FINISHED and its checkpoint saved.
+
+With `training.<family>.distributed.processes` N > 1 the job runs its seeds on N data-parallel
+ranks (lorarepro.distributed); rank 0 alone evaluates and writes. One process never imports it.
+
 A run whose loss goes NaN/inf is a recorded outcome: its result JSON has status FAILED with the
 error and step, its MLflow run is FAILED, and the job goes on with the other seeds and succeeds, so
 the tables (which only count FINISHED runs) show the cell as diverged.
@@ -15,6 +20,7 @@ Everything in a result JSON is deterministic for a given config and machine exce
 listed in VOLATILE (timings, memory, the MLflow run id, the git state).
 """
 
+import contextlib
 import json
 import sys
 import time
@@ -57,8 +63,11 @@ def wrap_adapter(model, run: dict, total_steps: int, gradient_batches=None):
                       total_steps=total_steps, gradient_batches=gradient_batches)
 
 
-def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
-    """Train and evaluate one seed; returns the result dict (also written to disk)."""
+def train_one(config: dict, run: dict, seed: int, tracker=None, ranks=None) -> dict | None:
+    """Train and evaluate one seed; returns the result dict (also written to disk).
+
+    `ranks` (lorarepro.distributed.Ranks): this process is one data-parallel rank; all ranks train,
+    rank 0 alone saves step checkpoints, evaluates and writes (the others return None)."""
     from lorarepro.data import load_split, verify_dataset
 
     task, method, tcfg = run["task"], run["method"], run["training"]
@@ -73,7 +82,8 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
     adapter = run["adapter"]
     ga_steps = plan[: lora.gradient_steps(adapter)]  # LoRA-GA's gradient: the first steps' batches
     model = wrap_adapter(model, run, len(plan), lambda: (encoded.batch(mb) for step in ga_steps for mb in step))
-    dev = device.pick()
+    dev = device.pick() if ranks is None else ranks.device
+    main = ranks is None or ranks.is_main
     model.to(dev)  # after the adapter exists (LoRA-GA/PiSSA initialise on the host)
     initial = lora.initial_state(model, adapter)
     optimizer, scheduler = make_optimizer(model, tcfg["lr"], tcfg["weight_decay"], len(plan), tcfg["warmup_ratio"],
@@ -93,21 +103,24 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
 
     def on_step_end(steps_done: int, hist: History) -> None:
         # Called after end_step, so in-place Flat noise is never in W here.
-        if ckpts.due(steps_done, len(plan)):
+        if main and ckpts.due(steps_done, len(plan)):
             ckpts.save(steps_done, model, optimizer, scheduler, hist, _inplace_weights(model, run, flat))
 
+    module = lora.training_module(model, adapter)
+    module = module if ranks is None else ranks.wrap(module)
     start = time.perf_counter()
     from tqdm import tqdm
 
-    with tqdm(total=len(plan), desc=label, mininterval=2.0) as progress:
+    with tqdm(total=len(plan), desc=label, mininterval=2.0, disable=not main) as progress:
         try:
-            train_steps(lora.training_module(model, adapter), plan, lambda idx: device.to(encoded.batch(idx), dev),
+            train_steps(module, plan, lambda idx: device.to(encoded.batch(idx), dev),
                         optimizer, scheduler, hook=hook, callbacks=[*([probe] if probe else []), *lora.callbacks(model, adapter)],
                         label=label, progress=progress, start_step=start_step, history=history,
-                        on_step_end=on_step_end)
+                        on_step_end=on_step_end, ranks=ranks)
         except NonFiniteLoss as exc:
-            _write_failed(run, seed, exc, history, manifest, tracker)
-            ckpts.clear()
+            if main:
+                _write_failed(run, seed, exc, history, manifest, tracker)
+                ckpts.clear()
             raise
         finally:
             if probe is not None:
@@ -115,6 +128,8 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
             if hook is not None:
                 hook.close()
     seconds = time.perf_counter() - start
+    if not main:
+        return None
     flat_info = _finish_flat(model, run, flat, manifest)
     evaluation = config.get("evaluation")
     details: dict = {}  # per-split evaluation details (HumanEval: outcomes, sandbox isolation)
@@ -134,6 +149,7 @@ def train_one(config: dict, run: dict, seed: int, tracker=None) -> dict:
             "steps": len(plan), "final_loss": history.loss[-1],
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "total_params": sum(p.numel() for p in model.parameters()),
+            "distributed": {"processes": 1, "backend": None} if ranks is None else {"processes": ranks.world, "backend": ranks.backend},
         },
         "flat": flat_info,
         "resources": {
@@ -282,11 +298,13 @@ def _history_csv(history) -> str:
     return "\n".join(rows) + "\n"
 
 
-def run_task_method(config: dict, task: str, method: str, job: dict | None = None) -> list[dict]:
+def run_task_method(config: dict, task: str, method: str, job: dict | None = None, ranks=None) -> list[dict]:
     """Every seed of one (task, method), each tracked as its own MLflow run (a child of the pipeline's).
 
     `job` names the Snakemake job (rule, wildcards) for the run's tags. The input hashes and git
-    state are tagged when the run starts, so a run that fails still says what it ran on."""
+    state are tagged when the run starts, so a run that fails still says what it ran on.
+    A run configured for N > 1 data-parallel processes is handed to lorarepro.distributed.launch, whose
+    ranks come back here with `ranks`; only rank 0 tracks and returns results."""
     from lorarepro import tracking
     from lorarepro.data import load_manifest
 
@@ -294,6 +312,11 @@ def run_task_method(config: dict, task: str, method: str, job: dict | None = Non
     torch.set_num_threads(config.get("threads", 1))
     torch.use_deterministic_algorithms(True)
     run = resolve_run(config, task, method)
+    if ranks is None and (run["training"].get("distributed") or {}).get("processes", 1) > 1:
+        from lorarepro import distributed
+
+        return distributed.launch(config, task, method, job, distributed.settings(run))
+    main = ranks is None or ranks.is_main
     inputs = {"data_sha256": load_manifest(paths.prepared_dir(task))["sha256"],
               "backbone_sha256": _backbone_sha(run["backbone"]),
               **{f"git_{k}": v for k, v in git_state().items()}}
@@ -303,21 +326,28 @@ def run_task_method(config: dict, task: str, method: str, job: dict | None = Non
         tags = {"task": task, "method": method, "seed": seed, "family": run["family"], "backbone": run["backbone"],
                 **inputs, **job_tags}
         resolved = {**run, "seed": seed}
+        tracked = tracking.run(config, f"{task}/{method}/seed{seed}", resolved, tags) if main else contextlib.nullcontext()
         try:
-            with tracking.run(config, f"{task}/{method}/seed{seed}", resolved, tags) as tracker:
-                tracker.dict_artifact(resolved, "config.json")
-                result = train_one(config, run, seed, tracker)
-                tracker.metrics({k: v for k, v in result["metrics"].items() if v is not None})
-                # a split not run is a tag with its reason, never a number
-                tracker.tags({**{k: v for k, v in result["lineage"].items() if k != "mlflow_run_id"},
-                              **{f"not_run.{split}": reason for split, reason in (result.get("not_run") or {}).items()}})
-                tracker.artifact(paths.run_result(task, method, seed))
+            with tracked as tracker:
+                if tracker is not None:
+                    tracker.dict_artifact(resolved, "config.json")
+                result = train_one(config, run, seed, tracker, ranks)
+                if tracker is not None:
+                    tracker.metrics({k: v for k, v in result["metrics"].items() if v is not None})
+                    # a split not run is a tag with its reason, never a number
+                    tracker.tags({**{k: v for k, v in result["lineage"].items() if k != "mlflow_run_id"},
+                                  **{f"not_run.{split}": reason for split, reason in (result.get("not_run") or {}).items()}})
+                    tracker.artifact(paths.run_result(task, method, seed))
         except NonFiniteLoss as exc:
             # The MLflow run is already FAILED (tracking.run); the other seeds still run, and the job
             # succeeds so that Snakemake keeps the FAILED result JSON the tables report as diverged.
-            message = f"ERROR: run diverged: {exc}; recorded as FAILED in {paths.run_result(task, method, seed)}"
-            print(message, flush=True)
-            print(message, file=sys.__stderr__, flush=True)
-            result = json.loads(paths.run_result(task, method, seed).read_text())
-        results.append(result)
+            if main:
+                message = f"ERROR: run diverged: {exc}; recorded as FAILED in {paths.run_result(task, method, seed)}"
+                print(message, flush=True)
+                print(message, file=sys.__stderr__, flush=True)
+                result = json.loads(paths.run_result(task, method, seed).read_text())
+        if ranks is not None:
+            ranks.barrier()  # the other ranks wait while rank 0 evaluates and writes this seed
+        if main:
+            results.append(result)
     return results

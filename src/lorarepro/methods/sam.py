@@ -42,6 +42,8 @@ Protocol with the training loop (``lorarepro.loop.train_steps`` calls it)::
 
 A hook "is two-pass" iff it has ``ascend``; FlatLoRA (one pass) has only ``begin_step``/``end_step``.
 Gradient accumulation: both passes run every micro-batch of the step, so ``g`` is the full batch's.
+Data parallel: pass 1 does not sync through DDP; ``ascend`` all-reduces the target gradients, so
+every rank adds the same ``e`` (the full batch's), as one process would.
 """
 
 from __future__ import annotations
@@ -87,6 +89,20 @@ def _adapter_params(model: nn.Module) -> list[nn.Parameter]:
                     seen.add(id(p))
                     out.append(p)
     return out
+
+
+def _average_over_ranks(grads: list[torch.Tensor]) -> None:
+    """Data-parallel ranks (lorarepro.distributed) run pass 1 without DDP's sync and SAM-W's base-weight
+    gradients are outside DDP anyway: average them here, so every rank ascends along the same,
+    full-batch gradient (each rank's pass-1 loss carries its share of the batch times the world size)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    for g in grads:  # SUM then divide: gloo has no AVG
+        dist.all_reduce(g, op=dist.ReduceOp.SUM)
+        g.div_(world)
 
 
 def _global_norm(tensors: list[torch.Tensor]) -> float:
@@ -142,6 +158,7 @@ class SAM:
         if self._step is None or self._saved is not None:
             raise RuntimeError("SAM.ascend must follow begin_step and come once per step")
         grads = [p.grad for p in self._targets if p.grad is not None]
+        _average_over_ranks(grads)
         norm = _global_norm(grads)
         self.last_grad_norm = norm
         scale = self.rho / norm if norm > 0 else 0.0
