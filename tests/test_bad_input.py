@@ -69,11 +69,13 @@ def test_model_dir_with_only_pickle_weights_is_refused(scratch):
 
 
 def test_no_torch_load_without_weights_only():
-    """Every torch.load in the package passes weights_only=True (no pickle code can run)."""
+    """Every torch.load in the package passes weights_only=True (no pickle code can run). The one
+    pickle is lorarepro.warm's hand-over of a job (Snakemake's own pickled `snakemake` object) between
+    two processes of the same user, over a socket in a 0700 directory (tests/test_warm.py)."""
     for file in (ROOT / "src" / "lorarepro").rglob("*.py"):
         for call in re.findall(r"torch\.load\([^)]*\)", file.read_text()):
             assert "weights_only=True" in call, f"{file}: {call}"
-        assert "import pickle" not in file.read_text(), file
+        assert "import pickle" not in file.read_text() or file.name == "warm.py", file
 
 
 @pytest.mark.parametrize("entry, expected", [({}, False), ({"trust_remote_code": True}, True)])

@@ -34,6 +34,7 @@ run_job(json.loads(sys.argv[3]), getattr(warm_jobs, sys.argv[2]))
 def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("warm") / "server.log"
     address, pid = warm.start(log)
+    assert Path(address).parent.stat().st_mode & 0o777 == 0o700  # only this user can hand it a job
     yield address, pid
     warm.stop(address, pid)
     assert not Path(address).parent.exists()  # socket and its directory removed

@@ -4,7 +4,7 @@ Config: `training.<family>.distributed` (a method's or task's `training:` may ov
 training key): `{processes: N, backend: auto|nccl|gloo, timeout_minutes: M}`. Absent, or processes 1,
 is the single-process path, which never imports this module's launcher or accelerate.
 
-With N > 1 the job process (workflow/scripts/train.py, after lorarepro.gpus claimed N GPUs and set
+With N > 1 the job process (lorarepro.jobs.train, after lorarepro.gpus claimed N GPUs and set
 CUDA_VISIBLE_DEVICES) runs `launch`: it writes the config to a file and starts
 
     python -m torch.distributed.run --standalone --nproc-per-node N --max-restarts 0 \
