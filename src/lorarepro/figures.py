@@ -69,8 +69,11 @@ def _add_missing_note(fig, missing: list[str]) -> None:
         fig.supxlabel(textwrap.fill(text, 150), fontsize=7, color="firebrick")
 
 
-def _empty_panel_note(ax) -> None:
-    if not ax.has_data():
+def _finish_panel(ax) -> None:
+    """A legend where the panel has lines, else a note that none of its runs finished yet."""
+    if ax.has_data():
+        ax.legend(fontsize=7)
+    else:
         ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center",
                 transform=ax.transAxes, color="firebrick")
 
@@ -123,9 +126,7 @@ def _lines_per_task(config: dict, figure_id: str, read, xlabel: str, ylabel: str
                 continue
             ax.plot(*curve, label=_label(config, method), color=_color(spec, method), linewidth=1.2, **style)
         ax.set(title=task, xlabel=xlabel, ylabel=ylabel)
-        if ax.has_data():
-            ax.legend(fontsize=7)
-        _empty_panel_note(ax)
+        _finish_panel(ax)
     _add_missing_note(fig, missing)
     return _save(fig, figure_id)
 
@@ -183,9 +184,7 @@ def _plot_task(ax, config: dict, spec: dict, task: str, missing: list[str]) -> d
             complete[method] = mean
     ax.set(title=task, xlabel="corruption severity (0 = clean)", ylabel="accuracy (%)",
            xticks=SEVERITIES)
-    if ax.has_data():
-        ax.legend(fontsize=7)
-    _empty_panel_note(ax)
+    _finish_panel(ax)
     return complete
 
 
@@ -198,9 +197,7 @@ def _plot_average(ax, config: dict, spec: dict, per_task: list[dict]) -> None:
                     color=_color(spec, method))
     ax.set(title="mean over tasks (complete methods only)",
            xlabel="corruption severity (0 = clean)", ylabel="accuracy (%)", xticks=SEVERITIES)
-    if ax.has_data():
-        ax.legend(fontsize=7)
-    _empty_panel_note(ax)
+    _finish_panel(ax)
 
 
 def ood_curve(config: dict) -> list[Path]:
@@ -273,9 +270,7 @@ def _ablation(config: dict, figure_id: str, xlabel: str, x_of, series_of, log2_x
         if log2_x:
             ax.set_xscale("log", base=2)
         ax.set(title=task, xlabel=xlabel, ylabel="test metric (%)")
-        if ax.has_data():
-            ax.legend(fontsize=7)
-        _empty_panel_note(ax)
+        _finish_panel(ax)
     _add_missing_note(fig, missing)
     return _save(fig, figure_id)
 

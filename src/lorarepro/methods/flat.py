@@ -191,16 +191,11 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
 
 def _lora_wrappers(model: nn.Module) -> tuple[dict[int, list[nn.Module]], set[int]]:
     """id(base linear) -> the PEFT LoraLayers wrapping it; ids of the modules of their adapters."""
-    from peft.tuners.lora import LoraLayer  # local import: peft is only needed with adapters
+    from lorarepro.methods.lora import wrapped_linears
 
     wrappers: dict[int, list[nn.Module]] = {}
     adapter_parts: set[int] = set()
-    for name, module in model.named_modules():
-        if not isinstance(module, LoraLayer):
-            continue
-        base = module.get_base_layer()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"Flat-LoRA perturbs linear layers only; {name!r} wraps {type(base).__name__}")
+    for module, base in wrapped_linears(model, "Flat-LoRA"):
         wrappers.setdefault(id(base), []).append(module)
         base_modules = {id(m) for m in base.modules()}
         adapter_parts.update(id(m) for m in module.modules() if id(m) not in base_modules)

@@ -36,6 +36,21 @@ def linear_targets(model: torch.nn.Module, heads: list[str]) -> list[str]:
     return names
 
 
+def wrapped_linears(model: torch.nn.Module, method: str):
+    """(PEFT LoraLayer, its base nn.Linear) for every adapter layer; `method` names who refuses any
+    other base layer (Flat-LoRA and SAM-W perturb linear weights only)."""
+    import torch
+    from peft.tuners.lora import LoraLayer  # local imports: config validation imports this module
+
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        base = module.get_base_layer()
+        if not isinstance(base, torch.nn.Linear):
+            raise TypeError(f"{method} perturbs linear layers only; {name!r} wraps {type(base).__name__}")
+        yield module, base
+
+
 def smallest_dim(model: torch.nn.Module, targets: list[str]) -> int:
     modules = dict(model.named_modules())
     return min(min(modules[n].in_features, modules[n].out_features) for n in targets)

@@ -60,15 +60,10 @@ SPACES = ("weight", "lora", "trainable")
 
 def _base_weights(model: nn.Module) -> list[nn.Parameter]:
     """The frozen base weight of every PEFT LoraLayer wrapping a linear (tied weights once)."""
-    from peft.tuners.lora import LoraLayer  # local import: peft is only needed with adapters
+    from lorarepro.methods.lora import wrapped_linears
 
     out, seen = [], set()
-    for name, module in model.named_modules():
-        if not isinstance(module, LoraLayer):
-            continue
-        base = module.get_base_layer()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"SAM-W perturbs linear layers only; {name!r} wraps {type(base).__name__}")
+    for _, base in wrapped_linears(model, "SAM-W"):
         if id(base.weight) not in seen:
             seen.add(id(base.weight))
             out.append(base.weight)
