@@ -27,7 +27,8 @@ if workflow.config_settings.overwrite_config.get("standalone"):
 validate(config, "workflow/schemas/params.schema.yaml")
 
 from lorarepro import paths
-from lorarepro.config import check, reported_pairs, resolve_run, resources, sharpness_specs, specs
+from lorarepro.config import reported_pairs, resources, sharpness_specs, specs
+from lorarepro.experiment import check, resolve_run
 
 check(config)  # cross-references (unknown task in a table, rank above a layer's size) before any job
 
@@ -36,7 +37,9 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/backbones.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/sharpness.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/audit.smk"
 
 
 rule all:

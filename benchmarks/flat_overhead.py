@@ -4,7 +4,7 @@ Cost model (DESIGN.md): one noise draw is O(m*n) random numbers; a pass through 
 O(tokens*m*n) FLOPs. So the overhead depends on the tokens per micro-batch and, for the in-place mode
 (two draws per optimizer step, not per micro-batch), on gradient accumulation. This script measures
 that dependence with the real implementations (lorarepro.methods.flat.FlatLoRA, lorarepro.methods.sam.SAM)
-driven by the real training loop (lorarepro.loop.train_steps) on a PEFT-LoRA stack of linears shaped
+driven by the real training loop (lorarepro.training.loop.train_steps) on a PEFT-LoRA stack of linears shaped
 like Llama-2-7B's MLP (4096 <-> 11008), scaled down.
 
 Timing: per (tokens, accumulation) point, every method runs one optimizer step in turn (the order
@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from lorarepro.atomic import temp_sibling, write_json
-from lorarepro.loop import train_steps
+from lorarepro.training.loop import train_steps
 from lorarepro.methods.flat import FlatLoRA
 from lorarepro.methods.sam import SAM
 

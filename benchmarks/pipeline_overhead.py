@@ -13,7 +13,7 @@ Measures, each as the minimum and median of --repeats runs (the machine may be s
   process start to its first optimizer step: the Snakemake script preamble's import, the adapter,
   lorarepro and library imports, config resolution, the MLflow run, data checks, model + adapter
   load, encoding and optimizer set-up; `cold` (the job imports everything itself) and `warm` (the
-  job is a fork of the lorarepro.warm server, as local pipeline jobs are; the target applies here),
+  job is a fork of the lorarepro.pipeline.warm server, as local pipeline jobs are; the target applies here),
   plus the server's one-off imports.
 Writes results/benchmarks/pipeline_overhead.json. Targets: paper-grid DAG <= 10 s, no-op rerun <= 5 s,
 per-job start-up <= 3 s.
@@ -40,15 +40,15 @@ TARGETS = {"paper_dag_seconds": 10.0, "noop_rerun_seconds": 5.0, "job_startup_se
 
 
 def probe_job(args: dict) -> None:
-    """A training job (lorarepro.jobs.train's body) stopped at its first optimizer step, which it
+    """A training job (lorarepro.pipeline.jobs.train's body) stopped at its first optimizer step, which it
     reports on stdout with the job process's CPU seconds. Runs in the job process: a fork of the
     warm server, or the adapter's own process when started cold."""
     import yaml
 
-    from lorarepro.workflow import logged
+    from lorarepro.pipeline.jobs import logged
 
     with logged(args["log"]):
-        import lorarepro.train as train
+        import lorarepro.training.train as train
 
         def first_step(*_args, **_kwargs):
             cpu = os.times()
@@ -56,7 +56,7 @@ def probe_job(args: dict) -> None:
             raise SystemExit(0)
 
         train.train_steps = first_step
-        train.run_task_method(yaml.safe_load(open(args["config"])), "sentiment", "lora_r8")
+        train.train_task_method(yaml.safe_load(open(args["config"])), "sentiment", "lora_r8")
 
 
 # The job's adapter process, as Snakemake's `script:` starts it: its preamble imports snakemake.script.
@@ -65,7 +65,7 @@ import sys
 import snakemake.script
 sys.path.insert(0, sys.argv[3])
 from pipeline_overhead import probe_job
-from lorarepro.warm import run_job
+from lorarepro.pipeline.warm import run_job
 run_job({"config": sys.argv[1], "log": sys.argv[2]}, probe_job)
 """
 
@@ -154,13 +154,13 @@ def noop_times(repo: Path, config: str, repeats: int) -> dict:
 
 def startup_times(repo: Path, config: str, repeats: int) -> dict:
     """Start-up of one training job, cold (the job process imports everything itself) and warm (a
-    fork of the lorarepro.warm server, as the pipeline runs local jobs), interleaved run by run so
+    fork of the lorarepro.pipeline.warm server, as the pipeline runs local jobs), interleaved run by run so
     that changing load on a shared machine hits both alike. The server's own imports are paid once
     per pipeline run and reported apart."""
     import yaml
 
     sys.path.insert(0, str(ROOT / "src"))
-    from lorarepro import warm
+    from lorarepro.pipeline import warm
     from lorarepro.config import deep_merge
 
     cfg = yaml.safe_load((repo / config).read_text()) if config != "params.yaml" else {}
@@ -182,7 +182,7 @@ def startup_times(repo: Path, config: str, repeats: int) -> dict:
                 done = subprocess.run([sys.executable, "-c", PROBE_ADAPTER, str(merged), str(repo / "logs" / "startup.log"),
                                        str(Path(__file__).parent)], cwd=repo, capture_output=True, text=True, env=env)
                 marks = [line for line in done.stdout.splitlines() if line.startswith("FIRST_STEP")]
-                if not marks or "lorarepro.warm:" in done.stderr:
+                if not marks or "lorarepro.pipeline.warm:" in done.stderr:
                     raise RuntimeError(f"{mode} start-up probe failed:\n{done.stderr[-3000:]}\n"
                                        f"{(repo / 'logs' / 'startup.log').read_text()[-3000:]}")
                 wall[mode].append(float(marks[0].split()[1]) - start)

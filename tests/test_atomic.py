@@ -11,8 +11,8 @@ import pytest
 
 from lorarepro import atomic, paths
 from lorarepro.atomic import OutputError, atomic_dir, write_json, write_text
-from lorarepro.config import resolve_run
-from lorarepro.train import train_one
+from lorarepro.experiment import resolve_run
+from lorarepro.training.train import train_one
 
 
 def _disk_full(*args, **kwargs):

@@ -69,7 +69,7 @@ def repo(finished, tmp_path, monkeypatch):
 
 def run_audit(**options) -> dict:
     from lorarepro import audit
-    from lorarepro.config import load
+    from lorarepro.experiment import load
 
     config = load("params.yaml", "small.yaml")
     return audit.run(config, audit.Options.from_config(config, **{"reevaluate": 0, **options}))

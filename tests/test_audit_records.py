@@ -3,12 +3,13 @@
 import pytest
 
 from lorarepro import audit
+from lorarepro.audit import report
 from lorarepro.audit.report import render_markdown
 
 
 def test_record_rejects_unknown_status():
     with pytest.raises(ValueError, match="unknown audit status"):
-        audit.record("tables", "ok", "x")
+        report.record("tables", "ok", "x")
 
 
 def test_options_from_config_then_flags_and_unknown_keys():
@@ -30,8 +31,8 @@ def test_sample_is_seeded_per_table_and_counts_shared_runs_once():
 
 
 def _records():
-    return [audit.record("params", "pass", "r1.json"), audit.record("dvc", "warn", "dvc.lock", "not recorded", "dvc commit"),
-            audit.record("tables", "fail", "t.csv", "cell edited", "rebuild"), audit.record("paper", "info", "t.md")]
+    return [report.record("params", "pass", "r1.json"), report.record("dvc", "warn", "dvc.lock", "not recorded", "dvc commit"),
+            report.record("tables", "fail", "t.csv", "cell edited", "rebuild"), report.record("paper", "info", "t.md")]
 
 
 def test_verdict_fails_only_on_fail_unless_strict():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lorarepro import backbone, paths
-from lorarepro.config import resolve_run
+from lorarepro.experiment import resolve_run
 
 
 def fake_snapshot(hub_dir):
@@ -41,7 +41,7 @@ def test_bf16_backbone_with_fp32_adapters_trains(workspace):
     from lorarepro import families
     from lorarepro.data import load_manifest, load_split
     from lorarepro.methods.flat import FlatLoRA
-    from lorarepro.train import load_model, wrap_adapter
+    from lorarepro.training.train import load_model, wrap_adapter
 
     cfg = {**workspace, "backbones": {**workspace["backbones"], "llama-tiny": {**workspace["backbones"]["llama-tiny"], "dtype": "bfloat16"}}}
     run = resolve_run(cfg, "arithmetic", "flat_lora_r8")
@@ -68,7 +68,7 @@ def test_pristine_weights_are_read_from_sharded_checkpoints(workspace, tmp_path)
     from transformers import LlamaForCausalLM
 
     from lorarepro.methods import lora
-    from lorarepro.train import pristine_targets
+    from lorarepro.checkpoints import backbone_weights as pristine_targets
 
     model = LlamaForCausalLM.from_pretrained(str(paths.backbone_dir("llama-tiny")))
     model.save_pretrained(tmp_path / "sharded", max_shard_size="40KB", safe_serialization=True)

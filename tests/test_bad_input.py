@@ -12,8 +12,9 @@ import torch
 
 from conftest import ROOT
 from lorarepro import paths
-from lorarepro.config import ConfigError, resolve_run, validate
-from lorarepro.train import train_one
+from lorarepro.config import ConfigError
+from lorarepro.experiment import resolve_run, validate
+from lorarepro.training.train import train_one
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def test_model_dir_with_only_pickle_weights_is_refused(scratch):
 
 def test_no_torch_load_without_weights_only():
     """Every torch.load in the package passes weights_only=True (no pickle code can run). The one
-    pickle is lorarepro.warm's hand-over of a job (Snakemake's own pickled `snakemake` object) between
+    pickle is lorarepro.pipeline.warm's hand-over of a job (Snakemake's own pickled `snakemake` object) between
     two processes of the same user, over a socket in a 0700 directory (tests/test_warm.py)."""
     for file in (ROOT / "src" / "lorarepro").rglob("*.py"):
         for call in re.findall(r"torch\.load\([^)]*\)", file.read_text()):

@@ -17,7 +17,7 @@ from lorarepro.data import (
     vocabulary,
 )
 from lorarepro.data import generation, nlu, vision
-from lorarepro.data.io import fingerprint, register
+from lorarepro.data.io import GENERATORS, fingerprint
 
 SEED = 1234
 TASKS = {  # the shape of params.yaml `tasks:` entries, smaller where it keeps the tests fast
@@ -70,7 +70,7 @@ def _tokens(text):
 def test_registry_holds_every_generator_and_refuses_duplicates():
     assert set(TASKS) <= set(GENERATORS)
     with pytest.raises(ValueError, match="sentiment"):
-        register("sentiment")(lambda *a: None)
+        GENERATORS.register("sentiment", lambda *a: None)
 
 
 @pytest.mark.parametrize("name", ["sentiment", "nli", "paraphrase", "digits", "arithmetic"])

@@ -1,4 +1,4 @@
-"""Data-parallel training (lorarepro.distributed) with real ranks: torch.distributed.run, CPU, gloo.
+"""Data-parallel training (lorarepro.training.ranks, lorarepro.pipeline.launcher) with real ranks: torch.distributed.run, CPU, gloo.
 
 Agreement with one process (same global batch): ranks split every micro-batch and DDP averages their
 gradients, so the N-rank run is the 1-process run up to floating-point summation order. Measured
@@ -17,8 +17,9 @@ import pytest
 from safetensors.torch import load_file
 
 from lorarepro import paths
-from lorarepro.config import ConfigError, validate
-from lorarepro.distributed import run_ranks
+from lorarepro.config import ConfigError
+from lorarepro.experiment import validate
+from lorarepro.pipeline.launcher import run_ranks
 
 TASK = "arithmetic"
 TOL = 1e-5
@@ -62,14 +63,14 @@ def _mlflow_runs(uri: str) -> list:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora_r8", "flat_lora_r8"])
 def test_two_ranks_match_one_process(ddp_workspace, tmp_path, monkeypatch, method):
-    from lorarepro.train import run_task_method
+    from lorarepro.pipeline.launcher import train_job
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'one.db'}")
-    run_task_method(_config(ddp_workspace, 1), TASK, method)
+    train_job(_config(ddp_workspace, 1), TASK, method)
     one = _outputs(method)
     uri = f"sqlite:///{tmp_path / 'two.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    [returned] = run_task_method(_config(ddp_workspace, 2), TASK, method)
+    [returned] = train_job(_config(ddp_workspace, 2), TASK, method)
     two = _outputs(method)
 
     assert returned == two["result"]

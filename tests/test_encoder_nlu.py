@@ -9,7 +9,7 @@ from lorarepro import families
 from lorarepro.backbone import copy_local
 from lorarepro.data import load_manifest, load_split, prepare_task
 from lorarepro.families.common import build_tokenizer
-from lorarepro.loop import make_optimizer, step_plan, train_steps
+from lorarepro.training.loop import make_optimizer, step_plan, train_steps
 
 WORDS = ["the", "cat", "dog", "sat", "ran", "a", "mat", "park"]
 

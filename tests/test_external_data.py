@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lorarepro.config import ConfigError, validate
+from lorarepro.config import ConfigError
+from lorarepro.experiment import validate
 from lorarepro.data import load_manifest, load_split, prepare_task
 
 SST = pd.DataFrame({"sentence": ["a fine film", "dull and long", "great fun", "awful"], "label": [1, 0, 1, 0]})

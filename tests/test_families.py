@@ -7,7 +7,7 @@ import torch
 from lorarepro import families
 from lorarepro.families.common import build_tokenizer, pad
 from lorarepro.families.generation import extract_answer
-from lorarepro.loop import step_plan
+from lorarepro.training.loop import step_plan
 
 
 @pytest.mark.parametrize(

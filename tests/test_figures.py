@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from lorarepro import figures, paths
+from lorarepro import paths
+from lorarepro.reporting import figures
 
 SEEDS = [0, 1, 2]
 

@@ -1,4 +1,4 @@
-"""GPU slots (lorarepro.gpus) with fake GPU counts: distinct GPUs per job, waiting, release on death."""
+"""GPU slots (lorarepro.pipeline.gpus) with fake GPU counts: distinct GPUs per job, waiting, release on death."""
 
 import os
 import subprocess
@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from lorarepro import gpus
+from lorarepro.pipeline import gpus
 
 HOLDER = """
 import sys
-from lorarepro.gpus import claim
+from lorarepro.pipeline.gpus import claim
 with claim(int(sys.argv[1]), lock_dir=sys.argv[2]) as ids:
     print(",".join(ids), flush=True)
     sys.stdin.readline()

@@ -1,4 +1,4 @@
-"""HumanEval pass@1 (lorarepro.humaneval through the generation family): real HumanEval format,
+"""HumanEval pass@1 (lorarepro.evaluation.humaneval through the generation family): real HumanEval format,
 Code-Feedback's chat messages as training data, execution only when opted in."""
 
 import json
@@ -7,10 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from lorarepro import humaneval, sandbox
-from lorarepro.config import ConfigError, resolve_run, validate
+from lorarepro.evaluation import humaneval
+from lorarepro.evaluation import sandbox
+from lorarepro.config import ConfigError
+from lorarepro.experiment import resolve_run, validate
 from lorarepro.data import load_manifest, load_split, prepare_task
-from lorarepro.evaluate import NotRun, evaluate_splits
+from lorarepro.data import load_eval_splits
+from lorarepro.evaluation import NotRun, evaluate_splits
 from lorarepro.families import generation
 
 # Three problems in openai/openai_humaneval's format (task_id, prompt, canonical_solution, test, entry_point).
@@ -145,12 +148,12 @@ def test_tiny_llama_end_to_end_and_canonical_model_scores_100(prepared, tmp_path
     model, tokenizer = generation.load_for_task(tmp_path / "llama", manifest)
     opt_in = {"execute_generated_code": True, "code_timeout_s": 5, "code_memory_mb": 1024}  # the config's section
     details = {}
-    metrics, not_run = evaluate_splits(generation, model, tokenizer, task_dir, manifest, 512, opt_in, details)
+    metrics, not_run = evaluate_splits(generation, model, tokenizer, load_eval_splits(task_dir, manifest), manifest, 512, opt_in, details)
     assert set(metrics) == {"validation", "test"} and all(0.0 <= v <= 100.0 for v in metrics.values()) and not not_run
     assert sum(details["test"]["outcomes"].values()) == 3 and details["test"]["isolation"]
     assert "WARNING: evaluation.execute_generated_code is true" in capfd.readouterr().err
     assert details["test"]["isolation"][0]["network"] and "filesystem" in details["test"]["isolation"][0]
-    assert evaluate_splits(generation, CanonicalModel(tokenizer), tokenizer, task_dir, manifest, 512, opt_in) == \
+    assert evaluate_splits(generation, CanonicalModel(tokenizer), tokenizer, load_eval_splits(task_dir, manifest), manifest, 512, opt_in) == \
         ({"validation": 100.0, "test": 100.0}, {})
 
 
@@ -165,7 +168,7 @@ def test_without_opt_in_nothing_is_generated_or_executed(prepared, monkeypatch):
     for evaluation in (None, {"execute_generated_code": False, "code_timeout_s": 5}):
         with pytest.raises(NotRun, match="evaluation.execute_generated_code: true"):
             generation.evaluate(torch.nn.Linear(1, 1), byte_tokenizer(), None, manifest, 512, evaluation=evaluation)
-        metrics, not_run = evaluate_splits(generation, torch.nn.Linear(1, 1), byte_tokenizer(), task_dir, manifest, 512, evaluation)
+        metrics, not_run = evaluate_splits(generation, torch.nn.Linear(1, 1), byte_tokenizer(), load_eval_splits(task_dir, manifest), manifest, 512, evaluation)
         assert metrics == {"validation": None, "test": None}  # recorded as not run, with the reason
         assert all("evaluation.execute_generated_code: true" in reason for reason in not_run.values())
 

@@ -1,4 +1,4 @@
-"""MT-Bench through a judge (lorarepro.judge): a real local chat-completions server, the python-callable
+"""MT-Bench through a judge (lorarepro.evaluation.judge): a real local chat-completions server, the python-callable
 judge, "not run" without a key, and a tiny Llama answering two-turn questions end to end."""
 
 import json
@@ -8,8 +8,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from lorarepro import judge, paths
-from lorarepro.evaluate import NotRun, evaluate_checkpoint, evaluate_splits
+from lorarepro import paths
+from lorarepro.evaluation import judge
+from lorarepro.data import load_eval_splits
+from lorarepro.evaluation import NotRun, evaluate_splits
+from lorarepro.reevaluate import evaluate_checkpoint
 
 MATH = {"turns": ["how many apples does anna have ?", "and how many does ben have ?"], "category": "math",
         "reference": ["anna has 4 apples", "ben has 2 apples"]}
@@ -154,12 +157,12 @@ def test_tiny_llama_answers_two_turns_end_to_end(tmp_path, monkeypatch):
     model, tokenizer = family.load_for_task(tmp_path / "llama", {})
     manifest = prepare_task("chat", chat_task(tmp_path / "src"), 0, tmp_path / "chat")
     assert manifest["metric"] == "mt_bench" and manifest["max_new_tokens"] == 4
-    metrics, not_run = evaluate_splits(family, model, tokenizer, tmp_path / "chat", manifest, 32)
+    metrics, not_run = evaluate_splits(family, model, tokenizer, load_eval_splits(tmp_path / "chat", manifest), manifest, 32)
     assert metrics == {"validation": None, "test": None} and set(not_run) == {"validation", "test"}
     assert "no MT-Bench judge" in not_run["test"]
     SEEN.clear()
     evaluation = {"judge": {"kind": "python", "callable": "test_judge:turn_judge"}}
-    metrics, not_run = evaluate_splits(family, model, tokenizer, tmp_path / "chat", manifest, 32, evaluation)
+    metrics, not_run = evaluate_splits(family, model, tokenizer, load_eval_splits(tmp_path / "chat", manifest), manifest, 32, evaluation)
     assert metrics == {"validation": 7.0, "test": 7.0} and not_run == {}
     assert len(SEEN) == 4  # the test split's requests were all cached from the validation split's
     turn2 = SEEN[1][-1]["content"]  # the math question's second turn: the whole conversation so far
@@ -173,7 +176,7 @@ def test_tiny_llama_answers_two_turns_end_to_end(tmp_path, monkeypatch):
 @pytest.fixture
 def chat_workspace(workspace):
     """The shared workspace plus the local chat task; its outputs are removed afterwards."""
-    from lorarepro.config import validate
+    from lorarepro.experiment import validate
     from lorarepro.data import prepare_task
 
     cfg = dict(workspace, seeds=[0], tasks={**workspace["tasks"], "chat_tiny": chat_task(paths.DATA / "external" / "chat_tiny")},
@@ -187,18 +190,19 @@ def chat_workspace(workspace):
 
 
 def test_run_without_judge_finishes_with_not_run_and_the_table_says_so(chat_workspace):
-    from lorarepro import tables, tracking
+    from lorarepro import tracking
+    from lorarepro.reporting import tables
     from lorarepro.audit import artifacts, mlflow_runs, rerun
-    from lorarepro.train import run_task_method
+    from lorarepro.training.train import train_task_method
 
     cfg = chat_workspace
-    (result,) = run_task_method(cfg, "chat_tiny", "lora_r8")
+    (result,) = train_task_method(cfg, "chat_tiny", "lora_r8")
     assert result["status"] == "FINISHED" and result["metric"] == "mt_bench"
     assert result["metrics"] == {"validation": None, "test": None}
     assert set(result["not_run"]) == {"validation", "test"} and result["judge"] is None
     assert json.loads(paths.run_result("chat_tiny", "lora_r8", 0).read_text())["not_run"] == result["not_run"]
     assert (paths.checkpoint_dir("chat_tiny", "lora_r8", 0) / "adapter_model.safetensors").is_file()  # judge it later
-    tracked = tracking._client(cfg)[0].get_run(result["lineage"]["mlflow_run_id"]).data
+    tracked = tracking.mlflow_client(cfg)[0].get_run(result["lineage"]["mlflow_run_id"]).data
     assert "test" not in tracked.metrics and tracked.tags["not_run.test"] == result["not_run"]["test"]
     files, entry = tables.table_files("table_chat", cfg, {})
     md = files[paths.table("table_chat", "md")]
@@ -220,13 +224,14 @@ def test_run_without_judge_finishes_with_not_run_and_the_table_says_so(chat_work
     assert set(judged) == set(result) - {"not_run"} and judged["train"] == result["train"]
     run = artifacts.Run("chat_tiny", "lora_r8", 0, judged)
     assert [r["status"] for r in mlflow_runs.check(cfg, [run])] == ["pass"]
-    assert not any(k.startswith("not_run") for k in tracking._client(cfg)[0].get_run(judged["lineage"]["mlflow_run_id"]).data.tags)
+    assert not any(k.startswith("not_run") for k in tracking.mlflow_client(cfg)[0].get_run(judged["lineage"]["mlflow_run_id"]).data.tags)
     assert [r["status"] for r in rerun.reevaluate([run], cfg["evaluation"])] == ["pass"]
     assert [r["status"] for r in artifacts.check_metrics([run])] == ["pass"]
 
 
 def test_config_refuses_misplaced_metric_and_missing_mt_bench_fields(params, tmp_path):
-    from lorarepro.config import ConfigError, validate
+    from lorarepro.config import ConfigError
+    from lorarepro.experiment import validate
 
     def check(task, **extra):
         validate({**params, "tasks": {**params["tasks"], "chat": task}, **extra})

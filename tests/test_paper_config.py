@@ -12,7 +12,8 @@ import yaml
 
 from conftest import ROOT
 from workspace import copy_repo
-from lorarepro.config import ConfigError, load, reported_pairs, resolve_run, resources, validate
+from lorarepro.config import ConfigError, reported_pairs, resources
+from lorarepro.experiment import load, resolve_run, validate
 
 PAPER = ROOT / "workflow" / "configs" / "paper.yaml"
 
@@ -97,7 +98,7 @@ def test_cluster_profiles_have_the_keys_their_executors_read():
     assert slurm["executor"] == "slurm" and slurm["jobs"] >= 1
     assert {"slurm_partition", "runtime", "mem_mb"} <= set(slurm["default-resources"])
     local = yaml.safe_load((ROOT / "workflow" / "profiles" / "gpu-local" / "profile.yaml").read_text())
-    assert local["resources"]["gpu"] >= 1  # caps concurrent GPU jobs; lorarepro.gpus picks which GPU
+    assert local["resources"]["gpu"] >= 1  # caps concurrent GPU jobs; lorarepro.pipeline.gpus picks which GPU
     rules = "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
     for rule in ("prepare_data", "prepare_pretext", "backbone", "train", "sharpness"):
         assert f'rule_resources("{rule}")' in rules  # every job-running rule declares config resources

@@ -10,19 +10,19 @@ import pytest
 import torch
 
 from lorarepro import paths
-from lorarepro.config import resolve_run
-from lorarepro.loop import NonFiniteLoss
-from lorarepro.resume import STATE
-from lorarepro.train import run_task_method, train_one
+from lorarepro.experiment import resolve_run
+from lorarepro.training.loop import NonFiniteLoss
+from lorarepro.training.resume import STATE
+from lorarepro.training.train import train_task_method, train_one
 from test_train import _stable
 
 # Trains like the trainer, but SIGKILLs itself right after its second step checkpoint is written.
 KILLED_RUN = """
 import json, os, signal, sys
 import torch
-from lorarepro import resume
-from lorarepro.config import resolve_run
-from lorarepro.train import train_one
+from lorarepro.training import resume
+from lorarepro.experiment import resolve_run
+from lorarepro.training.train import train_one
 
 saved = resume.StepCheckpoints.save
 def save_then_die(self, steps_done, *args, **kwargs):
@@ -117,7 +117,7 @@ def _diverging(workspace: dict) -> dict:
 
 def test_diverged_run_is_recorded_failed_with_task_method_seed_step(workspace, capfd):
     cfg = _diverging(workspace)
-    results = run_task_method(cfg, "sentiment", "lora_r8")
+    results = train_task_method(cfg, "sentiment", "lora_r8")
     assert [r["status"] for r in results] == ["FAILED", "FAILED"]  # every seed still ran
     for seed, result in zip(cfg["seeds"], results):
         assert json.loads(paths.run_result("sentiment", "lora_r8", seed).read_text()) == result

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from lorarepro.loop import train_steps
+from lorarepro.training.loop import train_steps
 from lorarepro.methods.sam import SAM
 
 D_IN, D_HID, D_OUT, N = 12, 24, 6, 32

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lorarepro import paths, sharpness
-from lorarepro.config import resolve_run
-from lorarepro.train import train_one
+from lorarepro.experiment import resolve_run
+from lorarepro.training.train import train_one
 
 SHAPE = (2, 3)  # W is 2 x 3: two output rows, n = 3
 

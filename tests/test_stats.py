@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from lorarepro.stats import MAX_EXACT_N, flat_pairs, paired_test, permutation_test, sign_test, verdict
+from lorarepro.reporting.stats import MAX_EXACT_N, flat_pairs, paired_test, permutation_test, sign_test, verdict
 
 
 def test_paired_t_test_by_hand():

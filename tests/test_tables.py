@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lorarepro import paths, tables
+from lorarepro import paths
+from lorarepro.reporting import tables
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = [0, 1, 2]

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from lorarepro import families, paths
-from lorarepro.config import resolve_run
+from lorarepro.experiment import resolve_run
 from lorarepro.data import load_manifest, load_split
-from lorarepro.loop import NonFiniteLoss
-from lorarepro.train import VOLATILE, train_one
+from lorarepro.training.loop import NonFiniteLoss
+from lorarepro.records import VOLATILE
+from lorarepro.training.train import train_one
 
 TASKS = ["sentiment", "digits", "arithmetic"]
 METHODS = ["full_ft", "lora_r8", "flat_lora_r8"]

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from lorarepro import families, paths
-from lorarepro.config import ConfigError, resolve_run, validate
+from lorarepro.config import ConfigError
+from lorarepro.experiment import resolve_run, validate
 from lorarepro.data import load_manifest, load_split
-from lorarepro.train import train_one
+from lorarepro.training.train import train_one
 from test_train import _stable
 
 VARIANTS = {
@@ -58,7 +59,7 @@ def logits(model, run: dict, task: str, tokenizer) -> torch.Tensor:
 @pytest.mark.parametrize("flat", [False, True])
 def test_variant_trains_saves_peft_format_and_reloads_to_the_same_model(workspace, monkeypatch, variant, task, flat):
     """A few steps barely move the metric, so the reloaded model's logits are compared too."""
-    import lorarepro.train as train_module
+    import lorarepro.training.train as train_module
 
     trained = {}
     evaluate = train_module.evaluate_splits
@@ -134,7 +135,7 @@ def test_plain_lora_init_leaves_a_plain_checkpoint(workspace):
 def test_loraplus_gives_b_a_larger_learning_rate():
     from peft import LoraConfig, get_peft_model
 
-    from lorarepro.loop import make_optimizer
+    from lorarepro.training.loop import make_optimizer
 
     model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(r=2, target_modules=["0"]))
     optimizer, _ = make_optimizer(model, 1e-3, 0.0, 10, 0.0, loraplus_lr_ratio=16)

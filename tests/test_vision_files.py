@@ -10,7 +10,7 @@ from PIL import Image
 
 from lorarepro import families
 from lorarepro.data import load_manifest, load_split, prepare_task
-from lorarepro.loop import make_optimizer, step_plan, train_steps
+from lorarepro.training.loop import make_optimizer, step_plan, train_steps
 
 
 @pytest.fixture

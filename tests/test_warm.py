@@ -1,4 +1,4 @@
-"""Warm job start (lorarepro.warm): jobs run as forks of a server that imported everything once.
+"""Warm job start (lorarepro.pipeline.warm): jobs run as forks of a server that imported everything once.
 
 Each test starts a real client process (what Snakemake starts for a job) against a real server.
 """
@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorarepro import paths, warm
-from lorarepro.train import VOLATILE
+from lorarepro import paths
+from lorarepro.pipeline import warm
+from lorarepro.records import VOLATILE
 
 TESTS = Path(__file__).parent
 
@@ -24,7 +25,7 @@ CLIENT = """
 import json, os, sys
 sys.path.insert(0, sys.argv[1])
 import warm_jobs
-from lorarepro.warm import run_job
+from lorarepro.pipeline.warm import run_job
 print(f"client {os.getpid()}", flush=True)
 run_job(json.loads(sys.argv[3]), getattr(warm_jobs, sys.argv[2]))
 """
@@ -65,7 +66,7 @@ def test_job_runs_in_a_fork_of_the_server_as_the_client(server, tmp_path):
     assert where["torch_loaded"]  # imported before the job asked for anything
     assert Path(where["cwd"]) == tmp_path and where["marker"] == "from-the-client" and where["argv"][0] == "-c"
     assert "hello from the job" in out and "a warning from the job" in err  # the client's stdout/stderr
-    assert "lorarepro.warm" not in err  # not a fallback
+    assert "lorarepro.pipeline.warm" not in err  # not a fallback
 
 
 @pytest.mark.parametrize("how, status, message", [("exit", 3, ""), ("raise", 1, "ValueError: the job failed on purpose")])
@@ -119,7 +120,7 @@ def test_without_a_server_the_job_runs_in_the_client(tmp_path):
 def test_server_exits_when_its_parent_dies(tmp_path):
     """A hard-killed Snakemake leaves no server behind (it polls its parent)."""
     log = tmp_path / "server.log"
-    parent = subprocess.run([sys.executable, "-c", "from lorarepro import warm; print(*warm.start(%r))" % str(log)],
+    parent = subprocess.run([sys.executable, "-c", "from lorarepro.pipeline import warm; print(*warm.start(%r))" % str(log)],
                             capture_output=True, text=True, check=True)
     address, pid = parent.stdout.split()
     assert _gone(int(pid), timeout=120), log.read_text()
@@ -140,6 +141,6 @@ def test_warm_and_cold_jobs_give_identical_results(server, workspace):
     results = {}
     for mode, address in (("warm", server[0]), ("cold", None)):
         code, _, err = finish(client("train", args, address, Path.cwd()), timeout=300)
-        assert code == 0 and "lorarepro.warm" not in err, err
+        assert code == 0 and "lorarepro.pipeline.warm" not in err, err
         results[mode] = {s: _stable(paths.run_result("sentiment", "flat_lora_r8", s)) for s in workspace["seeds"]}
     assert results["warm"] == results["cold"]

@@ -29,6 +29,6 @@ def sleep(args: dict) -> None:
 
 
 def train(args: dict) -> None:
-    from lorarepro.train import run_task_method
+    from lorarepro.training.train import train_task_method
 
-    run_task_method(args["config"], args["task"], args["method"])
+    train_task_method(args["config"], args["task"], args["method"])

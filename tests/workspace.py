@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 
 from lorarepro import paths
-from lorarepro.backbone import FAMILY_OF_ARCH, build
+from lorarepro.backbone import build
+from lorarepro.families import of_arch
 from lorarepro.data import prepare_pretext, prepare_task
 
 
@@ -21,7 +22,7 @@ def prepare(root: Path, config: dict) -> None:
         for name, task in config["tasks"].items():
             prepare_task(name, task, config["data_seed"], paths.prepared_dir(name))
         for name, bb in config["backbones"].items():
-            prepare_pretext(FAMILY_OF_ARCH[bb["arch"]], config["data_seed"], bb["pretrain"]["examples"], paths.pretext_dir(name))
+            prepare_pretext(of_arch(bb["arch"]), config["data_seed"], bb["pretrain"]["examples"], paths.pretext_dir(name))
             build(name, config)
     finally:
         os.chdir(old)

@@ -10,21 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub import snapshot_download
 
 from lorarepro import families, paths
-from lorarepro.families.common import quiet_transformers
 from lorarepro.atomic import atomic_dir, write_json
+from lorarepro.data import load_split, vocabulary
+from lorarepro.families.common import quiet_transformers
 from lorarepro.hashing import sha256_dir
-
-FAMILY_OF_ARCH = {"t5": "nlu", "vit": "vision", "llama": "generation"}
+from lorarepro.training.loop import make_optimizer, train_steps
 
 
 def pretrain(name: str, cfg: dict, pretext_dir: Path, out_dir: Path, seed: int) -> dict:
     """Build the backbone from `cfg['size']`, pretrain it, and save it to `out_dir` atomically."""
-    from lorarepro.data import load_split, vocabulary
-    from lorarepro.loop import make_optimizer, train_steps
-
-    family_name = FAMILY_OF_ARCH[cfg["arch"]]
+    family_name = families.of_arch(cfg["arch"])
     family = families.get(family_name)
     quiet_transformers()
     torch.manual_seed(seed)
@@ -78,8 +76,6 @@ def download_hub(name: str, cfg: dict, out_dir: Path) -> dict:
     Gated models (Llama-2) need an accepted licence and a token in HF_TOKEN; HF_HUB_OFFLINE=1 with
     a filled cache works without network.
     """
-    from huggingface_hub import snapshot_download
-
     info = {"backbone": name, "arch": cfg["arch"], "source": "hub", "model": cfg["model"], "revision": cfg.get("revision")}
     with atomic_dir(out_dir) as tmp:
         snapshot_download(repo_id=cfg["model"], revision=cfg.get("revision"), local_dir=str(tmp), allow_patterns=HUB_PATTERNS)

@@ -11,6 +11,10 @@
 
 import argparse
 import sys
+from pathlib import Path
+
+from lorarepro.config import ConfigError
+from lorarepro.experiment import load
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,8 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def evaluate(args) -> int:
-    from lorarepro.config import ConfigError, load
-    from lorarepro.evaluate import evaluate_checkpoint
+    from lorarepro.reevaluate import evaluate_checkpoint  # deferred: torch, transformers, PEFT
 
     try:
         config = load(args.params, *args.configfile)
@@ -66,10 +69,7 @@ def evaluate(args) -> int:
 
 
 def audit(args) -> int:
-    from pathlib import Path
-
-    from lorarepro import audit as auditing
-    from lorarepro.config import ConfigError, load
+    from lorarepro import audit as auditing  # deferred: torch, MLflow, DVC
 
     try:
         config = load(args.params, *args.configfile)

@@ -1,4 +1,4 @@
-"""Where a job computes: its GPU when one is visible (lorarepro.gpus pins which), else the CPU."""
+"""Where a job computes: its GPU when one is visible (lorarepro.pipeline.gpus pins which), else the CPU."""
 
 import os
 

@@ -12,7 +12,7 @@ CHECKPOINTS = Path("checkpoints")
 RESULTS = Path("results")
 LOGS = Path("logs")
 RESUME = Path("resume")
-JUDGE_CACHE = Path("judge_cache")  # judge replies by content (lorarepro.judge): a rerun does not pay twice
+JUDGE_CACHE = Path("judge_cache")  # judge replies by content (lorarepro.evaluation.judge): a rerun does not pay twice
 BACKBONE_MARKER = "lorarepro_backbone.json"
 
 
@@ -93,7 +93,7 @@ def audit_json() -> Path:
 
 
 def caption(item_id: str) -> Path:
-    """The caption `snakemake --report` shows beside a table, figure or the audit (lorarepro.captions)."""
+    """The caption `snakemake --report` shows beside a table, figure or the audit (lorarepro.reporting.captions)."""
     return RESULTS / "report" / "captions" / f"{item_id}.rst"
 
 

@@ -2,6 +2,7 @@
 
 import importlib.metadata
 import platform
+import resource
 import subprocess
 from pathlib import Path
 
@@ -38,6 +39,4 @@ def git_state(cwd: Path | None = None) -> dict:
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -21,18 +21,18 @@ weights are copied back from a saved copy after every evaluation: bit-identical 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
 
-import pandas as pd
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lorarepro import families, paths
+from lorarepro import checkpoints, families, paths, records, tracking
 from lorarepro.atomic import write_json
 from lorarepro.config import sharpness_specs
+from lorarepro.data import load_split
+from lorarepro.families.common import quiet_transformers
 from lorarepro.methods.lora import linear_targets
-from lorarepro.tables import load_finished_run
 
 RADII = (0.01, 0.02, 0.05, 0.1)
 ALPHAS = tuple(round(-1.0 + 0.1 * i, 10) for i in range(21))  # linspace(-1, 1, 21)
@@ -224,8 +224,6 @@ def hessian_top_eigenvalue(model, loss_fn, targets: list[str], iters: int = 20, 
     double-backward graph of one batch plus a few copies of the target weights. Attention runs on
     SDPA's math backend here: the fused CPU kernel has no double backward.
     """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     weights = target_weights(model, targets)
     gen = _generator(seed, _HESSIAN)
     v0 = _normalised([torch.randn(w.shape, generator=gen, dtype=torch.float32).to(w.dtype) for w in weights])
@@ -245,48 +243,8 @@ def hessian_top_eigenvalue(model, loss_fn, targets: list[str], iters: int = 20, 
 # ----------------------------------------------------------------------------- one trained run
 
 
-def _finished_result(task: str, method: str, seed: int) -> dict:
-    path = paths.run_result(task, method, seed)
-    result = load_finished_run(path)
-    if result is None:
-        raise FileNotFoundError(f"{path}: no FINISHED result for task={task} method={method} seed={seed}")
-    if not isinstance(result.get("config"), dict):
-        raise ValueError(f"{path}: result has no `config` (the resolved run) to load its checkpoint with")
-    return result
-
-
-def load_merged(run: dict, seed: int):
-    """(plain model with merged weights, tokenizer, manifest) of a saved run.
-
-    LoRA: backbone + PEFT adapter, merged (W + s·BA); full FT: the saved model. Loading may
-    initialise a fresh head before the saved one overrides it: it runs under a forked RNG, so the
-    caller's global RNG state is untouched.
-    """
-    from lorarepro.data import load_manifest
-
-    family = families.get(run["family"])
-    manifest = load_manifest(paths.prepared_dir(run["task"]))
-    ckpt = paths.checkpoint_dir(run["task"], run["method"], seed)
-    if not ckpt.is_dir():
-        raise FileNotFoundError(f"{ckpt}: checkpoint of task={run['task']} method={run['method']} seed={seed} is missing")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if run["adapter"] is None:
-            model, tokenizer = family.load_for_task(ckpt, manifest)
-        else:
-            from peft import PeftModel
-
-            if not (ckpt / "adapter_model.safetensors").is_file():  # PEFT would fall back to a pickle .bin
-                raise FileNotFoundError(f"{ckpt}: no adapter_model.safetensors (pickle weights are not loaded)")
-            base, tokenizer = family.load_for_task(paths.backbone_dir(run["backbone"]), manifest)
-            model = PeftModel.from_pretrained(base, str(ckpt)).merge_and_unload()
-    return model.eval(), tokenizer, manifest
-
-
 def eval_batches(run: dict, tokenizer, manifest: dict, n_eval: int) -> list[dict]:
     """The first n_eval validation rows, encoded by the family, in training-sized batches (fixed set)."""
-    from lorarepro.data import load_split
-
     family = families.get(run["family"])
     df = load_split(paths.prepared_dir(run["task"]), "validation").head(n_eval)
     encoded = family.encode(df, tokenizer, manifest, run["training"]["max_length"])
@@ -305,8 +263,12 @@ def measure_run(config: dict, task: str, method: str, seed: int, *, n_eval: int 
         if key not in (config.get(section) or {}):
             raise KeyError(f"{section}: no entry {key!r} in the config")
     start = time.perf_counter()
-    run = _finished_result(task, method, seed)["config"]
-    model, tokenizer, manifest = load_merged(run, seed)
+    result = records.finished(task, method, seed)
+    if result is None:
+        raise FileNotFoundError(f"{paths.run_result(task, method, seed)}: no FINISHED result for task={task} "
+                                f"method={method} seed={seed}")
+    run = result["config"]
+    model, tokenizer, manifest = checkpoints.load(run, seed, merged=True)
     targets = linear_targets(model, families.get(run["family"]).head_modules())
     batches = eval_batches(run, tokenizer, manifest, n_eval)
     loss_fn = EvalLoss(model, batches)
@@ -324,7 +286,7 @@ def measure_run(config: dict, task: str, method: str, seed: int, *, n_eval: int 
         "targets": len(weights), "target_params": sum(w.numel() for w in weights),
         "seconds": round(time.perf_counter() - start, 3),
     }
-    write_json(paths.run_sharpness(task, method, seed), out)
+    records.write_sharpness(out)
     return out
 
 
@@ -332,8 +294,6 @@ def measure_task(config: dict, task: str, **options) -> list[dict]:
     """Every (method, seed) of `task` that a table lists and whose result is FINISHED, in one process
     (imports cost ~7 s a job). Also writes paths.task_sharpness(task), a fixed output naming what
     was measured, for the workflow. `options` go to measure_run."""
-    from lorarepro.families.common import quiet_transformers
-
     if task not in (config.get("tasks") or {}):
         raise KeyError(f"tasks: no entry {task!r} in the config")
     quiet_transformers()
@@ -343,7 +303,7 @@ def measure_task(config: dict, task: str, **options) -> list[dict]:
     done, skipped = [], []
     for method in methods:
         for seed in config["seeds"]:
-            result = load_finished_run(paths.run_result(task, method, seed))
+            result = records.finished(task, method, seed)
             if result is None:
                 skipped.append(f"{method}/seed{seed}")
             else:
@@ -358,48 +318,7 @@ def measure_task(config: dict, task: str, **options) -> list[dict]:
 
 def _log_to_mlflow(config: dict, result: dict, measures: dict) -> None:
     """Attach the flatness numbers to the training run's MLflow run."""
-    from lorarepro import tracking
-
     run_id = result["lineage"].get("mlflow_run_id")
     if run_id:
         values = {f"sharpness_rho{rho}": v for rho, v in measures["expected_sharpness"].items()}
         tracking.log_metrics(config, run_id, {**values, "hessian_top": measures["hessian_top"]["eigenvalue"]})
-
-
-# ----------------------------------------------------------------------------- summary over runs
-
-
-def load_measures(task: str, method: str, seed: int) -> dict | None:
-    """The run's sharpness JSON, only beside a FINISHED result, so accuracy and flatness agree."""
-    path = paths.run_sharpness(task, method, seed)
-    result = load_finished_run(paths.run_result(task, method, seed))
-    if result is None or not path.is_file():
-        return None
-    try:
-        measures = json.loads(path.read_text(encoding="utf-8"))
-        summary = {"expected_sharpness": {str(k): float(v) for k, v in measures["expected_sharpness"].items()},
-                   "lambda_max": float(measures["hessian_top"]["eigenvalue"])}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
-        raise ValueError(f"{path}: not a sharpness file with expected_sharpness and "
-                         f"hessian_top.eigenvalue ({err!r})") from err
-    return {**summary, "metrics": result.get("metrics") or {}, "path": str(path)}
-
-
-def runs_frame(config: dict, tasks: list[str], methods: list[str]):
-    """One row per measured run: sharpness per ρ (`rho=…` columns), λ_max, test and mean OOD accuracy."""
-    rows = []
-    for method in methods:
-        for task in tasks:
-            for seed in config["seeds"]:
-                m = load_measures(task, method, seed)
-                if m is None:
-                    continue
-                ood = [float(v) for k, v in m["metrics"].items() if k.startswith("ood_s") and v is not None]
-                rows.append({"method": method, "task": task, "seed": seed, "path": m["path"],
-                             **{f"rho={rho}": v for rho, v in m["expected_sharpness"].items()},
-                             "lambda_max": m["lambda_max"],
-                             "test": float(math.nan if m["metrics"].get("test") is None else m["metrics"]["test"]),
-                             "ood": sum(ood) / len(ood) if ood else math.nan})
-    if not rows:
-        return pd.DataFrame(columns=["method", "task", "seed", "path", "lambda_max", "test", "ood"])
-    return pd.DataFrame.from_records(rows)

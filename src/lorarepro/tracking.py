@@ -11,12 +11,14 @@ import socket
 import time
 import warnings
 
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-def _client(config: dict):
+
+def mlflow_client(config: dict):
     """A client bound to the configured store; no global MLflow state (set_tracking_uri leaks
     into os.environ and so into every subprocess)."""
-    from mlflow.tracking import MlflowClient
-
     settings = config.get("mlflow") or {}
     uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.get("tracking_uri", "sqlite:///mlflow.db")
     return MlflowClient(tracking_uri=uri), settings.get("experiment", "lorarepro")
@@ -35,17 +37,17 @@ def _retry(fn, *args, attempts: int = 8, **kwargs):
 
 def init(config: dict) -> str:
     """Create the store and the experiment (idempotent); returns the experiment id."""
-    client, name = _client(config)
+    client, name = mlflow_client(config)
     experiment = _retry(client.get_experiment_by_name, name)
     return experiment.experiment_id if experiment else _retry(client.create_experiment, name)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in d.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
+            out.update(flatten(value, name + "."))
         else:
             out[name] = value
     return out
@@ -54,9 +56,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 @contextlib.contextmanager
 def run(config: dict, name: str, params: dict, tags: dict):
     """A tracked run; ends FAILED with the error message if the body raises."""
-    from mlflow.entities import Param
-
-    client, _ = _client(config)
+    client, _ = mlflow_client(config)
     experiment_id = init(config)
     tags = {k: str(v) for k, v in tags.items()}
     parent = os.environ.get("LORAREPRO_MLFLOW_PARENT")
@@ -64,7 +64,7 @@ def run(config: dict, name: str, params: dict, tags: dict):
         tags["mlflow.parentRunId"] = parent
     created = _retry(client.create_run, experiment_id, run_name=name, tags=tags)
     run_id = created.info.run_id
-    params = {k: str(v) for k, v in _flatten(params).items()}
+    params = {k: str(v) for k, v in flatten(params).items()}
     _retry(client.log_batch, run_id, params=[Param(k, v) for k, v in params.items()])
     tracker = Tracker(client, run_id)
     try:
@@ -83,23 +83,17 @@ class Tracker:
         self.client, self.run_id = client, run_id
 
     def metrics(self, values: dict, step: int = 0) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in values.items()]
         _retry(self.client.log_batch, self.run_id, metrics=batch)
 
     def series(self, key: str, values: list[float]) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         batch = [Metric(key, float(v), now, i) for i, v in enumerate(values)]
         for start in range(0, len(batch), 1000):  # MLflow caps a batch at 1000 metrics
             _retry(self.client.log_batch, self.run_id, metrics=batch[start : start + 1000])
 
     def tags(self, values: dict) -> None:
-        from mlflow.entities import RunTag
-
         _retry(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in values.items()])
 
     def artifact(self, path) -> None:
@@ -113,7 +107,7 @@ class Tracker:
 def start_parent(config: dict, name: str) -> str:
     """The run of one pipeline invocation; training runs become its children (via the environment).
     First, the runs a hard-killed invocation in this working directory left RUNNING are ended KILLED."""
-    client, _ = _client(config)
+    client, _ = mlflow_client(config)
     experiment_id = init(config)
     workdir = f"{socket.gethostname()}:{os.getcwd()}"
     end_orphans(client, experiment_id, workdir)
@@ -139,7 +133,7 @@ def end_orphans(client, experiment_id: str, workdir: str) -> list[str]:
 
 
 def end_parent(config: dict, run_id: str, status: str) -> None:
-    _retry(_client(config)[0].set_terminated, run_id, status)
+    _retry(mlflow_client(config)[0].set_terminated, run_id, status)
 
 
 def log_metrics(config: dict, run_id: str, values: dict) -> bool:
@@ -147,9 +141,7 @@ def log_metrics(config: dict, run_id: str, values: dict) -> bool:
 
     A result JSON pulled from elsewhere (a clone, `dvc pull`) names a run of another store: warn
     and skip rather than fail the job; returns whether the metrics were logged."""
-    from mlflow.exceptions import MlflowException
-
-    client, _ = _client(config)
+    client, _ = mlflow_client(config)
     try:
         _retry(client.get_run, run_id)
     except MlflowException as exc:

@@ -19,4 +19,4 @@ rule backbone:
     resources:
         **rule_resources("backbone"),
     script:
-        "../scripts/backbone.py"
+        "../scripts/job.py"

@@ -88,7 +88,7 @@ def figure_outputs():
 
 def stop_warm_server():
     import os
-    from lorarepro import warm
+    from lorarepro.pipeline import warm
 
     if os.environ.get(warm.ENV):
         warm.stop(os.environ.pop(warm.ENV), int(os.environ.pop(warm.ENV + "_PID")))
@@ -96,10 +96,11 @@ def stop_warm_server():
 
 # One MLflow parent run per invocation that has work to do (onstart runs only then). Creating the
 # store here, before jobs fan out, avoids concurrent SQLite schema creation. Local jobs start warm
-# (lorarepro.warm): the server's address reaches every job through the environment.
+# (lorarepro.pipeline.warm): the server's address reaches every job through the environment.
 onstart:
     import os
-    from lorarepro import tracking, warm
+    from lorarepro import tracking
+    from lorarepro.pipeline import warm
 
     if config["warm_start"] and workflow.local_exec:
         os.environ[warm.ENV], pid = warm.start(paths.log("warm", "server"))

@@ -10,7 +10,7 @@ rule prepare_data:
     resources:
         **rule_resources("prepare_data"),
     script:
-        "../scripts/prepare_data.py"
+        "../scripts/job.py"
 
 
 rule prepare_pretext:
@@ -25,4 +25,4 @@ rule prepare_pretext:
     resources:
         **rule_resources("prepare_pretext"),
     script:
-        "../scripts/prepare_pretext.py"
+        "../scripts/job.py"

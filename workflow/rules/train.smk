@@ -18,4 +18,4 @@ rule train:
     resources:
         **rule_resources("train"),
     script:
-        "../scripts/train.py"
+        "../scripts/job.py"

@@ -10,7 +10,7 @@ pipeline). Each check is a small function returning records {check, status, file
     info   shown for people, never fails (the paper comparison without a tolerance)
     pass   checked and consistent
 
-The checks live in one module per source of truth: `tables` (cells recomputed from the result
+The checks live in one module per source of truth (each record made by `report.record`): `tables` (cells recomputed from the result
 JSONs), `artifacts` (params, content hashes, safetensors checkpoints, backbones), `mlflow_runs`,
 `dvc_outs`, `rerun` (re-evaluation and retraining); `report` writes report.md and audit.json.
 """
@@ -20,14 +20,8 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, fields
 
-STATUSES = ("fail", "warn", "skip", "info", "pass")  # report order: failures first
-
-
-def record(check: str, status: str, file, detail: str = "", fix: str = "") -> dict:
-    if status not in STATUSES:
-        raise ValueError(f"unknown audit status {status!r} (known: {STATUSES})")
-    return {"check": check, "status": status, "file": str(file), "detail": detail, "fix": fix}
-
+from lorarepro.audit import artifacts, dvc_outs, mlflow_runs, rerun, tables
+from lorarepro.audit.report import STATUSES, summary, write
 
 @dataclass
 class Options:
@@ -70,8 +64,6 @@ def sample_runs(runs_by_table: dict[str, list], k: int, seed: int) -> list:
 
 def run(config: dict, options: Options | None = None) -> dict:
     """Every check, in the working directory (the repository root); returns the audit document."""
-    from lorarepro.audit import artifacts, dvc_outs, mlflow_runs, rerun, tables
-
     options = options or Options.from_config(config)
     runs, records = artifacts.collect_runs(config)
     hashes = artifacts.Hashes()
@@ -101,8 +93,6 @@ class AuditFailed(RuntimeError):
 
 def run_and_write(config: dict, report=None, document=None, options: Options | None = None) -> dict:
     """Run, write report.md and audit.json, print the summary; raise AuditFailed unless it passed."""
-    from lorarepro.audit.report import summary, write
-
     result = run(config, options)
     report, document = write(result, report, document)
     text = summary(result, report, document)

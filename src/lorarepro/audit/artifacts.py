@@ -8,12 +8,16 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorarepro import paths
-from lorarepro.audit import record
-from lorarepro.config import ConfigError, reported_pairs, resolve_run, specs
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from lorarepro import checkpoints, paths, records
+from lorarepro.audit.report import record
+from lorarepro.config import ConfigError, reported_pairs, specs
+from lorarepro.data.io import fingerprint
+from lorarepro.experiment import resolve_run
 from lorarepro.hashing import sha256_dir, sha256_file
-from lorarepro.tables import load_finished_run
-from lorarepro.tracking import _flatten  # the one flattening of nested settings (as MLflow params)
+from lorarepro.tracking import flatten  # the one flattening of nested settings (as MLflow params)
 
 RERUN = "rerun `snakemake --cores 2` (reruns the train jobs whose inputs or params changed)"
 PICKLE = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -53,8 +57,8 @@ def _indexed(index_path: Path) -> list[tuple[str, str, int]]:
 def _unfinished(path: Path) -> dict:
     """A diverged run is a recorded outcome the tables show as missing (a warning, with its cause);
     a missing or otherwise unfinished result JSON is a failure."""
-    if path.is_file():
-        result = json.loads(path.read_text(encoding="utf-8"))
+    result = records.load(path)
+    if result is not None:
         if result.get("status") == "FAILED" and "failed_step" in result:
             return record("result", "warn", path, f"run diverged at step {result['failed_step']}: "
                           f"{result.get('error')}; the tables show this seed as missing",
@@ -65,19 +69,19 @@ def _unfinished(path: Path) -> dict:
 def collect_runs(config: dict) -> tuple[list[Run], list[dict]]:
     """Every run the config reports or the index lists; a missing or unfinished one is a failure."""
     wanted = [(t, m, s) for t, m in reported_pairs(config) for s in config["seeds"]]
-    runs, records = [], []
+    runs, found = [], []
     for task, method, seed in dict.fromkeys(wanted + _indexed(paths.tables_index())):
         path = paths.run_result(task, method, seed)
         try:
-            result = load_finished_run(path)
+            result = records.load_finished(path)
         except ValueError as err:
-            records.append(record("result", "fail", path, str(err), RERUN))
+            found.append(record("result", "fail", path, str(err), RERUN))
             continue
         if result is None:
-            records.append(_unfinished(path))
+            found.append(_unfinished(path))
         else:
             runs.append(Run(task, method, seed, result))
-    return runs, records
+    return runs, found
 
 
 def check_metrics(runs: list[Run]) -> list[dict]:
@@ -106,7 +110,7 @@ def runs_by_table(config: dict, runs: list[Run]) -> dict[str, list[Run]]:
 
 def dict_diff(recorded: dict, expected: dict, limit: int = 6) -> list[str]:
     """Human lines for the keys whose values differ between two nested dicts."""
-    a, b = _flatten(recorded), _flatten(expected)
+    a, b = flatten(recorded), flatten(expected)
     keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
     lines = [f"{k}: {a.get(k, '<absent>')!r} vs {b.get(k, '<absent>')!r}" for k in keys[:limit]]
     return lines + ([f"... {len(keys) - limit} more"] if len(keys) > limit else [])
@@ -147,8 +151,6 @@ class Hashes:
 
 
 def _data_content(task: str) -> tuple[str | None, list[str]]:
-    from lorarepro.data.io import fingerprint
-
     manifest_path = paths.manifest(task)
     if not manifest_path.is_file():
         return None, [f"{manifest_path} missing"]
@@ -178,8 +180,8 @@ def check_data(runs: list[Run], hashes: Hashes) -> list[dict]:
 
 
 def _backbone_marker(backbone: str) -> str | None:
-    marker = paths.backbone_done(backbone)
-    return json.loads(marker.read_text(encoding="utf-8")).get("sha256") if marker.is_file() else None
+    marker = checkpoints.backbone_marker(backbone)
+    return None if marker is None else marker.get("sha256")
 
 
 def check_backbones(runs: list[Run], hashes: Hashes) -> list[dict]:
@@ -227,9 +229,6 @@ def check_checkpoints(runs: list[Run]) -> list[dict]:
 
 def _checkpoint_problems(run: Run) -> list[str]:
     """Loads every safetensors file; no pickle weights; an adapter holds only adapter and head weights."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     ckpt = run.checkpoint
     if not ckpt.is_dir():
         return ["missing"]

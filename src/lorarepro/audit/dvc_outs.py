@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lorarepro import paths
-from lorarepro.audit import record
+from lorarepro.audit.report import record
 
 COMMIT = "record the regenerated outputs: `dvc commit` (then commit dvc.lock)"
 
@@ -55,7 +55,7 @@ def check(runs: list, consistent: set[str], root: str | Path = ".") -> list[dict
 def _changed(root: Path) -> dict[str, str]:
     """{path: modified|added|deleted} of uncommitted outputs; per file when DVC has the directory
     manifest (.dvc/cache/files/md5/xx/….dir), else per output directory (path ending in /)."""
-    from dvc.repo import Repo
+    from dvc.repo import Repo  # deferred: DVC's import takes ~1 s and only this check needs it
 
     # no_scm: the audit needs the workspace-vs-dvc.lock comparison only, and works outside git too
     with Repo(str(root), config={"core": {"no_scm": True}}) as repo:

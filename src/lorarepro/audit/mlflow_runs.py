@@ -6,17 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
 from lorarepro import tracking
-from lorarepro.audit import record
+from lorarepro.audit.report import record
 
 FIX = ("retrain the run so that MLflow and the result JSON agree: delete the result JSON and "
        "rerun `snakemake --cores 2`")
 
 
 def check(config: dict, runs: list) -> list[dict]:
-    from mlflow.tracking import MlflowClient
-
-    uri = tracking._client(config)[0].tracking_uri
+    uri = tracking.mlflow_client(config)[0].tracking_uri
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         if not db.is_file():  # opening it would create an empty store
@@ -36,8 +37,6 @@ def check(config: dict, runs: list) -> list[dict]:
 
 def _check_run(client, run) -> tuple[dict, bool]:
     """(record, whether the store knows the run)."""
-    from mlflow.exceptions import MlflowException
-
     result = run.result
     run_id = (result.get("lineage") or {}).get("mlflow_run_id")
     if not run_id:
@@ -51,7 +50,7 @@ def _check_run(client, run) -> tuple[dict, bool]:
         problems.append(f"run {run_id} is {tracked.info.lifecycle_stage}")
     if tracked.info.status != "FINISHED":
         problems.append(f"run {run_id} is {tracked.info.status}")
-    params = {k: str(v) for k, v in tracking._flatten(result.get("config") or {}).items()}
+    params = {k: str(v) for k, v in tracking.flatten(result.get("config") or {}).items()}
     logged = tracked.data.params
     problems += [f"param {k}: result {v!r}, MLflow {logged.get(k)!r}" for k, v in sorted(params.items())
                  if logged.get(k) != v][:3]

@@ -1,6 +1,7 @@
-"""The audit's outputs: results/audit/report.md for people (one line per check, failures first, each
-naming the file and the fix) and results/audit/audit.json for machines. Both are deterministic (no
-timings or dates), so an unchanged audit rewrites identical files."""
+"""The audit's records (`record`: one per check and file, with its status) and its outputs:
+results/audit/report.md for people (one line per check, failures first, each naming the file and
+the fix) and results/audit/audit.json for machines. Both are deterministic (no timings or dates),
+so an unchanged audit rewrites identical files."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ from tabulate import tabulate
 
 from lorarepro import paths
 from lorarepro.atomic import write_text
-from lorarepro.audit import STATUSES
+
+STATUSES = ("fail", "warn", "skip", "info", "pass")  # report order: failures first
+
+
+def record(check: str, status: str, file, detail: str = "", fix: str = "") -> dict:
+    if status not in STATUSES:
+        raise ValueError(f"unknown audit status {status!r} (known: {STATUSES})")
+    return {"check": check, "status": status, "file": str(file), "detail": detail, "fix": fix}
 
 
 def render_markdown(audit: dict) -> str:

@@ -9,52 +9,19 @@ import os
 import tempfile
 from pathlib import Path
 
-from lorarepro import families, paths
-from lorarepro.audit import record
+import torch
+from safetensors.torch import load_file
+
+from lorarepro import checkpoints, families, paths
+from lorarepro.audit.report import record
 from lorarepro.audit.artifacts import dict_diff
 
 FIX = "the checkpoint does not give the recorded metrics: restore it (`dvc checkout checkpoints`) or retrain it"
 
 
-def _deterministic(threads: int) -> None:
-    """The settings training ran under (train.run_task_method), so evaluation is bit-identical."""
-    import torch
-
-    from lorarepro.families.common import quiet_transformers
-
-    quiet_transformers()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-
-
-def load_trained(run: dict, seed: int):
-    """(model, tokenizer, manifest) as training evaluated it: backbone + PEFT adapter, not merged
-    (merging rounds differently), or the full fine-tuned model; safetensors only."""
-    import torch
-
-    from lorarepro.data import load_manifest
-
-    family = families.get(run["family"])
-    manifest = load_manifest(paths.prepared_dir(run["task"]))
-    ckpt = paths.checkpoint_dir(run["task"], run["method"], seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # a fresh head may be initialised before the saved one replaces it
-        if run["adapter"] is None:
-            model, tokenizer = family.load_for_task(ckpt, manifest)
-        else:
-            from peft import PeftModel
-
-            base, tokenizer = family.load_for_task(paths.backbone_dir(run["backbone"]), manifest)
-            model = PeftModel.from_pretrained(base, str(ckpt), use_safetensors=True)
-    return model.eval(), tokenizer, manifest
-
-
 def backbone_differences(model, run: dict) -> tuple[int, list[str]]:
     """(tensors compared, names that differ) between the loaded model's frozen backbone weights and
     models/<backbone>/model.safetensors: a LoRA-family run must leave the backbone bit-identical."""
-    import torch
-    from safetensors.torch import load_file
-
     saved = load_file(str(paths.backbone_dir(run["backbone"]) / "model.safetensors"))
     heads = families.get(run["family"]).head_modules()
     compared, differ = 0, []
@@ -72,19 +39,15 @@ def backbone_differences(model, run: dict) -> tuple[int, list[str]]:
 
 def reevaluate(runs: list, evaluation: dict | None = None) -> list[dict]:
     """`evaluation`: the config's section (a judge); a split not run comes back not run, with its reason."""
-    from lorarepro.evaluate import evaluate_splits
-
     out = []
     for run in runs:
         cfg = run.result["config"]
-        _deterministic(cfg.get("threads", 1))
         try:
-            model, tokenizer, manifest = load_trained(cfg, run.seed)
-        except Exception as err:  # any load failure is the finding (corrupt file, missing adapter, ...)
-            out.append(record("reevaluate", "fail", run.checkpoint, f"does not load: {type(err).__name__}: {err}", FIX))
+            metrics, not_run, model = checkpoints.evaluate_saved(cfg, run.seed, evaluation)
+        except Exception as err:  # any failure is the finding (corrupt file, missing adapter, ...)
+            out.append(record("reevaluate", "fail", run.checkpoint,
+                              f"does not load or evaluate: {type(err).__name__}: {err}", FIX))
             continue
-        metrics, not_run = evaluate_splits(families.get(cfg["family"]), model, tokenizer, paths.prepared_dir(run.task),
-                                           manifest, cfg["training"]["max_length"], evaluation)
         diff = dict_diff({"metrics": run.result.get("metrics") or {}, "not_run": run.result.get("not_run") or {}},
                          {"metrics": metrics, "not_run": not_run})
         problems = [f"metrics recorded vs re-evaluated: {'; '.join(diff)}"] if diff else []
@@ -113,12 +76,12 @@ def scratch_workspace():
 def retrain(config: dict, runs: list, gpu_tolerance: float) -> list[dict]:
     """Retrain each run from its recorded config and compare: exactly on CPU (metrics, final loss and
     checkpoint hash), within `gpu_tolerance` metric points on GPU. Not tracked in MLflow."""
-    from lorarepro.train import train_one
+    from lorarepro.training.train import train_one  # deferred: only `--retrain` trains
 
     out = []
     for run in runs:
         cfg = run.result["config"]
-        _deterministic(cfg.get("threads", 1))
+        checkpoints.deterministic(cfg.get("threads", 1))
         with scratch_workspace():
             again = train_one(config, cfg, run.seed)
         cpu = (run.result.get("resources") or {}).get("device", "cpu") == "cpu"

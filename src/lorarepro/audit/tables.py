@@ -1,5 +1,5 @@
 """Audit checks on the tables: every file the tables rule wrote is recomputed from the result JSONs
-(with lorarepro.tables itself, so there is one formula) and compared byte for byte; the runs each
+(with lorarepro.reporting.tables itself, so there is one formula) and compared byte for byte; the runs each
 table read equal the runs index.json lists for it; the paper's numbers sit beside ours."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lorarepro import paths, tables
-from lorarepro.audit import record
+from lorarepro import paths
+from lorarepro.reporting import tables
+from lorarepro.audit.report import record
 from lorarepro.config import specs
 
 REBUILD = "rebuild the tables from the result JSONs: `snakemake --cores 2 --forcerun tables`"

@@ -1,36 +1,32 @@
-"""Prepared datasets of the three task families (nlu, vision, generation) and their pretext corpora.
+"""Prepared datasets of the task families (nlu, vision, generation) and their pretext corpora.
 
 `prepare_task` / `prepare_pretext` write parquet splits plus a manifest (written last, with sha256
-fingerprints) into a directory; `load_split` / `load_manifest` read them back.
+fingerprints) into a directory; `load_split` / `load_manifest` read them back. Each family's data
+module (its `data` in lorarepro.families.FAMILIES) registers its generators and builds its pretext
+corpus (`pretext`) and vocabulary (`vocabulary`).
 """
 
+from importlib import import_module
 from pathlib import Path
 
 import pandas as pd
 
-from lorarepro.data import external, generation, nlu, vision
+from lorarepro.data import external, generation, nlu, vision  # noqa: F401  (their generators register)
 from lorarepro.data.io import (
     GENERATORS,
     SPLITS,
     get_generator,
     load_manifest,
     load_split,
-    register,
     verify_dataset,
     write_dataset,
 )
+from lorarepro.families import FAMILIES
 
-__all__ = ["GENERATORS", "load_manifest", "load_split", "prepare_pretext", "prepare_task",
-           "register", "verify_dataset", "vocabulary"]
+__all__ = ["GENERATED_SOURCES", "GENERATORS", "load_eval_splits", "load_manifest", "load_split", "prepare_pretext",
+           "prepare_task", "verify_dataset", "vocabulary"]
 
-FAMILIES = ("nlu", "vision", "generation")
-KEY_COLUMN = {"nlu": "text", "vision": "pixels", "generation": "question"}
-PRETEXT_SOURCE = {"nlu": "synthetic", "vision": "sklearn_digits", "generation": "synthetic"}
-
-
-def _check_family(family: str) -> None:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown task family {family!r}; known: {', '.join(FAMILIES)}")
+GENERATED_SOURCES = ("synthetic", "sklearn_digits")  # the other sources are external (lorarepro.data.external)
 
 
 def _check_disjoint(task: str, splits: dict[str, pd.DataFrame], key: str) -> None:
@@ -53,12 +49,16 @@ def prepare_task(name: str, task_cfg: dict, data_seed: int, out_dir: Path) -> di
     if family is not None and family != meta["family"]:
         raise ValueError(f"task {name!r}: family {family!r} does not match generator "
                          f"{task_cfg['generator']!r} (family {meta['family']!r})")
-    _check_disjoint(name, splits, KEY_COLUMN[meta["family"]])
+    _check_disjoint(name, splits, FAMILIES[meta["family"]].key)
     header = {"task": name, "source": task_cfg.get("source"), "generator": task_cfg["generator"],
               "data_seed": int(data_seed), **meta}
     if "mirrors" in task_cfg:
         header["mirrors"] = task_cfg["mirrors"]
     return write_dataset(out_dir, splits, header)
+
+
+def _data_module(family: str):
+    return import_module(FAMILIES[family].data)
 
 
 def prepare_pretext(family: str, data_seed: int, examples: int, out_dir: Path) -> dict:
@@ -67,22 +67,20 @@ def prepare_pretext(family: str, data_seed: int, examples: int, out_dir: Path) -
     nlu and generation produce `examples` distinct text rows; vision ignores `examples` and
     uses the whole pretext pool in all four rotations.
     """
-    _check_family(family)
-    header = {"task": f"pretext_{family}", "family": family, "source": PRETEXT_SOURCE[family],
-              "generator": "pretext", "data_seed": int(data_seed)}
-    if family == "vision":
-        frame = vision.pretext_frame(int(data_seed))
-        header.update(num_labels=4, image_size=vision.IMAGE_SIZE)
-    else:
-        module = nlu if family == "nlu" else generation
-        frame = pd.DataFrame(module.pretext_rows(int(data_seed), int(examples)))
-    header["examples"] = int(len(frame))
+    frame, extra = _data_module(family).pretext(int(data_seed), int(examples))
+    header = {"task": f"pretext_{family}", "family": family, "source": FAMILIES[family].pretext_source,
+              "generator": "pretext", "data_seed": int(data_seed), **extra, "examples": int(len(frame))}
     return write_dataset(out_dir, {"pretext": frame}, header)
 
 
 def vocabulary(family: str) -> list[str]:
     """Every word the family's generators emit (tasks and pretext), sorted; digits singly."""
-    _check_family(family)
-    if family == "vision":
-        raise ValueError("the vision family has no text, hence no vocabulary")
-    return (nlu if family == "nlu" else generation).vocabulary()
+    module = _data_module(family)
+    if not hasattr(module, "vocabulary"):
+        raise ValueError(f"the {family} family has no text, hence no vocabulary")
+    return module.vocabulary()
+
+
+def load_eval_splits(task_dir: Path, manifest: dict) -> dict[str, pd.DataFrame]:
+    """Every split a run is evaluated on (all but train), in manifest order."""
+    return {split: load_split(task_dir, split) for split in manifest["splits"] if split != "train"}

@@ -139,7 +139,7 @@ def read_source(task: str, source: dict) -> pd.DataFrame:
 
 
 def _read_hub(source: dict) -> pd.DataFrame:
-    import datasets
+    import datasets  # deferred: its import takes ~1 s; only hub sources need it
 
     ds = datasets.load_dataset(source["dataset"], source.get("subset"), split=source["split"],
                                revision=source.get("revision"))

@@ -8,10 +8,11 @@ seed-independent hash bucket that task questions never use.
 """
 
 import numpy as np
+import pandas as pd
 
 from lorarepro.data.io import (
+    GENERATORS,
     cut_splits,
-    register,
     rng_for,
     sample_unique,
     split_sizes,
@@ -111,7 +112,7 @@ def _problem(rng: np.random.Generator) -> dict | None:
     return row
 
 
-@register("arithmetic")
+@GENERATORS.register("arithmetic")
 def arithmetic(task: str, task_cfg: dict, data_seed: int) -> tuple[dict, dict]:
     sizes = split_sizes(task, task_cfg)
     rng = rng_for(data_seed, "generation", task)
@@ -164,6 +165,11 @@ def pretext_rows(data_seed: int, examples: int) -> list[dict]:
     """Equations and narrative sentences, no questions or answers; distinct rows."""
     rng = rng_for(data_seed, "generation", "pretext")
     return sample_unique("pretext_generation", rng, _pretext_row, "text", int(examples))
+
+
+def pretext(data_seed: int, examples: int) -> tuple[pd.DataFrame, dict]:
+    """The pretext corpus (pretext_rows) and what its manifest adds (nothing)."""
+    return pd.DataFrame(pretext_rows(data_seed, examples)), {}
 
 
 def vocabulary() -> list[str]:

@@ -16,28 +16,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lorarepro import atomic
+from lorarepro.hashing import sha256_file
+from lorarepro.registry import Registry
 
 SPLITS = ("train", "validation", "test")
 
-GENERATORS: dict[str, Callable] = {}
-
-
-def register(name: str) -> Callable:
-    """Decorator adding a generator `fn(task, task_cfg, data_seed) -> (splits, meta)`."""
-
-    def add(fn: Callable) -> Callable:
-        if name in GENERATORS:
-            raise ValueError(f"data generator {name!r} is already registered")
-        GENERATORS[name] = fn
-        return fn
-
-    return add
+# name -> fn(task, task_cfg, data_seed) -> (splits, meta); each data module registers its own
+GENERATORS = Registry("data generator")
 
 
 def get_generator(task: str, generator: str) -> Callable:
     if generator not in GENERATORS:
-        known = ", ".join(sorted(GENERATORS))
-        raise ValueError(f"task {task!r}: unknown data generator {generator!r}; known: {known}")
+        raise ValueError(f"task {task!r}: unknown data generator {generator!r}; known: {', '.join(sorted(GENERATORS))}")
     return GENERATORS[generator]
 
 
@@ -98,10 +88,6 @@ def flip_labels(rng: np.random.Generator, labels: np.ndarray, num_labels: int, r
     return labels
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def fingerprint(split_hashes: Iterable[str]) -> str:
     """One hash of a whole prepared dataset: sha256 over its sorted split hashes."""
     return hashlib.sha256("\n".join(sorted(split_hashes)).encode()).hexdigest()
@@ -113,7 +99,7 @@ def write_parquet(df: pd.DataFrame, path: Path) -> str:
 
     def write(tmp: Path) -> str:
         pq.write_table(table, tmp, compression="zstd")
-        return file_sha256(tmp)
+        return sha256_file(tmp)
 
     return atomic.write_with(path, write)
 
@@ -164,7 +150,7 @@ def verify_dataset(task_dir: Path) -> dict:
         path = Path(task_dir) / entry["file"]
         if not path.is_file():
             raise FileNotFoundError(f"prepared split file not found: {path} (listed in {Path(task_dir) / 'manifest.json'})")
-        if file_sha256(path) != entry["sha256"]:
+        if sha256_file(path) != entry["sha256"]:
             raise ValueError(f"{path}: content differs from the sha256 in its manifest (corrupt or modified; "
                              "delete the directory and rerun prepare_data)")
     return manifest

@@ -11,11 +11,12 @@ pretraining corpus never holds a task sentence.
 from functools import partial
 
 import numpy as np
+import pandas as pd
 
 from lorarepro.data.io import (
+    GENERATORS,
     cut_splits,
     flip_labels,
-    register,
     rng_for,
     sample_unique,
     split_sizes,
@@ -314,17 +315,17 @@ def _prepare(task: str, task_cfg: dict, data_seed: int, kind: str, make) -> tupl
     return cut_splits(rows, sizes), meta
 
 
-@register("sentiment")
+@GENERATORS.register("sentiment")
 def sentiment(task: str, task_cfg: dict, data_seed: int) -> tuple[dict, dict]:
     return _prepare(task, task_cfg, data_seed, "sentiment", _sentiment_example)
 
 
-@register("nli")
+@GENERATORS.register("nli")
 def nli(task: str, task_cfg: dict, data_seed: int) -> tuple[dict, dict]:
     return _prepare(task, task_cfg, data_seed, "nli", _nli_example)
 
 
-@register("paraphrase")
+@GENERATORS.register("paraphrase")
 def paraphrase(task: str, task_cfg: dict, data_seed: int) -> tuple[dict, dict]:
     return _prepare(task, task_cfg, data_seed, "paraphrase", _paraphrase_example)
 
@@ -387,6 +388,11 @@ def pretext_rows(data_seed: int, examples: int) -> list[dict]:
     sentences = sample_unique("pretext_nlu", rng, _pretext_sentence, "text", int(examples) - n_lexical)
     lexical = [_lexical_example(rng) for _ in range(n_lexical)]
     return [dict(r, target="") for r in sentences] + lexical
+
+
+def pretext(data_seed: int, examples: int) -> tuple[pd.DataFrame, dict]:
+    """The pretext corpus (pretext_rows) and what its manifest adds (nothing)."""
+    return pd.DataFrame(pretext_rows(data_seed, examples)), {}
 
 
 def vocabulary() -> list[str]:

@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from lorarepro.data.io import SPLITS, register, rng_for, split_sizes
+from lorarepro.data.io import GENERATORS, SPLITS, rng_for, split_sizes
 
 IMAGE_SIZE = 8
 NUM_CLASSES = 10
@@ -29,7 +29,7 @@ OCCLUSION_VALUE = 0.5  # mid-grey differs from both the digits' ink and their ba
 @lru_cache(maxsize=1)
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     """All distinct digits images as float32 [N, 8, 8] in [0, 1], and their labels."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # deferred: scikit-learn's import is slow
 
     data = load_digits()
     flat = data.images.reshape(len(data.images), -1)
@@ -64,7 +64,7 @@ def _frame(images: np.ndarray, labels: np.ndarray, corruption=None) -> pd.DataFr
 
 
 def _corrupt_one(image: np.ndarray, kind: str, s: int, noise: np.ndarray, anchor) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
+    from scipy.ndimage import gaussian_filter  # deferred: only corrupted copies need scipy
 
     i = s - 1
     if kind == "gaussian_noise":
@@ -120,12 +120,12 @@ def _prepare(task: str, task_cfg: dict, data_seed: int, transform) -> tuple[dict
     return splits, meta
 
 
-@register("digits")
+@GENERATORS.register("digits")
 def digits(task: str, task_cfg: dict, data_seed: int) -> tuple[dict, dict]:
     return _prepare(task, task_cfg, data_seed, lambda images: images.copy())
 
 
-@register("digits_inverted")
+@GENERATORS.register("digits_inverted")
 def digits_inverted(task: str, task_cfg: dict, data_seed: int) -> tuple[dict, dict]:
     return _prepare(task, task_cfg, data_seed, invert_transpose)
 
@@ -139,9 +139,14 @@ def pretext_frame(data_seed: int) -> pd.DataFrame:
     return _frame(rotated[order], labels[order])
 
 
+def pretext(data_seed: int, examples: int) -> tuple[pd.DataFrame, dict]:
+    """The pretext corpus (pretext_frame: `examples` does not apply) and what its manifest adds."""
+    return pretext_frame(data_seed), {"num_labels": 4, "image_size": IMAGE_SIZE}
+
+
 def pixels_to_tensor(df: pd.DataFrame):
     """The `pixels` column as a float tensor [N, 1, 8, 8]."""
-    import torch
+    import torch  # deferred: config checks import lorarepro.data, and must not pay for torch
 
     if len(df) == 0:
         return torch.zeros(0, 1, IMAGE_SIZE, IMAGE_SIZE)

@@ -1,8 +1,8 @@
 """Task families: how a family's backbone is built and pretrained, how its data becomes batches,
-and how its metric is computed. One module per family, registered by name.
+and how its metric is computed. One module per family; its facts are registered here, once.
 
 Each family module provides:
-    ARCH, METRIC                                   architecture key and metric name
+    METRIC                                         metric name (a task's `metric` may choose another)
     TEXT                                           has a tokenizer
     build_backbone(size, vocab) -> (model, tokenizer | None)
     pretext_batch(tokenizer, rows, rng, max_length) -> dict   one pretraining batch from pretext rows
@@ -13,16 +13,44 @@ Each family module provides:
     evaluate(model, tokenizer, df, manifest, max_length) -> float   metric in percent (generation's also
                                                    takes `evaluation=`, the config's judge, for a task
                                                    whose manifest `metric` needs one; it may raise
-                                                   evaluate.NotRun)
+                                                   lorarepro.evaluation.NotRun)
 """
 
+from dataclasses import dataclass
 from importlib import import_module
 
-FAMILIES = ("nlu", "vision", "generation")
+from lorarepro.registry import Registry
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family's facts, known without importing its modules (the model side pulls in a
+    transformers architecture)."""
+
+    archs: tuple[str, ...]  # backbone architectures its tasks run on; `source: pretrain` builds the first
+    module: str  # the model side: build, load, encode, evaluate (this package)
+    data: str  # the data side: generators, pretext corpus (`pretext`), vocabulary (lorarepro.data)
+    key: str  # the prepared column that identifies an example (no two splits may share one)
+    pretext_source: str  # where its pretext corpus comes from (recorded in the pretext manifest)
+
+
+FAMILIES = Registry("task family")
+FAMILIES.register("nlu", Family(("t5", "encoder"), "lorarepro.families.nlu", "lorarepro.data.nlu", "text", "synthetic"))
+FAMILIES.register("vision", Family(("vit", "clip"), "lorarepro.families.vision", "lorarepro.data.vision", "pixels",
+                                   "sklearn_digits"))
+FAMILIES.register("generation", Family(("llama",), "lorarepro.families.generation", "lorarepro.data.generation",
+                                       "question", "synthetic"))
 
 
 def get(name: str):
-    """The family module for `name` (imported lazily: each pulls in a transformers architecture)."""
-    if name not in FAMILIES:
-        raise ValueError(f"unknown family '{name}' (known: {list(FAMILIES)})")
-    return import_module(f"lorarepro.families.{name}")
+    """The family module for `name` (imported on first use)."""
+    return import_module(FAMILIES[name].module)
+
+
+def of_arch(arch: str) -> str:
+    """The family a pipeline-built backbone of architecture `arch` serves (t5 -> nlu, ...)."""
+    for name, family in FAMILIES.items():
+        if family.archs[0] == arch:
+            return name
+    raise ValueError(f"no family builds backbones of architecture {arch!r} "
+                     f"(known: {sorted(f.archs[0] for f in FAMILIES.values())})")

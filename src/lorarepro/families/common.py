@@ -1,9 +1,15 @@
 """Shared pieces of the text families: word-level tokenizers, padding, batch indexing."""
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers.utils import logging
+
+from lorarepro.paths import BACKBONE_MARKER
 
 SPECIAL = ["<pad>", "</s>", "<unk>", "<s>"]
 SENTINELS = [f"<extra_id_{i}>" for i in range(16)]
@@ -15,9 +21,6 @@ def build_tokenizer(vocab: list[str], sentinels: bool = False):
     The hub's tokenizers cannot be downloaded here, and a tiny model wants a tiny vocabulary; this one
     is saved with save_pretrained and reloaded with AutoTokenizer like any hub tokenizer.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     tokens = SPECIAL + (SENTINELS if sentinels else []) + [w for w in vocab if w not in SPECIAL]
     tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -32,12 +35,6 @@ def build_tokenizer(vocab: list[str], sentinels: bool = False):
 def load_tokenizer(backbone_dir: Path):
     """The saved tokenizer; custom tokenizer code runs only if the backbone's config entry allowed it
     (`trust_remote_code`, recorded in the backbone's completion marker by lorarepro.backbone)."""
-    import json
-
-    from transformers import AutoTokenizer
-
-    from lorarepro.paths import BACKBONE_MARKER
-
     marker = Path(backbone_dir) / BACKBONE_MARKER
     trust = bool(json.loads(marker.read_text()).get("trust_remote_code", False)) if marker.is_file() else False
     return AutoTokenizer.from_pretrained(str(backbone_dir), trust_remote_code=trust)
@@ -73,7 +70,5 @@ class Encoded:
 
 def quiet_transformers() -> None:
     """Silence load reports and progress bars; the job log keeps our own progress lines."""
-    from transformers.utils import logging
-
     logging.set_verbosity_error()
     logging.disable_progress_bar()

@@ -2,8 +2,8 @@
 
 Training is next-token prediction on `question solution`, with the loss on the solution only.
 Evaluation decodes greedily; the task's `metric` picks the score: exact match of the extracted final
-number (default), HumanEval pass@1 of the completion run in a sandbox (lorarepro.humaneval), or
-MT-Bench, two-turn answers rated by a judge model (lorarepro.judge).
+number (default), HumanEval pass@1 of the completion run in a sandbox (lorarepro.evaluation.humaneval), or
+MT-Bench, two-turn answers rated by a judge model (lorarepro.evaluation.judge).
 """
 
 import re
@@ -11,19 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from lorarepro import device
+from lorarepro import device, paths
+from lorarepro.evaluation import humaneval, judge
 from lorarepro.families.common import Encoded, build_tokenizer, ids, load_tokenizer, pad, quiet_transformers
+from lorarepro.registry import Registry
 
 TEXT = True  # has a tokenizer built from the family vocabulary
-ARCH = "llama"
 METRIC = "exact_match"
 MAX_NEW_TOKENS = 32  # the tiny tasks' solutions; a task's `max_new_tokens` (manifest) overrides it
 
 
 def build_backbone(size: dict, vocab: list[str]):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tokenizer = build_tokenizer(vocab)
     config = LlamaConfig(
         vocab_size=len(tokenizer), max_position_embeddings=128, tie_word_embeddings=True,
@@ -47,8 +47,6 @@ def pretext_batch(tokenizer, rows, rng: np.random.Generator, max_length: int) ->
 
 
 def load_for_task(backbone_dir: Path, manifest: dict):
-    from transformers import LlamaForCausalLM
-
     quiet_transformers()
     tokenizer = load_tokenizer(backbone_dir)
     return LlamaForCausalLM.from_pretrained(str(backbone_dir), use_safetensors=True), tokenizer
@@ -139,9 +137,7 @@ def chat_answers(model, tokenizer, conversations: list[list[str]], manifest: dic
 
 
 def _mt_bench(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int, evaluation: dict | None) -> float:
-    """MT-Bench score (1-10) of a judge (`evaluation.judge`; lorarepro.judge), or NotRun without one."""
-    from lorarepro import judge, paths
-
+    """MT-Bench score (1-10) of a judge (`evaluation.judge`; lorarepro.evaluation.judge), or NotRun without one."""
     grader = judge.make_judge((evaluation or {}).get("judge"))  # NotRun before any answer is generated
     # at most 16 conversations a batch: two turns of up to ~1K new tokens each keep a 7B model's KV cache small
     answers = chat_answers(model, tokenizer, [list(p) for p in df["prompts"]], manifest, max_length, min(batch_size, 16))
@@ -159,9 +155,7 @@ def _exact_match(model, tokenizer, df, manifest: dict, max_length: int, batch_si
 
 
 def _humaneval(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int, evaluation: dict | None) -> float:
-    """HumanEval pass@1 (%): greedy completions run in the sandbox (lorarepro.humaneval); NotRun unless opted in."""
-    from lorarepro import humaneval
-
+    """HumanEval pass@1 (%): greedy completions run in the sandbox (lorarepro.evaluation.humaneval); NotRun unless opted in."""
     opts = humaneval.require_opt_in(evaluation)  # before any work: nothing is generated or run without it
     prompts = _prompts(tokenizer, df, max_length)
     rows = _generate(model, tokenizer, prompts, manifest.get("max_new_tokens", MAX_NEW_TOKENS), batch_size,
@@ -176,7 +170,10 @@ def _humaneval(model, tokenizer, df, manifest: dict, max_length: int, batch_size
 
 
 # A task's `metric` (schema: tasks.<name>.metric, carried in the manifest) -> its scorer.
-METRICS = {"exact_match": _exact_match, "humaneval_pass_at_1": _humaneval, "mt_bench": _mt_bench}
+METRICS = Registry("generation metric")
+METRICS.register("exact_match", _exact_match)
+METRICS.register("humaneval_pass_at_1", _humaneval)
+METRICS.register("mt_bench", _mt_bench)
 
 
 @torch.no_grad()

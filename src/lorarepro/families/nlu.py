@@ -14,18 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoModelForSequenceClassification, T5Config, T5ForConditionalGeneration
 
 from lorarepro import device
 from lorarepro.families.common import SENTINELS, Encoded, build_tokenizer, ids, load_tokenizer, pad, quiet_transformers
 
 TEXT = True  # has a tokenizer built from the family vocabulary
-ARCH = "t5"
 METRIC = "accuracy"
 
 
 def build_backbone(size: dict, vocab: list[str]):
-    from transformers import T5Config, T5ForConditionalGeneration
-
     tokenizer = build_tokenizer(vocab, sentinels=True)
     config = T5Config(
         vocab_size=len(tokenizer), dropout_rate=0.0, feed_forward_proj="relu",
@@ -82,8 +80,6 @@ def _classifier_dir(path: str) -> bool:
 
 
 def load_for_task(backbone_dir: Path, manifest: dict):
-    from transformers import AutoModelForSequenceClassification, T5ForConditionalGeneration
-
     quiet_transformers()
     tokenizer = load_tokenizer(backbone_dir)
     if is_classifier(tokenizer):

@@ -11,12 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, ViTConfig, ViTForImageClassification
+from transformers.modeling_outputs import ImageClassifierOutput
 
 from lorarepro import device
 from lorarepro.families.common import Encoded, quiet_transformers
 
-TEXT = False  # has a tokenizer built from the family vocabulary
-ARCH = "vit"
+TEXT = False  # no tokenizer: images
 METRIC = "accuracy"
 
 
@@ -31,8 +34,6 @@ def _images(processor, blobs) -> torch.Tensor:
     """Encoded image files (the `image` column of hub/local data) through the backbone's image
     processor (resize, RGB, normalisation); decoded per batch, since a dataset of 224x224 float
     tensors would not fit in memory."""
-    from PIL import Image
-
     if processor is None:
         raise ValueError("images from files need the backbone's image processor (preprocessor_config.json in its directory)")
     return processor(images=[Image.open(io.BytesIO(b)).convert("RGB") for b in blobs], return_tensors="pt")["pixel_values"]
@@ -45,8 +46,6 @@ def _inputs(processor, df, idx) -> torch.Tensor:
 
 
 def build_backbone(size: dict, vocab: list[str]):
-    from transformers import ViTConfig, ViTForImageClassification
-
     config = ViTConfig(num_channels=1, num_labels=4, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **size)
     return ViTForImageClassification(config), None
 
@@ -71,8 +70,6 @@ class ClipClassifier(torch.nn.Module):
         self.head.requires_grad_(False)
 
     def forward(self, pixel_values, labels=None):
-        from transformers.modeling_outputs import ImageClassifierOutput
-
         emb = self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
         logits = self.head(emb / emb.norm(dim=-1, keepdim=True))
         loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
@@ -80,15 +77,11 @@ class ClipClassifier(torch.nn.Module):
 
     def save_pretrained(self, out_dir, safe_serialization: bool = True) -> None:
         """Full fine-tuning's checkpoint: every weight (tower, projection, frozen head) as safetensors."""
-        from safetensors.torch import save_file
-
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(Path(out_dir) / "model.safetensors"))
 
 
 def _load_clip(backbone_dir: Path, manifest: dict) -> ClipClassifier:
-    from transformers import AutoTokenizer, CLIPModel
-
     names = manifest.get("class_names")
     if not names:
         raise ValueError(f"task '{manifest['task']}': a CLIP backbone needs class names (label_names, image folders or hub ClassLabel)")
@@ -103,14 +96,10 @@ def _load_clip(backbone_dir: Path, manifest: dict) -> ClipClassifier:
 
 
 def load_for_task(backbone_dir: Path, manifest: dict):
-    from transformers import ViTForImageClassification
-
     quiet_transformers()
     n = manifest["num_labels"]
     config = json.loads((Path(backbone_dir) / "config.json").read_text())
     if config.get("model_type") == "clip":
-        from transformers import AutoImageProcessor
-
         return _load_clip(backbone_dir, manifest), AutoImageProcessor.from_pretrained(str(backbone_dir))
     model = ViTForImageClassification.from_pretrained(
         str(backbone_dir), num_labels=n, id2label={i: str(i) for i in range(n)},
@@ -118,8 +107,6 @@ def load_for_task(backbone_dir: Path, manifest: dict):
     )
     processor = None
     if (Path(backbone_dir) / "preprocessor_config.json").is_file():  # hub/local models; the tiny one takes pixels
-        from transformers import AutoImageProcessor
-
         processor = AutoImageProcessor.from_pretrained(str(backbone_dir))
     return model, processor
 

@@ -1,6 +1,7 @@
 """Flat-LoRA: a random perturbation of the full weight space, regenerated from seeds.
 
-Specification: ``/work/shared/DESIGN.md``, section "Flat-LoRA (what the method is)".
+Paper: Li et al., "Flat-LoRA: Low-Rank Adaptation over a Flat Loss Landscape", ICML 2025
+(arXiv 2409.14396); this project's reading of it is the README's section "Flat-LoRA here".
 
 For every target linear layer with frozen weight ``W`` (m x n, out x in) and, for LoRA layers, the
 adapter delta ``s*BA``, at optimizer step ``t`` of ``T``::
@@ -57,7 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FlatLoRA", "flat_factor", "noise_seed"]
+from lorarepro.methods.lora import wrapped_linears
+
+__all__ = ["FlatLoRA", "flat_factor", "from_run", "noise_seed"]
 
 MODES = ("exact", "inplace")
 SCOPES = ("lora", "all")
@@ -191,8 +194,6 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
 
 def _lora_wrappers(model: nn.Module) -> tuple[dict[int, list[nn.Module]], set[int]]:
     """id(base linear) -> the PEFT LoraLayers wrapping it; ids of the modules of their adapters."""
-    from lorarepro.methods.lora import wrapped_linears
-
     wrappers: dict[int, list[nn.Module]] = {}
     adapter_parts: set[int] = set()
     for module, base in wrapped_linears(model, "Flat-LoRA"):
@@ -350,6 +351,24 @@ class FlatLoRA:
         weight = self._layers[layer_index].weight
         return _draw(sig, self._seeds[layer_index], weight.shape, weight.device)
 
+    # ----------------------------------------------------------------- the trainer's view (lorarepro.methods)
+
+    def resume_weights(self) -> dict[str, torch.Tensor] | None:
+        """In-place mode trains on W with its rounding drift: a resumed run must continue from that W."""
+        if self.mode != "inplace":
+            return None
+        return {f"{name}.weight": layer.weight for name, layer in zip(self.target_names, self._layers)}
+
+    def finish(self, pristine) -> dict:
+        """The run record's `flat` entry; in-place mode first measures its rounding drift against the
+        saved backbone (`pristine(target_names)`) and then restores W from it exactly."""
+        info: dict[str, Any] = {"mode": self.mode, "layers": len(self.target_names)}
+        if self.mode == "inplace":
+            reference = pristine(self.target_names)
+            info.update({f"drift_{k}": v for k, v in self.drift(reference).items()})
+            self.restore(reference)
+        return info
+
     # ----------------------------------------------------------------- drift (inplace mode)
 
     def snapshot(self) -> dict[str, torch.Tensor]:
@@ -446,3 +465,9 @@ class FlatLoRA:
             else:
                 layer.forward = previous
         self._saved_forward = []
+
+
+def from_run(model: nn.Module, settings: dict, total_steps: int, seed: int) -> FlatLoRA:
+    """The strategy of a run's resolved `flat` settings (lorarepro.methods.STRATEGIES)."""
+    return FlatLoRA(model, rho=settings["rho"], total_steps=total_steps, seed=seed, mode=settings["mode"],
+                    scope=settings["scope"])

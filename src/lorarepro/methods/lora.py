@@ -3,7 +3,7 @@
 A method's `adapter:` entry (documented in workflow/schemas/params.schema.yaml) maps onto PEFT's own
 config fields: `use_rslora`, `use_dora`, `init` -> `init_lora_weights` ("pissa", "lora_ga" with PEFT's
 `preprocess_loraga`), `type: adalora` -> `AdaLoraConfig`, `loraplus_lr_ratio` ->
-`peft.optimizers.create_loraplus_optimizer` (see `lorarepro.loop.make_optimizer`). Nothing here
+`peft.optimizers.create_loraplus_optimizer` (see `lorarepro.training.loop.make_optimizer`). Nothing here
 re-implements a method PEFT has.
 
 Targets are derived from the model, not hard-coded, because module names differ per architecture
@@ -13,6 +13,9 @@ PiSSA and LoRA-GA move part of W into the adapter at init (W_res = W - s·B0A0).
 are saved the PEFT way (`save_pretrained(path_initial_model_for_weight_conversion=...)`), which turns
 them into a plain rank-2r LoRA delta against the ORIGINAL backbone, so `PeftModel.from_pretrained`
 on the pristine backbone reproduces the evaluated model.
+
+torch, PEFT and safetensors are imported inside the functions that use them ("deferred"): config
+checks (lorarepro.experiment) import this module for `max_rank` and must not pay for them.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ _INIT = {"default": True, "pissa": "pissa", "lora_ga": "lora_ga"}
 
 def linear_targets(model: torch.nn.Module, heads: list[str]) -> list[str]:
     """Full names of every nn.Linear not inside a head module."""
-    import torch  # local: config validation imports this module and must stay light
+    import torch  # deferred (module docstring)
 
     names = []
     for name, module in model.named_modules():
@@ -39,8 +42,8 @@ def linear_targets(model: torch.nn.Module, heads: list[str]) -> list[str]:
 def wrapped_linears(model: torch.nn.Module, method: str):
     """(PEFT LoraLayer, its base nn.Linear) for every adapter layer; `method` names who refuses any
     other base layer (Flat-LoRA and SAM-W perturb linear weights only)."""
-    import torch
-    from peft.tuners.lora import LoraLayer  # local imports: config validation imports this module
+    import torch  # deferred (module docstring)
+    from peft.tuners.lora import LoraLayer  # deferred (module docstring)
 
     for name, module in model.named_modules():
         if not isinstance(module, LoraLayer):
@@ -77,7 +80,7 @@ def gradient_steps(adapter: dict | None) -> int:
 
 def peft_config(adapter: dict, targets: list[str], modules_to_save: list[str] | None, total_steps: int):
     """The PEFT config of one `adapter:` entry (LoraConfig or AdaLoraConfig)."""
-    from peft import AdaLoraConfig, LoraConfig, LoraGAConfig
+    from peft import AdaLoraConfig, LoraConfig, LoraGAConfig  # deferred (module docstring)
 
     common = dict(
         lora_alpha=adapter.get("alpha", adapter["r"]),
@@ -107,7 +110,7 @@ def apply(model: torch.nn.Module, adapter: dict, heads: list[str], train_heads: 
     `total_steps` is AdaLoRA's rank-budget horizon; `gradient_batches()` yields the training batches
     whose averaged gradient LoRA-GA's init decomposes (PEFT's `preprocess_loraga`).
     """
-    from peft import get_peft_model, preprocess_loraga
+    from peft import get_peft_model, preprocess_loraga  # deferred (module docstring)
 
     targets = linear_targets(model, heads)
     if max_rank(adapter) > smallest_dim(model, targets):
@@ -157,7 +160,7 @@ def initial_state(model, adapter: dict | None) -> dict | None:
     save a delta against the original backbone); None otherwise."""
     if adapter is None or adapter.get("init", "default") not in MUTATING_INITS:
         return None
-    from peft import get_peft_model_state_dict
+    from peft import get_peft_model_state_dict  # deferred (module docstring)
 
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
 
@@ -168,7 +171,7 @@ def save(model, out_dir: Path, initial: dict | None) -> None:
     if initial is None:
         model.save_pretrained(out_dir, safe_serialization=True)
         return
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # deferred (module docstring)
 
     with tempfile.TemporaryDirectory() as scratch:
         init_dir = Path(scratch) / "initial"
@@ -181,8 +184,8 @@ def save(model, out_dir: Path, initial: dict | None) -> None:
 def _restore_non_lora_weights(model, out_dir: Path) -> None:
     """PEFT's conversion keeps only lora_A/lora_B tensors (PEFT 0.21): the fully trained heads
     (modules_to_save, e.g. a ViT classifier) would be lost; put them back from the trained model."""
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import load_file, save_file
+    from peft import get_peft_model_state_dict  # deferred (module docstring)
+    from safetensors.torch import load_file, save_file  # deferred (module docstring)
 
     path = out_dir / "adapter_model.safetensors"
     saved = load_file(str(path))

@@ -25,7 +25,7 @@ layer plus one layer). That is the size of the targeted base weights -- the cost
 (negligible). Compute: two forward/backward passes per step, and SAM-W's first backward also forms
 the O(tokens * m * n) weight gradients.
 
-Protocol with the training loop (``lorarepro.loop.train_steps`` calls it)::
+Protocol with the training loop (``lorarepro.training.loop.train_steps`` calls it)::
 
     sam = SAM(model, rho=0.05, space="weight")
     for step, micro_batches in enumerate(plan):
@@ -51,17 +51,19 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
-__all__ = ["SAM", "SPACES"]
+from lorarepro.methods.lora import wrapped_linears
+
+__all__ = ["SAM", "SPACES", "from_run"]
 
 SPACES = ("weight", "lora", "trainable")
 
 
 def _base_weights(model: nn.Module) -> list[nn.Parameter]:
     """The frozen base weight of every PEFT LoraLayer wrapping a linear (tied weights once)."""
-    from lorarepro.methods.lora import wrapped_linears
-
     out, seen = [], set()
     for _, base in wrapped_linears(model, "SAM-W"):
         if id(base.weight) not in seen:
@@ -72,8 +74,6 @@ def _base_weights(model: nn.Module) -> list[nn.Parameter]:
 
 def _adapter_params(model: nn.Module) -> list[nn.Parameter]:
     """Trainable parameters of the PEFT LoRA adapters (lora_A, lora_B, ... of every LoraLayer)."""
-    from peft.tuners.lora import LoraLayer
-
     out, seen = [], set()
     for module in model.modules():
         if not isinstance(module, LoraLayer):
@@ -87,11 +87,9 @@ def _adapter_params(model: nn.Module) -> list[nn.Parameter]:
 
 
 def _average_over_ranks(grads: list[torch.Tensor]) -> None:
-    """Data-parallel ranks (lorarepro.distributed) run pass 1 without DDP's sync and SAM-W's base-weight
+    """Data-parallel ranks (lorarepro.training.ranks) run pass 1 without DDP's sync and SAM-W's base-weight
     gradients are outside DDP anyway: average them here, so every rank ascends along the same,
     full-batch gradient (each rank's pass-1 loss carries its share of the batch times the world size)."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
     world = dist.get_world_size()
@@ -191,11 +189,24 @@ class SAM:
                 w.requires_grad_(False)
         self._step = None
 
+    def resume_weights(self) -> None:
+        """Nothing beyond the trainable parameters: every step ends with the weights restored."""
+        return None
+
+    def finish(self, pristine) -> None:
+        """Nothing to report or undo after training (lorarepro.methods.finish)."""
+        return None
+
     def _restore(self) -> None:
         with torch.no_grad():
             for p, saved in zip(self._targets, self._saved):
                 p.copy_(saved)
         self._saved = None
+
+
+def from_run(model: nn.Module, settings: dict, total_steps: int, seed: int) -> SAM:
+    """The strategy of a run's resolved `sam` settings (lorarepro.methods.STRATEGIES)."""
+    return SAM(model, rho=settings["rho"], space=settings["space"])
 
 
 def _rng_state() -> tuple:

@@ -1,0 +1,221 @@
+"""The experiment as the domain sees it: a config checked against the registries (families, data
+generators, adapters, step strategies, the judge), and one run's resolved settings.
+
+`lorarepro.config` reads and schema-validates the files; the cross-references here need the domain
+(a table naming an unknown method, a rank larger than the layer, a family without training
+defaults). Snakemake runs `check` when it builds the DAG and `resolve_run` for each train job's
+params; every other entry point calls `load`, so a job never trusts an unchecked file.
+"""
+
+import copy
+
+from lorarepro import methods
+from lorarepro.config import ConfigError, deep_merge, read, reported_pairs, resources, specs, validate_schema
+from lorarepro.data import GENERATED_SOURCES, GENERATORS
+from lorarepro.data.external import check_task
+from lorarepro.evaluation import judge
+from lorarepro.families import FAMILIES
+from lorarepro.methods.lora import MUTATING_INITS, max_rank
+
+DISTRIBUTED = {"processes": 1, "backend": "auto", "timeout_minutes": 60}  # training.<family>.distributed
+
+
+def load(*paths) -> dict:
+    """Read, merge and schema-validate the config files (lorarepro.config.read), then `check` them."""
+    config = read(*paths)
+    check(config)
+    return config
+
+
+def validate(config: dict) -> None:
+    """Schema validation plus cross-reference checks; raises ConfigError naming the offending key."""
+    validate_schema(config)
+    check(config)
+
+
+def check(config: dict) -> None:
+    """Cross-references the schema cannot express."""
+    for kind in ("tables", "figures"):
+        ids = [spec["id"] for spec in config.get(kind) or []]
+        if len(ids) != len(set(ids)):
+            raise ConfigError(f"config key '{kind}': duplicate ids {sorted({i for i in ids if ids.count(i) > 1})}")
+        for name, spec in specs(config, kind).items():
+            for task in spec["tasks"]:
+                if task not in config["tasks"]:
+                    raise ConfigError(f"config key '{kind}.{name}.tasks': unknown task '{task}' (known: {sorted(config['tasks'])})")
+            for method in spec["methods"]:
+                if method not in config["methods"]:
+                    raise ConfigError(f"config key '{kind}.{name}.methods': unknown method '{method}' (known: {sorted(config['methods'])})")
+    for spec in config.get("tables") or []:
+        baseline = spec.get("cost_baseline")
+        if baseline is not None and (not spec.get("cost") or baseline not in spec["methods"]):
+            raise ConfigError(f"config key 'tables.{spec['id']}.cost_baseline': '{baseline}' needs cost: true and must be one of the table's methods")
+    _check_families(config)
+    _check_tasks(config)
+    _check_methods(config)
+    _check_distributed(config)
+    try:
+        judge.check((config.get("evaluation") or {}).get("judge"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _check_families(config: dict) -> None:
+    """Family names and architectures are the registry's (lorarepro.families.FAMILIES), not the schema's."""
+    for family in config["training"]:
+        if family not in FAMILIES:
+            raise ConfigError(f"config key 'training.{family}': unknown task family '{family}' (known: {sorted(FAMILIES)})")
+    for name, task in config["tasks"].items():
+        if task["family"] not in FAMILIES:
+            raise ConfigError(f"config key 'tasks.{name}.family': unknown task family '{task['family']}' (known: {sorted(FAMILIES)})")
+    archs = [arch for family in FAMILIES.values() for arch in family.archs]
+    built = [family.archs[0] for family in FAMILIES.values()]
+    for name, backbone in config["backbones"].items():
+        if backbone["arch"] not in archs:
+            raise ConfigError(f"config key 'backbones.{name}.arch': unknown architecture '{backbone['arch']}' (known: {archs})")
+        if backbone["source"] == "pretrain" and backbone["arch"] not in built:
+            raise ConfigError(f"config key 'backbones.{name}.source': {backbone['arch']} backbones come from the hub or a "
+                              f"local directory; the pipeline pretrains {built} only")
+
+
+def _check_tasks(config: dict) -> None:
+    for name, task in config["tasks"].items():
+        backbone = config["backbones"].get(task["backbone"])
+        if backbone is None:
+            raise ConfigError(f"config key 'tasks.{name}.backbone': unknown backbone '{task['backbone']}' (known: {sorted(config['backbones'])})")
+        archs = FAMILIES[task["family"]].archs
+        if backbone["arch"] not in archs:
+            raise ConfigError(f"config key 'tasks.{name}.backbone': family '{task['family']}' needs a {' or '.join(archs)} backbone, '{task['backbone']}' is '{backbone['arch']}'")
+        metric = task.get("metric", "exact_match")
+        if metric != "exact_match" and (task["family"] != "generation" or task["source"] in GENERATED_SOURCES):
+            raise ConfigError(f"config key 'tasks.{name}.metric': '{metric}' is for generation tasks with hub or local data")
+        if task["source"] not in GENERATED_SOURCES:
+            try:
+                check_task(name, task)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+        elif task["generator"] not in GENERATORS:
+            raise ConfigError(f"config key 'tasks.{name}.generator': unknown generator '{task['generator']}' (known: {sorted(GENERATORS)})")
+        if task["family"] not in config["training"]:
+            raise ConfigError(f"config key 'training.{task['family']}': missing training defaults for family of task '{name}'")
+    for name, backbone in config["backbones"].items():
+        if backbone["source"] == "local" and "path" not in backbone:
+            raise ConfigError(f"config key 'backbones.{name}.path': required when source is 'local'")
+        if backbone["source"] == "hub" and "model" not in backbone:
+            raise ConfigError(f"config key 'backbones.{name}.model': required when source is 'hub'")
+        if backbone["source"] == "pretrain" and not {"size", "pretrain"} <= backbone.keys():
+            raise ConfigError(f"config key 'backbones.{name}': source 'pretrain' needs 'size' and 'pretrain'")
+
+
+def _check_methods(config: dict) -> None:
+    for name, method in config["methods"].items():
+        if method["adapter"] is not None:
+            _check_adapter(name, method["adapter"])
+        keys = [key for key in methods.STRATEGIES if method.get(key) is not None]
+        if len(keys) > 1:
+            raise ConfigError(f"config key 'methods.{name}.{keys[1]}': {' and '.join(keys)} are step strategies; choose one")
+        sam = method.get("sam")
+        if sam is not None and method["adapter"] is None and methods.settings("sam", None, sam)["space"] != "trainable":
+            raise ConfigError(f"config key 'methods.{name}.sam.space': full fine-tuning has no adapter; use space trainable")
+    for task_name, name in reported_pairs(config):
+        adapter, task = config["methods"][name]["adapter"], config["tasks"][task_name]
+        if adapter is None:
+            continue
+        backbone = config["backbones"][task["backbone"]]
+        smallest = _smallest_linear_dim(backbone)
+        if smallest is not None and max_rank(adapter) > smallest:
+            key = "adapter.adalora.init_r" if adapter["type"] == "adalora" else "adapter.r"
+            raise ConfigError(
+                f"config key 'methods.{name}.{key}': rank {max_rank(adapter)} exceeds the smallest "
+                f"linear dimension {smallest} of backbone '{task['backbone']}' (task '{task_name}')"
+            )
+        flat = resolve_run(config, task_name, name)["flat"]
+        if adapter.get("init") in MUTATING_INITS and flat is not None and flat["mode"] == "inplace":
+            raise ConfigError(
+                f"config key 'methods.{name}.flat.mode': inplace restores W from the saved backbone, which "
+                f"init '{adapter['init']}' rewrote; use mode exact (task '{task_name}')"
+            )
+
+
+def _check_distributed(config: dict) -> None:
+    """Data-parallel ranks need one GPU each (or none at all: CPU ranks with gloo)."""
+    for task, method in reported_pairs(config):
+        dp = distributed(resolve_run(config, task, method))
+        processes, backend = dp["processes"], dp["backend"]
+        gpu = resources(config, "train", task)["gpu"]
+        where = f"tasks.{task}.resources.gpu" if "gpu" in (config["tasks"][task].get("resources") or {}) else "resources.train.gpu"
+        if processes > 1 and gpu not in (0, processes):
+            raise ConfigError(f"config key '{where}': {gpu} GPU(s) for training.distributed.processes = {processes} "
+                              f"(task '{task}', method '{method}'); every rank needs its own GPU, so they must be equal")
+        if processes > 1 and gpu == 0 and backend == "nccl":
+            raise ConfigError(f"config key 'training.distributed.backend': nccl needs GPUs, but task '{task}' declares "
+                              f"{where} = 0 (use gloo or auto for CPU ranks)")
+
+
+def _check_adapter(name: str, adapter: dict) -> None:
+    """Combinations the schema cannot express; each error names the offending key."""
+    key = f"methods.{name}.adapter"
+    if adapter["type"] == "adalora":
+        for field in ("use_dora", "init", "init_batches", "loraplus_lr_ratio"):
+            if adapter.get(field) not in (None, False, "default"):
+                raise ConfigError(f"config key '{key}.{field}': not supported with type adalora")
+        ada = adapter.get("adalora") or {}
+        if ada.get("tinit", 0) + ada.get("tfinal", 0) >= 1:
+            raise ConfigError(f"config key '{key}.adalora': tinit + tfinal must be below 1 (some steps must prune)")
+        if ada.get("init_r", adapter["r"]) < adapter["r"]:
+            raise ConfigError(f"config key '{key}.adalora.init_r': {ada['init_r']} is below the target rank r = {adapter['r']}")
+        return
+    if "adalora" in adapter:
+        raise ConfigError(f"config key '{key}.adalora': only for type adalora")
+    if adapter.get("use_dora") and adapter.get("init", "default") != "default":
+        raise ConfigError(f"config key '{key}.init': '{adapter['init']}' is not supported with use_dora")
+    if "init_batches" in adapter and adapter.get("init") != "lora_ga":
+        raise ConfigError(f"config key '{key}.init_batches': only for init lora_ga")
+
+
+def _smallest_linear_dim(backbone: dict) -> int | None:
+    """Smallest in/out size of the backbone's linear layers, known before the model exists (pretrain only)."""
+    if backbone["source"] != "pretrain":
+        return None  # known only once a local model is loaded; checked at job start
+    size = backbone["size"]
+    dims = [v for k, v in size.items() if k in {"d_model", "d_ff", "hidden_size", "intermediate_size"}]
+    if "d_kv" in size:
+        dims.append(size["d_kv"] * size["num_heads"])
+    return min(dims) if dims else None
+
+
+def resolve_run(config: dict, task: str, method: str) -> dict:
+    """Everything one (task, method) run needs, with defaults deep-merged: family < method < task;
+    a step strategy's settings: its defaults < the family's `training.<key>` < the method's entry."""
+    if task not in config["tasks"]:
+        raise ConfigError(f"unknown task '{task}' (known: {sorted(config['tasks'])})")
+    if method not in config["methods"]:
+        raise ConfigError(f"unknown method '{method}' (known: {sorted(config['methods'])})")
+    task_cfg, method_cfg = config["tasks"][task], config["methods"][method]
+    training = deep_merge(config["training"][task_cfg["family"]], method_cfg.get("training") or {})
+    training = deep_merge(training, task_cfg.get("training") or {})
+    strategies = {}
+    for key in methods.STRATEGIES:
+        family_defaults = training.pop(key, None)
+        entry = method_cfg.get(key)
+        strategies[key] = None if entry is None else methods.settings(key, family_defaults, entry)
+    run = {
+        "task": task,
+        "method": method,
+        "family": task_cfg["family"],
+        "backbone": task_cfg["backbone"],
+        "adapter": copy.deepcopy(method_cfg["adapter"]),
+        **strategies,
+        "training": training,
+        "seeds": list(config["seeds"]),
+        "threads": config.get("threads", 1),
+    }
+    dtype = config["backbones"][task_cfg["backbone"]].get("dtype", "float32")
+    if dtype != "float32":  # only then: float32 runs keep their settings (and Snakemake params) unchanged
+        run["backbone_dtype"] = dtype
+    return run
+
+
+def distributed(run: dict) -> dict:
+    """A resolved run's data-parallel settings with defaults (processes 1: the plain single-process path)."""
+    return {**DISTRIBUTED, **(run["training"].get("distributed") or {})}

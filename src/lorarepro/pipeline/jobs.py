@@ -1,0 +1,123 @@
+"""The Snakemake jobs: one function per rule, named as the rule, taking the `snakemake` object of
+the rule's script adapter (workflow/scripts/job.py, the same ten lines for every rule).
+
+A job runs either in a warm, pre-imported process (lorarepro.pipeline.warm) or in the adapter's own
+process. Each job imports its body inside the function: the adapter that hands a job to the warm
+server imports this module and must start in tens of milliseconds, without torch.
+"""
+
+import contextlib
+import importlib
+import sys
+from pathlib import Path
+
+from lorarepro.families import of_arch
+from lorarepro.pipeline.gpus import claim
+
+# What the warm server imports once for all jobs ("module" or "module:attribute": transformers and
+# lorarepro import model classes lazily, on first use, so the classes the families load are named).
+PRELOAD = (
+    "lorarepro.training.train", "lorarepro.sharpness", "lorarepro.backbone", "lorarepro.data",
+    "lorarepro.reporting.tables", "lorarepro.reporting.figures", "lorarepro.reporting.captions", "lorarepro.audit",
+    "lorarepro.tracking", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "peft", "peft.optimizers",
+    "matplotlib.pyplot", "transformers:T5ForConditionalGeneration", "transformers:LlamaForCausalLM",
+    "transformers:ViTForImageClassification", "transformers:PreTrainedTokenizerFast",
+    "transformers:get_cosine_schedule_with_warmup",
+)
+
+
+def preload() -> None:
+    """The warm server's imports (lorarepro.pipeline.warm.serve), before it forks any job."""
+    for name in PRELOAD:
+        module, _, attribute = name.partition(":")
+        loaded = importlib.import_module(module)
+        if attribute:
+            getattr(loaded, attribute)
+    from sqlalchemy.orm import configure_mappers  # deferred: MLflow's ORM, imported by the preload above
+
+    configure_mappers()  # MLflow's store otherwise configures its ORM mappers in every job (~0.6 s)
+
+
+@contextlib.contextmanager
+def logged(log_path: str):
+    """Send the job's stdout/stderr (progress bars included) to its log file; errors go to both."""
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            yield
+        except BaseException as exc:
+            print(f"ERROR: {type(exc).__name__}: {exc}", file=log, flush=True)
+            print(f"ERROR ({log_path}): {type(exc).__name__}: {exc}", file=sys.__stderr__, flush=True)
+            raise
+
+
+def job_tags(smk) -> dict:
+    """The Snakemake job behind a tracked run: its rule and wildcards (the script object has no job id)."""
+    wildcards = ",".join(f"{k}={v}" for k, v in smk.wildcards.items())
+    return {"rule": smk.rule, "job": f"{smk.rule}[{wildcards}]"}
+
+
+def train(smk):
+    # claim: this job's own GPUs (Snakemake never sets CUDA_VISIBLE_DEVICES locally)
+    with logged(smk.log[0]), claim(smk.resources.get("gpu", 0)):
+        from lorarepro.pipeline.launcher import train_job  # deferred: torch, transformers, PEFT
+
+        train_job(smk.config, smk.wildcards.task, smk.wildcards.method, job_tags(smk))
+
+
+def sharpness(smk):
+    with logged(smk.log[0]), claim(smk.resources.get("gpu", 0)):
+        from lorarepro.sharpness import measure_task  # deferred: torch, transformers, PEFT
+
+        measure_task(smk.config, smk.wildcards.task, **smk.params.options)
+
+
+def prepare_data(smk):
+    with logged(smk.log[0]):
+        from lorarepro.data import prepare_task  # deferred: pandas, pyarrow
+
+        prepare_task(smk.wildcards.task, smk.params.task, smk.params.data_seed, Path(smk.output[0]))
+
+
+def prepare_pretext(smk):
+    with logged(smk.log[0]):
+        from lorarepro.data import prepare_pretext  # deferred: pandas, pyarrow
+
+        cfg = smk.params.backbone
+        prepare_pretext(of_arch(cfg["arch"]), smk.params.data_seed, cfg["pretrain"]["examples"], Path(smk.output[0]))
+
+
+def backbone(smk):
+    with logged(smk.log[0]):
+        from lorarepro.backbone import build  # deferred: torch, transformers
+
+        print(build(smk.wildcards.backbone, smk.config))
+
+
+def tables(smk):
+    with logged(smk.log[0]):
+        from lorarepro.reporting.tables import build_all  # deferred: pandas, scipy
+
+        build_all(smk.config, Path(smk.input.reference))
+
+
+def figures(smk):
+    with logged(smk.log[0]):
+        from lorarepro.reporting.figures import build_all_figures  # deferred: matplotlib
+
+        build_all_figures(smk.config)
+
+
+def audit(smk):
+    """Fails the job when a check fails."""
+    with logged(smk.log[0]):
+        from lorarepro.audit import run_and_write  # deferred: torch, MLflow, DVC
+
+        run_and_write(smk.config, Path(smk.output.report), Path(smk.output.json))
+
+
+def report_captions(smk):
+    with logged(smk.log[0]):
+        from lorarepro.reporting.captions import write_all  # deferred: pandas
+
+        write_all(smk.config, smk.input.index, smk.input.audit)

@@ -1,0 +1,44 @@
+"""The cost columns of a table with `cost: true` (the paper's Table 6): time per optimizer step and
+the measured peak memory of one training step (lorarepro.training.memory), read from the run records."""
+
+from __future__ import annotations
+
+from lorarepro import records
+
+COST_HEADER = ["ms/step", "step peak MB"]
+COST_NOTE = (
+    "Cost columns: `ms/step` = training wall time per optimizer step (this machine, other jobs running "
+    "beside it, so ±20% is noise); `step peak MB` = peak of the torch CPU bytes allocated during one "
+    "training step (the middle one) and live at the same time, measured with the torch profiler's "
+    "memory events (lorarepro.training.memory), not a process RSS. Means over the row's finished runs and tasks."
+)
+
+
+def run_cost(task: str, method: str, seeds: list[int]) -> list[tuple[float, float]]:
+    """(ms per step, step peak MB) of each FINISHED run of (task, method) that recorded both."""
+    out = []
+    for seed in seeds:
+        run = records.finished(task, method, seed)
+        res = (run or {}).get("resources") or {}
+        if res.get("seconds_per_step") is not None and res.get("step_peak_mb") is not None:
+            out.append((1000.0 * res["seconds_per_step"], float(res["step_peak_mb"])))
+    return out
+
+
+def cost_columns(spec: dict, seeds: list[int]) -> tuple[list[str], dict[str, list[float | None]]]:
+    """Header and per-method values of a table's cost columns: ms/step and step peak MB, plus, with
+    `cost_baseline`, time relative to the baseline (x) and memory beyond it (MB)."""
+    means = {}
+    for method in spec["methods"]:
+        values = [v for task in spec["tasks"] for v in run_cost(task, method, seeds)]
+        means[method] = ([sum(v[0] for v in values) / len(values), sum(v[1] for v in values) / len(values)]
+                         if values else [None, None])
+    header = list(COST_HEADER)
+    baseline = spec.get("cost_baseline")
+    if baseline is not None:
+        header += [f"time vs {baseline} (x)", f"extra MB vs {baseline}"]
+        ref = means[baseline]
+        for method, (ms, mb) in means.items():
+            known = None not in (ms, mb, *ref)
+            means[method] = [ms, mb, ms / ref[0] if known else None, mb - ref[1] if known else None]
+    return header, means

@@ -1,0 +1,96 @@
+"""Entry points: every configured table's files (plus the sharpness table), the tables index and
+the metrics summary, as {path: text} for the audit, or written (atomically) for the tables rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lorarepro import paths
+from lorarepro.atomic import write_text
+from lorarepro.config import specs
+from lorarepro.reporting import cost
+from lorarepro.reporting.tables.cells import is_complete, load_reference, row_averages, table_cells, table_spec
+from lorarepro.reporting.tables.paired import attach_marks, render_significance_csv, render_significance_md, significance
+from lorarepro.reporting.tables.render import render_csv, render_latex, render_markdown
+from lorarepro.reporting.tables.sharpness import sharpness_files
+
+
+def table_files(table_id: str, config: dict, reference: dict | None) -> tuple[dict[Path, str], dict]:
+    """The table's CSV/MD/TeX and significance files as {path: text}, and its index entry with the
+    exact runs it read; nothing is written (the audit recomputes with this too)."""
+    spec = table_spec(config, table_id)
+    sig = significance(table_id, config, reference)
+    cells = attach_marks(table_cells(table_id, config, reference), sig)
+    extra = cost.cost_columns(spec, list(config["seeds"])) if spec.get("cost") else None
+    md = render_markdown(cells, spec["caption"], config, extra) + (f"\n{cost.COST_NOTE}\n" if extra else "")
+    files = {
+        paths.table(table_id, "csv"): render_csv(cells),
+        paths.table(table_id, "md"): md,
+        paths.table(table_id, "tex"): render_latex(cells, spec["caption"], config, extra),
+        paths.table(f"{table_id}_significance", "csv"): render_significance_csv(sig),
+        paths.table(f"{table_id}_significance", "md"): render_significance_md(sig, table_id, config),
+    }
+    entry = {
+        "id": table_id, "caption": spec["caption"],
+        "rows": list(spec["methods"]), "columns": list(spec["tasks"]),
+        "runs": sorted(run for runs in cells["runs"] for run in runs),
+        "files": [str(path) for path in files],
+    }
+    return files, entry
+
+
+def write(files: dict[Path, str]) -> None:
+    for path, text in files.items():
+        write_text(path, text)
+
+
+def build_table(table_id: str, config: dict, reference: dict | None) -> dict:
+    """Write one table's files; returns its index entry."""
+    files, entry = table_files(table_id, config, reference)
+    write(files)
+    return entry
+
+
+def sharpness_table(config: dict) -> dict:
+    """Write table_sharpness.csv|md; returns its index entry."""
+    files, entry = sharpness_files(config)
+    write(files)
+    return entry
+
+
+def index_text(entries: list[dict]) -> str:
+    return json.dumps({"tables": entries}, indent=2) + "\n"
+
+
+def metrics_text(config: dict) -> str:
+    """Flat {"table/method/task": mean} for `dvc metrics show`; incomplete cells are left out."""
+    summary = {}
+    for table_id in specs(config, "tables"):
+        cells = table_cells(table_id, config)
+        for cell in cells[is_complete(cells)].itertuples():
+            summary[f"{table_id}/{cell.method}/{cell.task}"] = round(float(cell.mean), 4)
+        for method, avg in row_averages(cells).dropna().items():
+            summary[f"{table_id}/{method}/Avg"] = round(float(avg), 4)
+    return json.dumps(summary, indent=2) + "\n"
+
+
+def all_files(config: dict, reference: dict | None) -> dict[Path, str]:
+    """Every file the tables rule writes, as {path: text}: tables, index.json, metrics.json."""
+    files, entries = {}, []
+    for table_id in specs(config, "tables"):
+        texts, entry = table_files(table_id, config, reference)
+        files.update(texts)
+        entries.append(entry)
+    if config.get("sharpness") is not None:
+        texts, entry = sharpness_files(config)
+        files.update(texts)
+        entries.append(entry)
+    files[paths.tables_index()] = index_text(entries)
+    files[paths.metrics_summary()] = metrics_text(config)
+    return files
+
+
+def build_all(config: dict, reference_path: str | Path) -> None:
+    """Every configured table, the tables index and the metrics summary."""
+    write(all_files(config, load_reference(reference_path)))
