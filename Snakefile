@@ -27,7 +27,7 @@ if workflow.config_settings.overwrite_config.get("standalone"):
 validate(config, "workflow/schemas/params.schema.yaml")
 
 from lorarepro import paths
-from lorarepro.config import reported_pairs, resources, sharpness_specs, specs
+from lorarepro.config import claim_comparisons, reported_runs, resources, sharpness_runs, specs
 from lorarepro.experiment import check, resolve_run
 
 check(config)  # cross-references (unknown task in a table, rank above a layer's size) before any job

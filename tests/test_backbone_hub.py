@@ -27,7 +27,7 @@ def test_hub_backbone_keeps_safetensors_and_drops_pickles(workspace, tmp_path, m
     hub = tmp_path / "hub"
     shutil.copytree(paths.backbone_dir("t5-tiny"), hub)
     (hub / "pytorch_model.bin").write_bytes(b"pickle")
-    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot(hub))
+    monkeypatch.setattr(backbone, "snapshot_download", fake_snapshot(hub))
     info = backbone.download_hub("t5-hub", {"arch": "t5", "model": "org/t5", "revision": "abc"}, tmp_path / "models" / "t5-hub")
     out = tmp_path / "models" / "t5-hub"
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from lorarepro.data import (
-    GENERATORS,
     load_manifest,
     load_split,
     prepare_pretext,
@@ -162,6 +161,18 @@ def test_nlu_labels_follow_rules_without_noise(tmp_path):
         if " but " in sentence:  # the second clause decides
             words = sentence.split(" but ")[1].split()
             assert label == polarity[words[-1]] ^ any(w in nlu.NEGATIONS for w in words)
+
+
+@pytest.mark.parametrize("name", ["nli", "digits"])
+def test_train_label_noise_flips_the_training_split_only(tmp_path, name):
+    clean = prepare_task(name, dict(TASKS[name], label_noise=0.0), SEED, tmp_path / "a")
+    noisy = prepare_task(name, dict(TASKS[name], label_noise=0.0, train_label_noise=0.3), SEED, tmp_path / "b")
+    assert noisy["train_label_noise"] == 0.3 and "train_label_noise" not in clean
+    for split in ("validation", "test"):
+        assert load_split(tmp_path / "a", split).equals(load_split(tmp_path / "b", split))
+    a, b = load_split(tmp_path / "a", "train"), load_split(tmp_path / "b", "train")
+    flipped = (a["label"] != b["label"]).mean()
+    assert 0.2 < flipped < 0.4 and a.drop(columns="label").equals(b.drop(columns="label"))
 
 
 def test_label_noise_rate(tmp_path):

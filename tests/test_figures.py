@@ -175,7 +175,8 @@ def test_ablation_points_come_from_each_runs_config(workdir):
         write_ablation_run("sentiment", "flat_lora_r1", seed, 72.0, r=1, rho=0.05)
         write_ablation_run("sentiment", "lora_r4", seed, 75.0, r=4)
     missing = []
-    points = figures._ablation_points(ablation_config(), "sentiment", ["lora_r1", "flat_lora_r1", "lora_r4", "flat_lora_r4"],
+    spec = {"methods": ["lora_r1", "flat_lora_r1", "lora_r4", "flat_lora_r4"]}
+    points = figures._ablation_points(ablation_config(), spec, "sentiment",
                                       lambda c: c["adapter"]["r"], lambda c: "Flat" if c["flat"] else "LoRA", missing)
     assert points == {"LoRA": [(1, 71.0, 1.0), (4, 75.0, 0.0)], "Flat": [(1, 72.0, 0.0)]}
     assert missing == ["sentiment/flat_lora_r4 (0/3 seeds)"]

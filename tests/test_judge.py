@@ -5,14 +5,16 @@ import json
 import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from lorarepro import paths
-from lorarepro.evaluation import judge
 from lorarepro.data import load_eval_splits
-from lorarepro.evaluation import NotRun, evaluate_splits
+from lorarepro.evaluation import NotRun, evaluate_splits, judge
 from lorarepro.reevaluate import evaluate_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
 
 MATH = {"turns": ["how many apples does anna have ?", "and how many does ben have ?"], "category": "math",
         "reference": ["anna has 4 apples", "ben has 2 apples"]}
@@ -256,5 +258,7 @@ def test_evaluate_command_names_what_is_missing(tmp_path, monkeypatch, capsys, p
     assert main(["evaluate", "arithmetic", "lora_r8"]) == 2
     assert "params.yaml" in capsys.readouterr().err
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "workflow" / "configs").mkdir(parents=True)  # the claims file params.yaml names
+    shutil.copy(REPO / "workflow" / "configs" / "claims.yaml", tmp_path / "workflow" / "configs")
     assert main(["evaluate", "arithmetic", "lora_r8", "--seeds", "0"]) == 1
     assert "no result to evaluate again: results/runs/arithmetic/lora_r8/seed0.json" in capsys.readouterr().err

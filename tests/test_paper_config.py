@@ -12,7 +12,7 @@ import yaml
 
 from conftest import ROOT
 from workspace import copy_repo
-from lorarepro.config import ConfigError, reported_pairs, resources
+from lorarepro.config import ConfigError, reported_pairs, reported_runs, resources
 from lorarepro.experiment import load, resolve_run, validate
 
 PAPER = ROOT / "workflow" / "configs" / "paper.yaml"
@@ -85,8 +85,8 @@ def test_dry_run_builds_the_whole_grid_offline(tmp_path):
     new = len(pairs["table5_variants"] - pairs["table1_glue"]) + len(pairs["table6_sam"] - pairs["table1_glue"])
     assert (new, len(pairs["table7_cost"] - pairs["table3_llama"])) == (28, 0)  # Table 7 reuses Table 3's runs
     assert len(pairs["rank_ablation"] - pairs["table1_glue"]) + len(pairs["sigma_ablation"] - pairs["table1_glue"]) == 10
-    # one job per (task, method), all seeds inside: 25 + 25 + 6 + 28 + 10
-    assert counts["train"] == len(reported_pairs(cfg)) == 94
+    # one job per (task, method, seed): (25 + 25 + 6 + 28 + 10) pairs x 3 seeds
+    assert len(reported_pairs(cfg)) == 94 and counts["train"] == sum(map(len, reported_runs(cfg).values())) == 282
     assert counts["prepare_data"] == 13 and counts["backbone"] == 3
     assert "prepare_pretext" not in counts and "sharpness" not in counts  # hub backbones; no sharpness key
     assert counts["tables"] == counts["figures"] == counts["all"] == 1

@@ -308,8 +308,9 @@ def test_significance_file_written_with_paired_tests(workdir):
     assert (gain["p_sign"], gain["p_permutation"], gain["significant"]) == (0.25, 0.25, "better")
     noise = sig_row(csv, "nli")  # diffs [-5, -3, -1]: CI straddles 0
     assert noise["significant"] == "n.s." and noise["ci_lo"] < 0 < noise["ci_hi"]
-    assert "paired t-test; with fewer than 5 seeds also exact sign and permutation tests" in md
-    assert "3 seeds configured" in md
+    assert "paired t-test" in md and "sign-flip permutation test" in md and "the sign test decides" in md
+    assert "3 seeds (0, 1, 2)" in md
+    assert gain["mde"] == pytest.approx(3.2640435 * 1.0, abs=1e-4)  # sd of [5, 4, 3] is 1; mde(3, 1)
 
 
 def test_clear_gain_marked_and_noise_not(workdir):
@@ -319,7 +320,7 @@ def test_clear_gain_marked_and_noise_not(workdir):
     assert grid["Flat-LoRA (r=8)"]["sentiment"].endswith(" ↑")
     assert grid["Flat-LoRA (r=8)"]["nli"] == "62.00 ± 1.00"  # worse on average, but not significantly
     assert not any("↑" in c or "↓" in c for c in grid["LoRA (r=8)"].values())
-    assert "paired t-test over the 3 seeds" in md
+    assert "paired by seed, p < 0.05" in md
     tex = paths.table("table_nlu", "tex").read_text()
     assert r"\textbf{86.00 $\pm$ 1.00}$^\uparrow$" in tex and "paired t-test" in tex
 

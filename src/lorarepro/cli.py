@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lorarepro.config import ConfigError
+from lorarepro.config import ConfigError, reported_runs
 from lorarepro.experiment import load
 
 
@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
                     "Rebuild the tables afterwards (snakemake reruns the tables rule).")
     evaluate.add_argument("task")
     evaluate.add_argument("method")
-    evaluate.add_argument("--seeds", type=int, nargs="*", help="default: every configured seed")
+    evaluate.add_argument("--seeds", type=int, nargs="*", help="default: every seed a table, figure or claim reads")
     evaluate.add_argument("--configfile", nargs="*", default=[], metavar="FILE",
                           help="config files deep-merged over params.yaml, as given to snakemake --configfile")
     evaluate.add_argument("--params", default="params.yaml", help="the base config (default: %(default)s)")
@@ -56,7 +56,8 @@ def evaluate(args) -> int:
     except ConfigError as err:
         print(f"lorarepro evaluate: {err}", file=sys.stderr)
         return 2
-    for seed in args.seeds if args.seeds is not None else config["seeds"]:
+    wanted = reported_runs(config).get((args.task, args.method), config["seeds"])
+    for seed in args.seeds if args.seeds is not None else wanted:
         try:
             result = evaluate_checkpoint(config, args.task, args.method, seed)
         except (FileNotFoundError, ValueError) as err:

@@ -74,6 +74,34 @@ def validate_schema(config: dict) -> None:
         raise ConfigError(f"config key '{key}': {error.message}")
 
 
+CLAIM_MEASURES = ("accuracy", "severity_slope", "sharpness", "time_overhead", "memory_overhead", "time_saving")
+CLAIM_KINDS = ("superior", "bound", "non_inferior")
+
+
+def read_claims(path: str | Path) -> dict:
+    """The paper's claims (workflow/configs/claims.yaml): {claim id: {statement, measure, kind, paper}};
+    a wrong entry is an error naming the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"claims file not found: {path} (config key 'claims.reference')")
+    with open(path, encoding="utf-8") as fh:
+        claims = yaml.safe_load(fh) or {}
+    if not isinstance(claims, dict):
+        raise ConfigError(f"{path}: top level must map claim ids to claims")
+    for name, claim in claims.items():
+        where = f"{path}: claim '{name}'"
+        if not isinstance(claim, dict) or not {"statement", "measure", "kind", "paper"} <= claim.keys():
+            raise ConfigError(f"{where} needs statement, measure, kind and paper")
+        if claim["measure"] not in CLAIM_MEASURES:
+            raise ConfigError(f"{where}: measure '{claim['measure']}' (known: {', '.join(CLAIM_MEASURES)})")
+        if claim["kind"] not in CLAIM_KINDS:
+            raise ConfigError(f"{where}: kind '{claim['kind']}' (known: {', '.join(CLAIM_KINDS)})")
+        paper = claim["paper"] or {}
+        if claim["kind"] != "superior" and paper.get("value") is None:
+            raise ConfigError(f"{where}: a {claim['kind']} claim needs paper.value (its bound or margin)")
+    return claims
+
+
 def specs(config: dict, kind: str) -> dict:
     """The `tables` or `figures` list as {id: spec}, in config order."""
     return {spec["id"]: spec for spec in config.get(kind) or []}
@@ -84,13 +112,43 @@ def sharpness_specs(config: dict) -> dict:
     return {k: spec for k, spec in specs(config, "tables").items() if spec.get("sharpness", True)}
 
 
-def reported_pairs(config: dict) -> list[tuple[str, str]]:
-    """(task, method) pairs some table or figure needs: only these are trained and checked."""
-    pairs = set()
+def spec_seeds(config: dict, spec: dict) -> list[int]:
+    """The seeds a table, figure or claim reads: its own `seeds`, else the config's."""
+    return list(spec.get("seeds") or config["seeds"])
+
+
+def claim_comparisons(config: dict) -> dict:
+    """The claims this config tests ({claim id: comparison}, lorarepro.reporting.claims); none without `claims:`."""
+    return dict((config.get("claims") or {}).get("comparisons") or {})
+
+
+def reported_runs(config: dict) -> dict[tuple[str, str], list[int]]:
+    """{(task, method): seeds} of every run some table, figure or claim reads: only these are trained
+    and checked, each with the union of the seeds that read it."""
+    wanted: dict[tuple[str, str], set[int]] = {}
     for kind in ("tables", "figures"):
         for spec in specs(config, kind).values():
-            pairs.update((t, m) for t in spec["tasks"] for m in spec["methods"])
-    return sorted(pairs)
+            for pair in ((t, m) for t in spec["tasks"] for m in spec["methods"]):
+                wanted.setdefault(pair, set()).update(spec_seeds(config, spec))
+    for comparison in claim_comparisons(config).values():
+        for pair in ((t, m) for t in comparison["tasks"] for ms in comparison["pairs"] for m in ms):
+            wanted.setdefault(pair, set()).update(spec_seeds(config, comparison))
+    return {pair: sorted(seeds) for pair, seeds in sorted(wanted.items())}
+
+
+def sharpness_runs(config: dict) -> dict[tuple[str, str], list[int]]:
+    """{(task, method): seeds} whose flatness is measured (where the config has a `sharpness:`
+    section): the runs of the tables with `sharpness: true`."""
+    wanted: dict[tuple[str, str], set[int]] = {}
+    for spec in sharpness_specs(config).values():
+        for pair in ((t, m) for t in spec["tasks"] for m in spec["methods"]):
+            wanted.setdefault(pair, set()).update(spec_seeds(config, spec))
+    return {pair: sorted(seeds) for pair, seeds in sorted(wanted.items())}
+
+
+def reported_pairs(config: dict) -> list[tuple[str, str]]:
+    """(task, method) pairs some table, figure or claim needs, sorted."""
+    return list(reported_runs(config))
 
 
 def resources(config: dict, rule: str, task: str | None = None) -> dict:

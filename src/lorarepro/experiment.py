@@ -10,7 +10,10 @@ params; every other entry point calls `load`, so a job never trusts an unchecked
 import copy
 
 from lorarepro import methods
-from lorarepro.config import ConfigError, deep_merge, read, reported_pairs, resources, specs, validate_schema
+from lorarepro.config import (
+    ConfigError, claim_comparisons, deep_merge, read, read_claims, reported_pairs, resources, sharpness_runs,
+    spec_seeds, specs, validate_schema,
+)
 from lorarepro.data import GENERATED_SOURCES, GENERATORS
 from lorarepro.data.external import check_task
 from lorarepro.evaluation import judge
@@ -51,6 +54,8 @@ def check(config: dict) -> None:
         if baseline is not None and (not spec.get("cost") or baseline not in spec["methods"]):
             raise ConfigError(f"config key 'tables.{spec['id']}.cost_baseline': '{baseline}' needs cost: true and must be one of the table's methods")
     _check_families(config)
+    _check_claims(config)
+    _check_jobs(config)
     _check_tasks(config)
     _check_methods(config)
     _check_distributed(config)
@@ -58,6 +63,44 @@ def check(config: dict) -> None:
         judge.check((config.get("evaluation") or {}).get("judge"))
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def _check_claims(config: dict) -> None:
+    """Each comparison names a claim of the claims file, known tasks and methods, and a measure it can read."""
+    comparisons = claim_comparisons(config)
+    if not comparisons:
+        return
+    claims = read_claims(config["claims"]["reference"])
+    for name, comparison in comparisons.items():
+        key = f"claims.comparisons.{name}"
+        if name not in claims:
+            raise ConfigError(f"config key '{key}': no claim '{name}' in {config['claims']['reference']} "
+                              f"(known: {sorted(claims)})")
+        for task in comparison["tasks"]:
+            if task not in config["tasks"]:
+                raise ConfigError(f"config key '{key}.tasks': unknown task '{task}' (known: {sorted(config['tasks'])})")
+        for method in (m for pair in comparison["pairs"] for m in pair):
+            if method not in config["methods"]:
+                raise ConfigError(f"config key '{key}.pairs': unknown method '{method}' (known: {sorted(config['methods'])})")
+        if claims[name]["measure"] == "sharpness":
+            measured = sharpness_runs(config) if config.get("sharpness") is not None else {}
+            lacking = [f"{t}/{m}" for t in comparison["tasks"] for pair in comparison["pairs"] for m in pair
+                       if not set(spec_seeds(config, comparison)) <= set(measured.get((t, m), []))]
+            if lacking:
+                raise ConfigError(f"config key '{key}': measure sharpness needs these runs in a table with sharpness "
+                                  f"true (and a `sharpness:` section), with the comparison's seeds: {lacking[:4]}")
+
+
+def _check_jobs(config: dict) -> None:
+    """One job per (task, method) trains the config's `seeds`: no spec may ask for others."""
+    if config.get("jobs", "per_seed") != "per_method":
+        return
+    for kind, named in (("tables", specs(config, "tables")), ("figures", specs(config, "figures")),
+                        ("claims.comparisons", claim_comparisons(config))):
+        for name, spec in named.items():
+            if spec_seeds(config, spec) != list(config["seeds"]):
+                raise ConfigError(f"config key '{kind}.{name}.seeds': jobs per_method trains every seed of `seeds` "
+                                  "in one job; seeds of its own need jobs: per_seed")
 
 
 def _check_families(config: dict) -> None:
@@ -207,7 +250,6 @@ def resolve_run(config: dict, task: str, method: str) -> dict:
         "adapter": copy.deepcopy(method_cfg["adapter"]),
         **strategies,
         "training": training,
-        "seeds": list(config["seeds"]),
         "threads": config.get("threads", 1),
     }
     dtype = config["backbones"][task_cfg["backbone"]].get("dtype", "float32")

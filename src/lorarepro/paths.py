@@ -61,9 +61,9 @@ def run_sharpness(task: str, method: str, seed: int) -> Path:
     return RESULTS / "runs" / task / method / f"seed{seed}.sharpness.json"
 
 
-def task_sharpness(task: str) -> Path:
-    """Written last by sharpness.measure_task: which runs of the task were measured (a fixed output)."""
-    return RESULTS / "runs" / task / "sharpness.json"
+def pair_sharpness(task: str, method: str) -> Path:
+    """Written last by sharpness.measure_pair: which runs of (task, method) were measured (a fixed output)."""
+    return RESULTS / "runs" / task / method / "sharpness.json"
 
 
 def table(table_id: str, ext: str) -> Path:
@@ -76,6 +76,11 @@ def tables_index() -> Path:
 
 def figure(figure_id: str, ext: str) -> Path:
     return RESULTS / "figures" / f"{figure_id}.{ext}"
+
+
+def claims(ext: str) -> Path:
+    """The verdict on each claim of the paper (lorarepro.reporting.claims): md, csv or json."""
+    return RESULTS / f"claims.{ext}"
 
 
 def metrics_summary() -> Path:

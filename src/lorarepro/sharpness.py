@@ -6,7 +6,8 @@ alike: LoRA runs are merged (PEFT `merge_and_unload`, weights W + s·BA), full-F
 model, and the probed parameters are the weights of every linear layer LoRA targets
 (`lora.linear_targets`: all nn.Linear but the family's head), so the numbers are comparable.
 
-On a fixed batch set (the first n_eval validation rows, the family's training loss):
+On a fixed batch set (the first n_eval training rows, the family's training loss: what the run
+minimised, label noise included):
 - expected sharpness E_ε[L(W+ε)] − L(W), with Flat-LoRA's filter-wise noise
   ε_ij ~ N(0, (ρ/√n·‖W_i,:‖)²) per output row i (n = in_features);
 - the top Hessian eigenvalue λ_max, by power iteration with Hessian-vector products;
@@ -24,12 +25,14 @@ import functools
 import math
 import time
 
+import numpy as np
 import torch
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lorarepro import checkpoints, families, paths, records, tracking
 from lorarepro.atomic import write_json
-from lorarepro.config import sharpness_specs
+from lorarepro.config import sharpness_runs
 from lorarepro.data import load_split
 from lorarepro.families.common import quiet_transformers
 from lorarepro.methods.lora import linear_targets
@@ -113,8 +116,9 @@ def _terms(loss_fn) -> list:
 
 
 def expected_sharpness(model, loss_fn, targets: list[str], radii=RADII, draws: int = 8,
-                       seed: int = 0) -> dict[float, float]:
-    """{ρ: mean over `draws` of L(W+ε) − L(W)} under Flat-LoRA's filter-wise noise.
+                       seed: int = 0) -> dict[float, list[float]]:
+    """{ρ: [L(W+ε) − L(W) for each of `draws` draws]} under Flat-LoRA's filter-wise noise (the
+    expected sharpness is their mean; their spread gives its uncertainty over draws).
 
     Every ρ reuses the same standard-normal draws z (ε = ρ/√n·‖W_i‖·z), so the curve over ρ is not
     blurred by fresh noise per radius. ρ = 0 gives exactly 0 (W + 0 == W bitwise). Cost: one
@@ -132,7 +136,7 @@ def expected_sharpness(model, loss_fn, targets: list[str], radii=RADII, draws: i
             z = torch.randn(w.shape, generator=gen, dtype=torch.float32)
             return z * (rho / math.sqrt(w[0].numel())) * _row_norms(w)  # n = in_features
 
-        out[rho] = sum(_loss_at(weights, saved, loss_fn, noise) - clean for _ in range(draws)) / draws
+        out[rho] = [_loss_at(weights, saved, loss_fn, noise) - clean for _ in range(draws)]
     return out
 
 
@@ -191,70 +195,67 @@ def _hvp(loss_fn, weights: list, v: list) -> list[torch.Tensor]:
     return hv
 
 
-def _normalised(vectors: list) -> list[torch.Tensor]:
-    norm = math.sqrt(sum(float((x.float() ** 2).sum()) for x in vectors))
-    return [x / max(norm, 1e-30) for x in vectors]
-
-
-def _power_iteration(apply, v: list, iters: int, tol: float) -> tuple[float, int]:
-    """(Rayleigh quotient vᵀAv of the dominant eigenvector, iterations), v <- Av/‖Av‖ until the
-    quotient changes by less than tol (relative) or iters is reached."""
-    value, previous, iteration = 0.0, None, 0
-    for iteration in range(1, iters + 1):
-        av = apply(v)
-        value = float(sum((a.float() * x.float()).sum() for a, x in zip(av, v)))
-        v = _normalised(av)
-        if previous is not None and abs(value - previous) <= tol * max(abs(previous), 1e-12):
-            break
-        previous = value
-    return value, iteration
-
-
 def hessian_top_eigenvalue(model, loss_fn, targets: list[str], iters: int = 20, tol: float = 1e-3,
                            seed: int = 0) -> dict:
-    """λ_max, the largest eigenvalue of the Hessian of the loss w.r.t. the target weights.
+    """λ_max, the largest (algebraic) eigenvalue of the Hessian of the loss w.r.t. the target weights.
 
-    Power iteration with Hessian-vector products finds the dominant (largest |λ|) eigenvalue; away
-    from a minimum that can be negative, and then a second run on H − λ_dom·I (all eigenvalues >= 0)
-    gives λ_max − λ_dom. Returns {"eigenvalue": λ_max, "dominant": λ_dom, "iterations", "seconds"}.
-    Then λ_max is a difference of two estimates: its absolute precision is about tol·|λ_dom|.
+    scipy.sparse.linalg.eigsh (ARPACK's implicitly restarted Lanczos, `which="LA"`) on a linear
+    operator whose product is a Hessian-vector product, so λ_max is the largest eigenvalue itself,
+    not the one of largest magnitude (power iteration's): a negative λ_max means the Hessian has no
+    positive direction there, never a negative eigenvalue passed off as the top one. `iters` is the
+    Lanczos basis size (each basis vector costs one product; at most 5 restarts); the start vector
+    is seeded. Returns
+    {"eigenvalue", "converged", "products", "seconds"}; unconverged, the best Ritz value with
+    converged false.
 
     Cost: one Hessian-vector product ≈ one forward plus 2-3 backward passes over the batch set (the
-    first backward keeps its graph), so iters x (3-4 passes), twice when λ_dom < 0; memory: the
-    double-backward graph of one batch plus a few copies of the target weights. Attention runs on
-    SDPA's math backend here: the fused CPU kernel has no double backward.
+    first backward keeps its graph); memory: the double-backward graph of one batch plus `iters`
+    float64 copies of the target weights. Attention runs on SDPA's math backend here: the fused CPU
+    kernel has no double backward.
     """
     weights = target_weights(model, targets)
+    shapes = [w.shape for w in weights]
+    sizes = [w.numel() for w in weights]
     gen = _generator(seed, _HESSIAN)
-    v0 = _normalised([torch.randn(w.shape, generator=gen, dtype=torch.float32).to(w.dtype) for w in weights])
+    v0 = torch.cat([torch.randn(n, generator=gen, dtype=torch.float64) for n in sizes]).numpy()
+    products = 0
+
+    def matvec(x: np.ndarray) -> np.ndarray:
+        nonlocal products
+        products += 1
+        parts = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).split(sizes)
+        v = [p.reshape(shape).to(w.dtype) for p, shape, w in zip(parts, shapes, weights)]
+        return torch.cat([h.reshape(-1).double() for h in _hvp(loss_fn, weights, v)]).numpy()
+
     start = time.perf_counter()
+    operator = LinearOperator((sum(sizes), sum(sizes)), matvec=matvec, dtype=np.float64)
     with _GradOnly(model, weights), sdpa_kernel([SDPBackend.MATH]):
-        hvp = functools.partial(_hvp, loss_fn, weights)
-        dominant, iterations = _power_iteration(hvp, v0, iters, tol)
-        top = dominant
-        if dominant < 0:
-            shifted = lambda v: [h - dominant * x for h, x in zip(hvp(v), v)]  # noqa: E731
-            gap, more = _power_iteration(shifted, v0, iters, tol)
-            top, iterations = dominant + gap, iterations + more
-    return {"eigenvalue": top, "dominant": dominant, "iterations": iterations,
+        try:
+            value, converged = float(eigsh(operator, k=1, which="LA", v0=v0, ncv=min(iters, sum(sizes) - 1),
+                                           maxiter=5, tol=tol, return_eigenvectors=False)[0]), True
+        except ArpackNoConvergence as err:
+            value, converged = (float(max(err.eigenvalues)) if len(err.eigenvalues) else math.nan), False
+    return {"eigenvalue": value, "converged": converged, "products": products,
             "seconds": round(time.perf_counter() - start, 3)}
 
 
 # ----------------------------------------------------------------------------- one trained run
 
 
-def eval_batches(run: dict, tokenizer, manifest: dict, n_eval: int) -> list[dict]:
-    """The first n_eval validation rows, encoded by the family, in training-sized batches (fixed set)."""
+def probe_batches(run: dict, tokenizer, manifest: dict, n_eval: int) -> list[dict]:
+    """The first n_eval training rows (what the run minimised), encoded by the family, in
+    training-sized batches: a fixed set, the same for every method of the task."""
     family = families.get(run["family"])
-    df = load_split(paths.prepared_dir(run["task"]), "validation").head(n_eval)
+    df = load_split(paths.prepared_dir(run["task"]), "train").head(n_eval)
     encoded = family.encode(df, tokenizer, manifest, run["training"]["max_length"])
     size = run["training"]["batch_size"]
     return [encoded.batch(list(range(i, min(i + size, len(encoded))))) for i in range(0, len(encoded), size)]
 
 
 def measure_run(config: dict, task: str, method: str, seed: int, *, n_eval: int = 128, draws: int = 8,
-                hessian_iters: int = 20, radii=RADII, alphas=ALPHAS) -> dict:
-    """All three measures of one finished run; written atomically to paths.run_sharpness.
+                hessian_iters: int = 20, radii=RADII, alphas=ALPHAS, detail: bool = True) -> dict:
+    """The measures of one finished run, written to its sharpness record (lorarepro.records): the
+    expected sharpness always, λ_max and the landscape with `detail`.
 
     The run's own result JSON supplies its resolved config (family, backbone, adapter, batch size),
     so the checkpoint is loaded exactly as it was trained. Seeded with the run's seed.
@@ -270,18 +271,21 @@ def measure_run(config: dict, task: str, method: str, seed: int, *, n_eval: int 
     run = result["config"]
     model, tokenizer, manifest = checkpoints.load(run, seed, merged=True)
     targets = linear_targets(model, families.get(run["family"]).head_modules())
-    batches = eval_batches(run, tokenizer, manifest, n_eval)
+    batches = probe_batches(run, tokenizer, manifest, n_eval)
     loss_fn = EvalLoss(model, batches)
     with torch.no_grad():
         clean = float(loss_fn())
-    sharp = expected_sharpness(model, loss_fn, targets, radii, draws, seed)
-    hessian = hessian_top_eigenvalue(model, loss_fn, targets, iters=hessian_iters, seed=seed)
-    losses = landscape_1d(model, loss_fn, targets, alphas, seed=seed)
+    draws_by_rho = expected_sharpness(model, loss_fn, targets, radii, draws, seed)
+    hessian = hessian_top_eigenvalue(model, loss_fn, targets, iters=hessian_iters, seed=seed) if detail else None
+    losses = landscape_1d(model, loss_fn, targets, alphas, seed=seed) if detail else None
     weights = target_weights(model, targets)
     out = {
-        "task": task, "method": method, "seed": seed, "base_loss": clean,
-        "expected_sharpness": {str(rho): value for rho, value in sharp.items()},
-        "hessian_top": hessian, "landscape": {"alphas": list(alphas), "loss": losses},
+        "task": task, "method": method, "seed": seed, "split": "train", "base_loss": clean,
+        "expected_sharpness": {str(rho): float(np.mean(v)) for rho, v in draws_by_rho.items()},
+        "expected_sharpness_se": {str(rho): float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None
+                                  for rho, v in draws_by_rho.items()},
+        "expected_sharpness_draws": {str(rho): v for rho, v in draws_by_rho.items()},
+        "hessian_top": hessian, "landscape": None if losses is None else {"alphas": list(alphas), "loss": losses},
         "n_eval": sum(len(next(iter(b.values()))) for b in batches), "draws": draws,
         "targets": len(weights), "target_params": sum(w.numel() for w in weights),
         "seconds": round(time.perf_counter() - start, 3),
@@ -290,28 +294,28 @@ def measure_run(config: dict, task: str, method: str, seed: int, *, n_eval: int 
     return out
 
 
-def measure_task(config: dict, task: str, **options) -> list[dict]:
-    """Every (method, seed) of `task` that a table lists and whose result is FINISHED, in one process
-    (imports cost ~7 s a job). Also writes paths.task_sharpness(task), a fixed output naming what
-    was measured, for the workflow. `options` go to measure_run."""
-    if task not in (config.get("tasks") or {}):
-        raise KeyError(f"tasks: no entry {task!r} in the config")
+def measure_pair(config: dict, task: str, method: str, detail_seeds: list[int] | None = None, **options) -> list[dict]:
+    """Every run of (task, method) whose flatness is measured (config.sharpness_runs) and whose result
+    is FINISHED, in one process; λ_max and the landscape only for `detail_seeds` (default: all).
+    Also writes paths.pair_sharpness(task, method), a fixed output naming what was measured, for the
+    workflow. `options` go to measure_run."""
+    seeds = sharpness_runs(config).get((task, method))
+    if seeds is None:
+        raise KeyError(f"no table with sharpness: true has task {task!r} and method {method!r}")
     quiet_transformers()
     torch.set_num_threads(config.get("threads", 1))
-    methods = dict.fromkeys(m for spec in sharpness_specs(config).values() if task in spec["tasks"]
-                            for m in spec["methods"])
     done, skipped = [], []
-    for method in methods:
-        for seed in config["seeds"]:
-            result = records.finished(task, method, seed)
-            if result is None:
-                skipped.append(f"{method}/seed{seed}")
-            else:
-                done.append(measure_run(config, task, method, seed, **options))
-                _log_to_mlflow(config, result, done[-1])
-    write_json(paths.task_sharpness(task), {
-        "task": task, "skipped_not_finished": skipped,
-        "measured": [str(paths.run_sharpness(task, r["method"], r["seed"])) for r in done],
+    for seed in seeds:
+        result = records.finished(task, method, seed)
+        if result is None:
+            skipped.append(f"seed{seed}")
+            continue
+        detail = detail_seeds is None or seed in detail_seeds
+        done.append(measure_run(config, task, method, seed, detail=detail, **options))
+        _log_to_mlflow(config, result, done[-1])
+    write_json(paths.pair_sharpness(task, method), {
+        "task": task, "method": method, "skipped_not_finished": skipped,
+        "measured": [str(paths.run_sharpness(task, method, r["seed"])) for r in done],
     })
     return done
 
@@ -321,4 +325,6 @@ def _log_to_mlflow(config: dict, result: dict, measures: dict) -> None:
     run_id = result["lineage"].get("mlflow_run_id")
     if run_id:
         values = {f"sharpness_rho{rho}": v for rho, v in measures["expected_sharpness"].items()}
-        tracking.log_metrics(config, run_id, {**values, "hessian_top": measures["hessian_top"]["eigenvalue"]})
+        if measures["hessian_top"] is not None:
+            values["hessian_top"] = measures["hessian_top"]["eigenvalue"]
+        tracking.log_metrics(config, run_id, values)

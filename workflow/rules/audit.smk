@@ -6,7 +6,7 @@ rule audit:
         rules.figures.output,
         # The checkpoints it loads: in a clone with results from git but no `dvc pull`, these are
         # missing, so their train jobs rerun instead of the audit failing on absent files.
-        checkpoint_dirs(reported_pairs(config)),
+        checkpoint_dirs(RUNS),
     output:
         report=report(str(paths.audit_report()), caption=f"../../{paths.caption('audit')}", category="Audit"),
         json=str(paths.audit_json()),

@@ -14,6 +14,7 @@ rule backbone:
     params:
         backbone=lambda w: config["backbones"][w.backbone],
     threads: config["threads"]
+    priority: 10  # on the critical path: every train job of its tasks waits for it
     log:
         str(paths.log("backbone", "{backbone}")),
     resources:

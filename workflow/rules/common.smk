@@ -6,9 +6,11 @@ wildcard_constraints:
     task="[A-Za-z0-9][A-Za-z0-9_-]*",
     method="[A-Za-z0-9][A-Za-z0-9_-]*",
     backbone="[A-Za-z0-9][A-Za-z0-9_-]*",
+    seed="[0-9]+",
 
 
 SEEDS = config["seeds"]
+RUNS = reported_runs(config)  # {(task, method): the seeds some table, figure or claim reads}
 
 
 def rule_resources(rule):
@@ -23,28 +25,25 @@ TABLES = specs(config, "tables")
 FIGURES = specs(config, "figures")
 
 
-def table_pairs():
-    """(task, method) pairs of the tables with `sharpness: true` (the default): these get sharpness measures."""
-    return sorted({(t, m) for spec in sharpness_specs(config).values() for t in spec["tasks"] for m in spec["methods"]})
-
-
-SHARPNESS_TASKS = sorted({t for t, _ in table_pairs()}) if config.get("sharpness") is not None else []
+# {(task, method): seeds} the sharpness rule measures (none without a `sharpness:` section)
+SHARPNESS_RUNS = sharpness_runs(config) if config.get("sharpness") is not None else {}
 
 
 def sharpness_outputs():
-    return [str(paths.task_sharpness(t)) for t in SHARPNESS_TASKS]
+    return [str(paths.pair_sharpness(t, m)) for t, m in SHARPNESS_RUNS]
 
 
-def run_results(pairs):
-    return [str(paths.run_result(t, m, s)) for t, m in pairs for s in SEEDS]
+def run_results(runs):
+    """The result JSONs of {(task, method): seeds}."""
+    return [str(paths.run_result(t, m, s)) for (t, m), seeds in runs.items() for s in seeds]
 
 
-def checkpoint_dirs(pairs):
+def checkpoint_dirs(runs):
     """Checkpoints of these runs, as inputs of the rules that load them: a checkpoint missing (a clone
     without `dvc pull`) reruns its train job even though the result JSON came with git. `ancient`:
     only their existence counts here (a pulled checkpoint is newer than everything from git); a
     retrained run still reruns its readers through its result JSON."""
-    return [ancient(str(paths.checkpoint_dir(t, m, s))) for t, m in pairs for s in SEEDS]
+    return [ancient(str(paths.checkpoint_dir(t, m, s))) for (t, m), seeds in runs.items() for s in seeds]
 
 
 def ancient_unless_ran_here(path, log):
@@ -77,8 +76,10 @@ def reported(files, category):
 def table_outputs():
     tables = [str(paths.table(t, ext)) for t in TABLES for ext in ("csv", "md", "tex")]
     tables += [str(paths.table(f"{t}_significance", ext)) for t in TABLES for ext in ("csv", "md")]
-    if SHARPNESS_TASKS:
+    if SHARPNESS_RUNS:
         tables += [str(paths.table("table_sharpness", ext)) for ext in ("csv", "md")]
+    if claim_comparisons(config):
+        tables += [str(paths.claims(ext)) for ext in ("md", "csv", "json")]
     return tables
 
 

@@ -20,6 +20,7 @@ rule prepare_pretext:
     params:
         backbone=lambda w: config["backbones"][w.backbone],
         data_seed=config["data_seed"],
+    priority: 10  # before its backbone, on the critical path
     log:
         str(paths.log("prepare_pretext", "{backbone}")),
     resources:

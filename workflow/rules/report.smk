@@ -2,7 +2,7 @@ rule tables:
     """Every paper table (csv, md, tex) with the paper's numbers beside ours and its significance
     companion, the sharpness table, index.json and the metrics summary."""
     input:
-        runs=run_results(reported_pairs(config)),
+        runs=run_results(RUNS),
         sharpness=sharpness_outputs(),
         reference="workflow/configs/paper_reference.yaml",
     output:
@@ -20,7 +20,7 @@ rule tables:
 rule figures:
     """Training curves, the OOD-severity curve and the loss landscape."""
     input:
-        runs=run_results(reported_pairs(config)),
+        runs=run_results(RUNS),
         sharpness=sharpness_outputs(),
     output:
         reported(figure_outputs(), "Figures"),

@@ -1,15 +1,16 @@
 rule sharpness:
-    """Flatness of every run of one task in the full weight space, from its checkpoint (never retrains)."""
+    """Flatness of every run of one (task, method) in the full weight space, from its checkpoints
+    (never retrains)."""
     input:
-        runs=lambda w: [str(paths.run_result(w.task, m, s)) for t, m in table_pairs() if t == w.task for s in SEEDS],
-        checkpoints=lambda w: checkpoint_dirs([(t, m) for t, m in table_pairs() if t == w.task]),
+        runs=lambda w: run_results({(w.task, w.method): SHARPNESS_RUNS[(w.task, w.method)]}),
+        checkpoints=lambda w: checkpoint_dirs({(w.task, w.method): SHARPNESS_RUNS[(w.task, w.method)]}),
     output:
-        str(paths.task_sharpness("{task}")),
+        str(paths.pair_sharpness("{task}", "{method}")),
     params:
         options=config.get("sharpness"),
     threads: config["threads"]
     log:
-        str(paths.log("sharpness", "{task}")),
+        str(paths.log("sharpness", "{task}", "{method}")),
     resources:
         **rule_resources("sharpness"),
     script:

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from lorarepro import checkpoints, paths, records
 from lorarepro.audit.report import record
-from lorarepro.config import ConfigError, reported_pairs, specs
+from lorarepro.config import ConfigError, reported_runs, spec_seeds, specs
 from lorarepro.data.io import fingerprint
 from lorarepro.experiment import resolve_run
 from lorarepro.hashing import sha256_dir, sha256_file
@@ -68,7 +68,7 @@ def _unfinished(path: Path) -> dict:
 
 def collect_runs(config: dict) -> tuple[list[Run], list[dict]]:
     """Every run the config reports or the index lists; a missing or unfinished one is a failure."""
-    wanted = [(t, m, s) for t, m in reported_pairs(config) for s in config["seeds"]]
+    wanted = [(t, m, s) for (t, m), seeds in reported_runs(config).items() for s in seeds]
     runs, found = [], []
     for task, method, seed in dict.fromkeys(wanted + _indexed(paths.tables_index())):
         path = paths.run_result(task, method, seed)
@@ -104,7 +104,8 @@ def check_metrics(runs: list[Run]) -> list[dict]:
 
 
 def runs_by_table(config: dict, runs: list[Run]) -> dict[str, list[Run]]:
-    return {tid: [r for r in runs if r.task in spec["tasks"] and r.method in spec["methods"]]
+    return {tid: [r for r in runs if r.task in spec["tasks"] and r.method in spec["methods"]
+                  and r.seed in spec_seeds(config, spec)]
             for tid, spec in specs(config, "tables").items()}
 
 

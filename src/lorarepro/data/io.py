@@ -88,6 +88,19 @@ def flip_labels(rng: np.random.Generator, labels: np.ndarray, num_labels: int, r
     return labels
 
 
+def noisy_train_split(task: str, task_cfg: dict, data_seed: int, splits: dict, num_labels: int) -> dict:
+    """`train_label_noise`: that fraction of the training split's labels flipped to another label, from
+    a stream of its own (validation and test stay clean, so the noise hurts learning, not scoring).
+    Returns what the manifest records ({} when the task has none)."""
+    rate = float(task_cfg.get("train_label_noise", 0.0))
+    if not rate:
+        return {}
+    train = splits["train"]
+    labels = flip_labels(rng_for(data_seed, task, "train_label_noise"), train["label"].to_numpy(), num_labels, rate)
+    splits["train"] = train.assign(label=labels)
+    return {"train_label_noise": rate}
+
+
 def fingerprint(split_hashes: Iterable[str]) -> str:
     """One hash of a whole prepared dataset: sha256 over its sorted split hashes."""
     return hashlib.sha256("\n".join(sorted(split_hashes)).encode()).hexdigest()

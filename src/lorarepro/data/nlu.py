@@ -17,6 +17,7 @@ from lorarepro.data.io import (
     GENERATORS,
     cut_splits,
     flip_labels,
+    noisy_train_split,
     rng_for,
     sample_unique,
     split_sizes,
@@ -310,9 +311,11 @@ def _prepare(task: str, task_cfg: dict, data_seed: int, kind: str, make) -> tupl
     words = LABEL_WORDS[kind]
     labels = flip_labels(rng, [r["label"] for r in rows], len(words), noise)
     rows = [{"text": r["text"], "label": int(y)} for r, y in zip(rows, labels)]
+    splits = cut_splits(rows, sizes)
     meta = {"family": "nlu", "num_labels": len(words), "label_words": words,
-            "label_noise": noise, "hard_fraction": hard}
-    return cut_splits(rows, sizes), meta
+            "label_noise": noise, "hard_fraction": hard,
+            **noisy_train_split(task, task_cfg, data_seed, splits, len(words))}
+    return splits, meta
 
 
 @GENERATORS.register("sentiment")

@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from lorarepro.data.io import GENERATORS, SPLITS, rng_for, split_sizes
+from lorarepro.data.io import GENERATORS, SPLITS, noisy_train_split, rng_for, split_sizes
 
 IMAGE_SIZE = 8
 NUM_CLASSES = 10
@@ -116,7 +116,8 @@ def _prepare(task: str, task_cfg: dict, data_seed: int, transform) -> tuple[dict
     for s in SEVERITIES:
         splits[f"ood_s{s}"] = _frame(corrupted[s], test_y, corruption=kinds)
     meta = {"family": "vision", "num_labels": NUM_CLASSES, "image_size": IMAGE_SIZE,
-            "ood_severities": list(SEVERITIES), "corruptions": list(CORRUPTIONS)}
+            "ood_severities": list(SEVERITIES), "corruptions": list(CORRUPTIONS),
+            **noisy_train_split(task, task_cfg, data_seed, splits, NUM_CLASSES)}
     return splits, meta
 
 

@@ -11,6 +11,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from lorarepro.config import reported_runs
 from lorarepro.families import of_arch
 from lorarepro.pipeline.gpus import claim
 
@@ -62,14 +63,16 @@ def train(smk):
     with logged(smk.log[0]), claim(smk.resources.get("gpu", 0)):
         from lorarepro.pipeline.launcher import train_job  # deferred: torch, transformers, PEFT
 
-        train_job(smk.config, smk.wildcards.task, smk.wildcards.method, job_tags(smk))
+        task, method = smk.wildcards.task, smk.wildcards.method
+        seeds = [int(smk.wildcards.seed)] if "seed" in smk.wildcards.keys() else reported_runs(smk.config)[(task, method)]
+        train_job(smk.config, task, method, seeds, job_tags(smk))
 
 
 def sharpness(smk):
     with logged(smk.log[0]), claim(smk.resources.get("gpu", 0)):
-        from lorarepro.sharpness import measure_task  # deferred: torch, transformers, PEFT
+        from lorarepro.sharpness import measure_pair  # deferred: torch, transformers, PEFT
 
-        measure_task(smk.config, smk.wildcards.task, **smk.params.options)
+        measure_pair(smk.config, smk.wildcards.task, smk.wildcards.method, **smk.params.options)
 
 
 def prepare_data(smk):

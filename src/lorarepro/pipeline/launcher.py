@@ -5,7 +5,7 @@ The job process (lorarepro.pipeline.jobs.train, after lorarepro.pipeline.gpus cl
 set CUDA_VISIBLE_DEVICES) calls `train_job`, which for N > 1 writes the config to a file and starts
 
     python -m torch.distributed.run --standalone --nproc-per-node N --max-restarts 0 \
-        -m lorarepro.pipeline.launcher <config.json> <task> <method> <job tags>
+        -m lorarepro.pipeline.launcher <config.json> <task> <method> <seeds> <job tags>
 
 as an argv list (no shell). Each rank runs `main`, which calls the same
 lorarepro.training.train.train_task_method a one-process job calls; the rank comes from the
@@ -55,27 +55,27 @@ def _fd(stream):
         return None
 
 
-def train_job(config: dict, task: str, method: str, job: dict | None = None) -> list[dict]:
-    """The train job's body: every seed of (task, method), here or on the ranks the run asks for;
+def train_job(config: dict, task: str, method: str, seeds: list[int], job: dict | None = None) -> list[dict]:
+    """The train job's body: these seeds of (task, method), here or on the ranks the run asks for;
     returns the result records."""
     processes = distributed(resolve_run(config, task, method))["processes"]
     if processes == 1:
-        return train_task_method(config, task, method, job)
+        return train_task_method(config, task, method, seeds, job)
     with tempfile.TemporaryDirectory(prefix="lorarepro-ranks-") as tmp:
         cfg = Path(tmp) / "config.json"
         cfg.write_text(json.dumps(config))
-        run_ranks(["-m", "lorarepro.pipeline.launcher", str(cfg), task, method, json.dumps(job or {})], processes,
-                  what=f"training of task={task} method={method}")
-    return [records.read(task, method, seed) for seed in config["seeds"]]
+        run_ranks(["-m", "lorarepro.pipeline.launcher", str(cfg), task, method, json.dumps(seeds), json.dumps(job or {})],
+                  processes, what=f"training of task={task} method={method}")
+    return [records.read(task, method, seed) for seed in seeds]
 
 
 def main(argv: list[str]) -> None:
-    """One rank: `python -m lorarepro.pipeline.launcher <config.json> <task> <method> <job tags json>`."""
-    config_path, task, method, job = argv
+    """One rank: `python -m lorarepro.pipeline.launcher <config.json> <task> <method> <seeds json> <job tags json>`."""
+    config_path, task, method, seeds, job = argv
 
     @record  # the launcher's failure summary then names the rank and its exception
     def rank_main() -> None:
-        train_task_method(json.loads(Path(config_path).read_text()), task, method, json.loads(job))
+        train_task_method(json.loads(Path(config_path).read_text()), task, method, json.loads(seeds), json.loads(job))
 
     rank_main()
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from lorarepro import paths, records
 from lorarepro.atomic import write_text
-from lorarepro.config import specs
+from lorarepro.config import spec_seeds, specs
 from lorarepro.experiment import resolve_run
+from lorarepro.reporting.claims import CLAIMS_ID
 from lorarepro.reporting.tables import SHARPNESS_CAPTION, SHARPNESS_ID
 
 
@@ -27,7 +28,7 @@ def _settings(config: dict, task: str, method: str) -> str:
 
 def _config_lines(config: dict, kind: str, spec: dict) -> list[str]:
     lines = [f"**Config**: ``{kind}`` entry ``{spec['id']}`` of the run's params (params.yaml plus any "
-             f"``--configfile``); seeds {', '.join(map(str, config['seeds']))}; data_seed {config['data_seed']}.", ""]
+             f"``--configfile``); seeds {', '.join(map(str, spec_seeds(config, spec)))}; data_seed {config['data_seed']}.", ""]
     for method in spec["methods"]:
         for task in spec["tasks"]:
             lines.append(f"- ``{method}`` on ``{task}``: {_settings(config, task, method)}")
@@ -57,6 +58,13 @@ def _audit_line(audit: dict, files: list[str]) -> list[str]:
 def table_captions(config: dict, index: dict, audit: dict) -> dict[str, str]:
     out = {}
     for entry in index["tables"]:
+        if entry["id"] == CLAIMS_ID:
+            files = [str(paths.claims(ext)) for ext in ("md", "csv", "json")]
+            out[CLAIMS_ID] = "\n".join([
+                f"{entry['caption']}: each claim's statement, the paper's number and source, our effect with its "
+                "95% interval, n, the minimum detectable effect and the verdict (``results/claims.md`` explains "
+                "each comparison).", "", *_runs_lines(entry["runs"]), *_audit_line(audit, files)])
+            continue
         if entry["id"] == SHARPNESS_ID:
             head = [SHARPNESS_CAPTION, ""]
             config_lines = _config_lines(config, "tables", {"id": "(every table)", "methods": entry["rows"],
@@ -80,7 +88,7 @@ def figure_captions(config: dict) -> dict[str, str]:
     out = {}
     for figure_id, spec in specs(config, "figures").items():
         runs = [str(paths.run_result(t, m, s)) for m in spec["methods"] for t in spec["tasks"]
-                for s in config["seeds"] if paths.run_result(t, m, s).is_file()]
+                for s in spec_seeds(config, spec) if paths.run_result(t, m, s).is_file()]
         out[figure_id] = "\n".join([spec["caption"], "", *_config_lines(config, "figures", spec), *_runs_lines(runs)])
     return out
 

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from lorarepro import paths, records
 from lorarepro.atomic import write_with
-from lorarepro.config import specs
+from lorarepro.config import spec_seeds, specs
 from lorarepro.registry import Registry
 
 FIGURES = Registry("figure")  # id -> fn(config) -> written paths; a config's `figures:` entry names one
@@ -98,7 +98,7 @@ def _lines_per_task(config: dict, figure_id: str, read, xlabel: str, ylabel: str
     """One panel per task, one line per method for the first seed; `read(task, method, seed)`
     returns (x, y) or None for a missing run, which is noted in the figure."""
     spec = _figure_spec(config, figure_id)
-    seed = config["seeds"][0]
+    seed = spec_seeds(config, spec)[0]
     fig, axes = _new_figure(len(spec["tasks"]), spec["caption"])
     missing = []
     for ax, task in zip(axes, spec["tasks"]):
@@ -153,7 +153,7 @@ def ood_stats(task: str, method: str, seeds: list[int]) -> tuple[pd.Series, pd.S
 
 def _plot_task(ax, config: dict, spec: dict, task: str, missing: list[str]) -> dict:
     """One task's panel; returns the per-method means of complete methods for the average panel."""
-    seeds = list(config["seeds"])
+    seeds = spec_seeds(config, spec)
     complete = {}
     for method in spec["methods"]:
         stats = ood_stats(task, method, seeds)
@@ -207,7 +207,9 @@ def _read_landscape(task: str, method: str, seed: int) -> tuple[list, list] | No
     measures = records.read_sharpness(task, method, seed)
     if measures is None:
         return None
-    landscape = measures.get("landscape") or {}
+    landscape = measures.get("landscape")
+    if landscape is None:
+        return None  # measured without the landscape (not a detail seed)
     if not {"alphas", "loss"} <= landscape.keys() or len(landscape["alphas"]) != len(landscape["loss"]):
         raise ValueError(f"{paths.run_sharpness(task, method, seed)}: `landscape` needs equally long `alphas` and `loss` lists")
     return landscape["alphas"], landscape["loss"]
@@ -224,10 +226,10 @@ def loss_landscape(config: dict) -> list[Path]:
 # ----------------------------------------------------------------------------- ablations
 
 
-def _ablation_points(config: dict, task: str, methods: list[str], x_of, series_of, missing: list[str]) -> dict:
+def _ablation_points(config: dict, spec: dict, task: str, x_of, series_of, missing: list[str]) -> dict:
     """{series: sorted [(x, mean, std)]} over the finished seeds of each method; x and series come
     from each run's own resolved config (its `config` key), so the figure plots what was trained."""
-    seeds = list(config["seeds"])
+    seeds, methods = spec_seeds(config, spec), spec["methods"]
     points: dict[str, list] = {}
     for method in methods:
         runs = [r for r in (records.finished(task, method, s) for s in seeds)
@@ -248,7 +250,7 @@ def _ablation(config: dict, figure_id: str, xlabel: str, x_of, series_of, log2_x
     fig, axes = _new_figure(len(spec["tasks"]), spec["caption"])
     missing: list[str] = []
     for ax, task in zip(axes, spec["tasks"]):
-        for i, (series, pts) in enumerate(_ablation_points(config, task, spec["methods"], x_of, series_of, missing).items()):
+        for i, (series, pts) in enumerate(_ablation_points(config, spec, task, x_of, series_of, missing).items()):
             xs, means, stds = zip(*pts)
             ax.errorbar(xs, means, yerr=stds, marker="o", markersize=3, capsize=3, label=series, color=f"C{i}")
         if log2_x:

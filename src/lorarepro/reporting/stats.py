@@ -1,12 +1,14 @@
-"""Comparing a Flat variant with its base: paired significance tests, the rule that pairs the
-methods, and the per-task flatness verdict of the sharpness table (pure functions, no I/O).
+"""Paired comparisons of methods (pure functions, no I/O): the tests, the minimum detectable effect,
+Holm's correction, the verdict of a claim, the rule that pairs a Flat variant with its base, and the
+per-task flatness summary of the sharpness table.
 
 Runs of two methods that share a seed share the data order and the adapter init (see
-`loop.step_plan`), so the per-seed differences are the natural unit: a paired test removes the
-seed-to-seed variance that both methods share. With the 3-5 seeds a reproduction can afford, the
-t-test leans on normality of the differences, so the exact (distribution-free) sign and sign-flip
-permutation tests are reported beside it. Their smallest attainable two-sided p is 2 / 2^n, e.g.
-0.25 for 3 seeds: they cannot reach 0.05 below 6 seeds, and saying so is part of the result.
+`training.loop.step_plan`), so the per-seed differences are the unit of analysis: a paired test removes
+the seed-to-seed variance both methods share. The paired t-test (scipy.stats.ttest_rel, with its
+95% interval) is the primary test; the exact sign test (scipy.stats.binomtest) and the sign-flip
+permutation test (scipy.stats.permutation_test) are reported beside it, distribution-free, and
+decide alone where the t-test is undefined: when every seed gives the same difference (zero
+spread), which says nothing about the size of the spread and so never passes for certainty.
 """
 
 from __future__ import annotations
@@ -14,18 +16,24 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import optimize
 from scipy import stats as sps
 
-MAX_EXACT_N = 20  # 2^20 sign flips; beyond that the exact permutation p is left None
+ALPHA = 0.05  # two-sided level of every test
+POWER = 0.8  # the power the minimum detectable effect (MDE) is computed for
+EXACT_PERMUTATIONS = 16  # up to 2^16 sign flips enumerated; beyond, a seeded Monte Carlo sample
+MONTE_CARLO = 20_000
+ZERO_SPREAD = 1e-9  # differences whose sd is below this share of their size count as identical
 _NONFLAT_KEYS = ("label", "paper_row", "flat")  # keys ignored when matching a flat method to its base
 
 
-def _differences(flat: list[float], base: list[float]) -> np.ndarray:
-    if len(flat) != len(base):
-        raise ValueError(f"paired_test: flat has {len(flat)} values, base has {len(base)}; pair them by seed first")
-    diffs = np.asarray(flat, dtype=float) - np.asarray(base, dtype=float)
+def _differences(treatment, control) -> np.ndarray:
+    if len(treatment) != len(control):
+        raise ValueError(f"paired_test: {len(treatment)} treatment values, {len(control)} control values; "
+                         "pair them by seed first")
+    diffs = np.asarray(treatment, dtype=float) - np.asarray(control, dtype=float)
     if not np.all(np.isfinite(diffs)):
-        raise ValueError(f"paired_test: non-finite values in flat={list(flat)} base={list(base)}")
+        raise ValueError(f"paired_test: non-finite values in treatment={list(treatment)} control={list(control)}")
     return diffs
 
 
@@ -37,60 +45,122 @@ def sign_test(diffs: np.ndarray) -> float:
     return float(sps.binomtest(int((nonzero > 0).sum()), int(nonzero.size), 0.5).pvalue)
 
 
-def permutation_test(diffs: np.ndarray) -> float | None:
-    """Exact two-sided sign-flip test on the mean: share of the 2^n flips with |mean| >= observed.
+def permutation_test(diffs: np.ndarray) -> float:
+    """Two-sided sign-flip test on the mean difference: exact up to 2^EXACT_PERMUTATIONS flips, else a
+    Monte Carlo sample from a fixed seed (so the same data give the same p)."""
+    if not np.any(diffs):
+        return 1.0
+    exact = diffs.size <= EXACT_PERMUTATIONS
+    result = sps.permutation_test((diffs, np.zeros_like(diffs)), lambda x, y, axis: np.mean(x - y, axis=axis),
+                                  permutation_type="samples", vectorized=True, alternative="two-sided",
+                                  n_resamples=np.inf if exact else MONTE_CARLO, rng=np.random.default_rng(0))
+    return float(min(1.0, result.pvalue))
 
-    Under H0 (no difference) each difference is as likely positive as negative, so all 2^n sign
-    patterns are equally likely. Sums are built by doubling (8 bytes x 2^n); None above MAX_EXACT_N.
-    """
-    n = diffs.size
-    if n > MAX_EXACT_N:
+
+def mde(n: int, sd: float, alpha: float = ALPHA, power: float = POWER) -> float | None:
+    """The smallest true mean difference the two-sided paired t-test at `alpha` detects with
+    probability `power`, for n pairs whose differences have standard deviation `sd` (noncentral t)."""
+    if n < 2 or not sd > 0:
         return None
-    sums = np.zeros(1)
-    for d in diffs:
-        sums = np.concatenate([sums + d, sums - d])
-    observed = abs(diffs.sum())
-    tol = 1e-9 * max(1.0, float(np.abs(diffs).sum()))  # flips that tie the observed sum count as extreme
-    return float(np.count_nonzero(np.abs(sums) >= observed - tol) / sums.size)
+    df = n - 1
+    crit = sps.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(delta: float) -> float:
+        ncp = delta * math.sqrt(n) / sd
+        upper, lower = sps.nct.sf(crit, df, ncp), sps.nct.cdf(-crit, df, ncp)
+        # far in the tail (few degrees of freedom, a large ncp) the noncentral t gives NaN: there the
+        # upper tail is all but certain and the lower one empty
+        return float(np.nan_to_num(upper, nan=1.0) + np.nan_to_num(lower, nan=0.0)) - power
+
+    high = sd
+    while shortfall(high) < 0:
+        high *= 2
+    return float(optimize.brentq(shortfall, 0.0, high, xtol=1e-10 * sd))
 
 
-def paired_test(flat: list[float], base: list[float]) -> dict:
-    """Paired comparison of per-seed values (same position = same seed): mean difference flat - base,
-    its 95% t-interval, and the paired t-test, exact sign test and exact permutation test p-values.
+def paired_test(treatment, control, alpha: float = ALPHA) -> dict:
+    """Paired comparison of per-seed values (same position = same seed).
 
-    Fewer than 2 pairs: CI, t and p are None (nothing can be estimated). All differences zero: p = 1
-    and CI [0, 0] (t is undefined, None). Identical non-zero differences give a zero-width CI and
-    p_ttest = 0; the exact tests then still show how little 3 seeds can prove.
-    """
-    diffs = _differences(flat, base)
+    Returns n, the mean difference treatment − control and its spread (sd), the paired t-test (t,
+    p_ttest, ci95), the exact sign test (p_sign), the sign-flip permutation test (p_permutation),
+    `zero_spread`, `p` (the deciding p: the t-test's, or the exact sign test's where the t-test is
+    undefined) and `mde` (the 80%-power minimum detectable effect at this n and spread). Fewer than
+    2 pairs: nothing but n and the mean can be estimated."""
+    diffs = _differences(treatment, control)
     n = int(diffs.size)
-    out = {"n": n, "mean_diff": float(diffs.mean()) if n else None, "ci95": None, "t": None,
-           "p_ttest": None, "p_sign": None, "p_permutation": None}
+    out = {"n": n, "mean_diff": float(diffs.mean()) if n else None, "sd": None, "t": None, "p_ttest": None,
+           "ci95": None, "p_sign": None, "p_permutation": None, "zero_spread": False, "p": None, "mde": None}
     if n < 2:
         return out
-    if not np.any(diffs):
-        return {**out, "ci95": [0.0, 0.0], "p_ttest": 1.0, "p_sign": 1.0, "p_permutation": 1.0}
-    mean, sd = float(diffs.mean()), float(diffs.std(ddof=1))
-    half = float(sps.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    if sd == 0.0:
-        t, p = math.copysign(math.inf, mean), 0.0
-    else:
-        t = mean / (sd / math.sqrt(n))
-        p = float(2 * sps.t.sf(abs(t), n - 1))
-    return {**out, "ci95": [mean - half, mean + half], "t": t, "p_ttest": p,
-            "p_sign": sign_test(diffs), "p_permutation": permutation_test(diffs)}
+    sd = float(diffs.std(ddof=1))
+    out.update(sd=sd, p_sign=sign_test(diffs), p_permutation=permutation_test(diffs))
+    # Every seed gave the same difference (up to rounding in averages and fits): no t-test; the
+    # exact sign test decides.
+    if sd <= ZERO_SPREAD * max(1.0, float(np.abs(diffs).max())):
+        return {**out, "sd": 0.0, "zero_spread": True, "p": out["p_sign"]}
+    result = sps.ttest_rel(np.asarray(treatment, dtype=float), np.asarray(control, dtype=float))
+    interval = result.confidence_interval(1 - alpha)
+    return {**out, "t": float(result.statistic), "p_ttest": float(result.pvalue), "p": float(result.pvalue),
+            "ci95": [float(interval.low), float(interval.high)], "mde": mde(n, sd, alpha)}
 
 
-def verdict(test: dict) -> str:
-    """"better"/"worse" only when the 95% CI of the mean difference excludes 0, else "n.s."."""
-    ci = test.get("ci95")
-    if ci is None:
+def interval(test: dict, alpha: float = ALPHA) -> list[float] | None:
+    """The interval a verdict reads: the t-interval; with zero spread, the exact difference itself
+    when the sign test finds it significant (every seed agrees, and enough seeds to say so)."""
+    if test.get("zero_spread"):
+        return [test["mean_diff"]] * 2 if test["p"] is not None and test["p"] < alpha else None
+    return test.get("ci95")
+
+
+def direction(test: dict, alpha: float = ALPHA) -> str:
+    """"better" / "worse" when the difference is significant at `alpha` (two-sided), else "n.s."."""
+    ci = interval(test, alpha)
+    if ci is None or test["p"] is None or test["p"] >= alpha:
         return "n.s."
-    if ci[0] > 0:
-        return "better"
-    if ci[1] < 0:
-        return "worse"
-    return "n.s."
+    return "better" if ci[0] > 0 else "worse" if ci[1] < 0 else "n.s."
+
+
+def holm(pvalues: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values of one family of tests (None stays None, not counted).
+    scipy.stats offers Benjamini-Hochberg (false_discovery_control) but not Holm's family-wise
+    control, hence these lines."""
+    known = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    adjusted: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(known):
+        running = max(running, min(1.0, (len(known) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+VERDICTS = ("reproduced", "smaller than claimed", "contradicted", "inconclusive")
+
+
+def claim_verdict(test: dict, kind: str, claimed: float | None = None, alpha: float = ALPHA) -> str:
+    """The verdict of a claim from its primary test; effects are oriented so that positive is the
+    claimed direction.
+
+    kind "superior" (a gain, of size `claimed` where the paper gives one): contradicted when the
+    interval lies below 0; smaller than claimed when it lies below the claimed size; reproduced when
+    it lies above 0 and reaches the claimed size; inconclusive when it holds both 0 and the claimed
+    size. kind "bound" (the effect is at most `claimed`, e.g. a time ratio): reproduced when the
+    interval lies at or below the bound, contradicted when it lies above it. kind "non_inferior" (the
+    effect is at least -`claimed`, a margin): reproduced above it, contradicted below it."""
+    ci = interval(test, alpha)
+    if ci is None:
+        return "inconclusive"
+    lo, hi = ci
+    if kind == "superior":
+        if hi < 0:
+            return "contradicted"
+        if claimed is not None and hi < claimed:
+            return "smaller than claimed"
+        return "reproduced" if lo > 0 else "inconclusive"
+    if kind == "bound":
+        return "reproduced" if hi <= claimed else "contradicted" if lo > claimed else "inconclusive"
+    if kind == "non_inferior":
+        return "reproduced" if lo > -claimed else "contradicted" if hi < -claimed else "inconclusive"
+    raise ValueError(f"unknown claim kind {kind!r} (known: superior, bound, non_inferior)")
 
 
 # ----------------------------------------------------------------------------- pairing methods

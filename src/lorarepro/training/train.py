@@ -75,7 +75,8 @@ class _Session:
         self.manifest = verify_dataset(self.task_dir)
         self.family = families.get(run["family"])
         model, self.tokenizer = load_model(run, self.manifest, seed)
-        self.encoded = self.family.encode(load_split(self.task_dir, "train"), self.tokenizer, self.manifest, tcfg["max_length"])
+        self.encoded = self.family.encode(_training_rows(self.task_dir, tcfg), self.tokenizer, self.manifest,
+                                          tcfg["max_length"])
         self.plan = step_plan(len(self.encoded), tcfg["batch_size"], tcfg["grad_accum"], tcfg["epochs"], seed)
         adapter = run["adapter"]
         ga_steps = self.plan[: lora.gradient_steps(adapter)]  # LoRA-GA's gradient: the first steps' batches
@@ -194,6 +195,14 @@ def _lineage(manifest: dict, run: dict, tracker) -> dict:
             "mlflow_run_id": tracker.run_id if tracker else None, **{f"git_{k}": v for k, v in git_state().items()}}
 
 
+def _training_rows(task_dir, tcfg: dict):
+    """The training split, or its first `train_fraction` of rows (they are in random order): less
+    data, e.g. for the positive control."""
+    rows = load_split(task_dir, "train")
+    fraction = tcfg.get("train_fraction", 1.0)
+    return rows if fraction >= 1 else rows.head(max(1, round(fraction * len(rows))))
+
+
 def _write_failed(run: dict, seed: int, exc: NonFiniteLoss, history: History, manifest: dict, tracker) -> None:
     """A diverged run is a recorded outcome: result JSON with status FAILED (tables show the cell as
     diverged/missing), the history so far, and a checkpoint directory holding only a status file,
@@ -219,8 +228,10 @@ def _backbone_sha(backbone: str) -> str:
     return checkpoints.backbone_marker(backbone)["sha256"]
 
 
-def train_task_method(config: dict, task: str, method: str, job: dict | None = None) -> list[dict]:
-    """Every seed of one (task, method), each tracked as its own MLflow run (a child of the pipeline's).
+def train_task_method(config: dict, task: str, method: str, seeds: list[int] | None = None,
+                      job: dict | None = None) -> list[dict]:
+    """These seeds (default: the config's) of one (task, method), each tracked as its own MLflow run
+    (a child of the pipeline's).
 
     `job` names the Snakemake job (rule, wildcards) for the run's tags. The input hashes and git
     state are tagged when the run starts, so a run that fails still says what it ran on. Started by
@@ -235,7 +246,7 @@ def train_task_method(config: dict, task: str, method: str, job: dict | None = N
               **{f"git_{k}": v for k, v in git_state().items()}}
     job_tags = {f"snakemake_{k}": v for k, v in (job or {}).items()}
     results = []
-    for seed in run["seeds"]:
+    for seed in config["seeds"] if seeds is None else seeds:
         tags = {"task": task, "method": method, "seed": seed, "family": run["family"], "backbone": run["backbone"],
                 **inputs, **job_tags}
         resolved = {**run, "seed": seed}

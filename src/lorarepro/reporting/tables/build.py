@@ -1,5 +1,5 @@
-"""Entry points: every configured table's files (plus the sharpness table), the tables index and
-the metrics summary, as {path: text} for the audit, or written (atomically) for the tables rule."""
+"""Entry points: every configured table's files (plus the sharpness table and the claims), the
+tables index and the metrics summary, as {path: text} for the audit, or written (atomically) for the tables rule."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 from lorarepro import paths
 from lorarepro.atomic import write_text
-from lorarepro.config import specs
+from lorarepro.config import spec_seeds, specs
 from lorarepro.reporting import cost
+from lorarepro.reporting.claims import claims_files
 from lorarepro.reporting.tables.cells import is_complete, load_reference, row_averages, table_cells, table_spec
 from lorarepro.reporting.tables.paired import attach_marks, render_significance_csv, render_significance_md, significance
 from lorarepro.reporting.tables.render import render_csv, render_latex, render_markdown
@@ -22,7 +23,7 @@ def table_files(table_id: str, config: dict, reference: dict | None) -> tuple[di
     spec = table_spec(config, table_id)
     sig = significance(table_id, config, reference)
     cells = attach_marks(table_cells(table_id, config, reference), sig)
-    extra = cost.cost_columns(spec, list(config["seeds"])) if spec.get("cost") else None
+    extra = cost.cost_columns(spec, spec_seeds(config, spec)) if spec.get("cost") else None
     md = render_markdown(cells, spec["caption"], config, extra) + (f"\n{cost.COST_NOTE}\n" if extra else "")
     files = {
         paths.table(table_id, "csv"): render_csv(cells),
@@ -86,6 +87,10 @@ def all_files(config: dict, reference: dict | None) -> dict[Path, str]:
         texts, entry = sharpness_files(config)
         files.update(texts)
         entries.append(entry)
+    claims = claims_files(config)
+    if claims is not None:
+        files.update(claims[0])
+        entries.append(claims[1])
     files[paths.tables_index()] = index_text(entries)
     files[paths.metrics_summary()] = metrics_text(config)
     return files

@@ -12,7 +12,7 @@ import pandas as pd
 import yaml
 
 from lorarepro import paths, records
-from lorarepro.config import specs
+from lorarepro.config import spec_seeds, specs
 
 # ----------------------------------------------------------------------------- small I/O helpers
 
@@ -91,7 +91,7 @@ def table_cells(table_id: str, config: dict, reference: dict | None = None) -> p
     spec = table_spec(config, table_id)
     if not spec.get("methods") or not spec.get("tasks"):
         raise ValueError(f"table {table_id!r} needs at least one method and one task")
-    seeds = list(config["seeds"])
+    seeds = spec_seeds(config, spec)
     rows = []
     for method in spec["methods"]:
         method_cfg = entry(config, "methods", method)

@@ -8,12 +8,13 @@ import pandas as pd
 from tabulate import tabulate
 
 from lorarepro import paths, records
-from lorarepro.reporting.stats import flat_pairs, paired_test, verdict
+from lorarepro.config import spec_seeds
+from lorarepro.reporting.stats import direction, flat_pairs, paired_test
 from lorarepro.reporting.tables.cells import entry, is_complete, paper_value, seed_metric, table_spec
 
 SIG_COLUMNS = [
     "table", "task", "flat_method", "base_method", "n", "mean_diff", "paper_gain",
-    "ci_lo", "ci_hi", "p_ttest", "p_sign", "p_permutation", "significant", "seeds",
+    "ci_lo", "ci_hi", "mde", "p_ttest", "p_sign", "p_permutation", "significant", "seeds",
 ]
 
 
@@ -45,7 +46,7 @@ def paper_gain(reference: dict | None, spec: dict, config: dict, flat: str, base
 def significance(table_id: str, config: dict, reference: dict | None = None) -> pd.DataFrame:
     """One row per (flat, base, task): paired tests over the seeds finished for both methods."""
     spec = table_spec(config, table_id)
-    seeds = list(config["seeds"])
+    seeds = spec_seeds(config, spec)
     rows = []
     for flat, base in flat_pairs(config.get("methods") or {}, list(spec["methods"])):
         for task in spec["tasks"]:
@@ -57,8 +58,8 @@ def significance(table_id: str, config: dict, reference: dict | None = None) -> 
                 "table": table_id, "task": task, "flat_method": flat, "base_method": base,
                 "n": test["n"], "mean_diff": test["mean_diff"],
                 "paper_gain": paper_gain(reference, spec, config, flat, base, task),
-                "ci_lo": lo, "ci_hi": hi, "p_ttest": test["p_ttest"], "p_sign": test["p_sign"],
-                "p_permutation": test["p_permutation"], "significant": verdict(test),
+                "ci_lo": lo, "ci_hi": hi, "mde": test["mde"], "p_ttest": test["p_ttest"], "p_sign": test["p_sign"],
+                "p_permutation": test["p_permutation"], "significant": direction(test),
                 "seeds": ";".join(map(str, common)),
             })
     return pd.DataFrame.from_records(rows, columns=SIG_COLUMNS)
@@ -80,8 +81,8 @@ def _sig_text(value, spec: str) -> str:
 
 
 def render_significance_md(sig: pd.DataFrame, table_id: str, config: dict) -> str:
-    seeds = list(config["seeds"])
-    digits = {"mean_diff": ".2f", "paper_gain": ".2f", "ci_lo": ".2f", "ci_hi": ".2f",
+    seeds = spec_seeds(config, table_spec(config, table_id))
+    digits = {"mean_diff": ".2f", "paper_gain": ".2f", "ci_lo": ".2f", "ci_hi": ".2f", "mde": ".2f",
               "p_ttest": ".3g", "p_sign": ".3g", "p_permutation": ".3g"}
     rows = [[_sig_text(getattr(r, c), digits[c]) if c in digits else str(getattr(r, c))
              for c in SIG_COLUMNS[1:]] for r in sig.itertuples()]
@@ -90,17 +91,19 @@ def render_significance_md(sig: pd.DataFrame, table_id: str, config: dict) -> st
     lines = [
         f"**{table_id}: significance.** Flat variants against their base, per task, paired by seed.", "",
         body, "",
-        f"{len(seeds)} seeds configured ({', '.join(map(str, seeds))}); `n` = seeds finished for both "
-        "methods (`seeds` lists them). Tests: paired t-test; with fewer than 5 seeds also exact sign "
-        "and permutation tests (all three are always reported; with n pairs the exact tests cannot "
-        f"give p below 2/2^n, {2 ** (1 - len(seeds)):.4g} for {len(seeds)} seeds). `mean_diff` = flat − base "
-        "in points of the test metric, with its 95% t-interval `ci_lo`..`ci_hi`; `paper_gain` = the "
-        "paper's gain for the mirrored task, empty where unknown; `significant` is better/worse only "
-        "when the 95% CI excludes 0, else n.s.",
+        f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); `n` = seeds finished for both methods (`seeds` "
+        "lists them). `mean_diff` = flat − base in points of the test metric, with its 95% t-interval "
+        "`ci_lo`..`ci_hi` (paired t-test, `p_ttest`); `mde` = the smallest true difference this test "
+        "detects with 80% power at this n and spread. The exact sign test and the sign-flip permutation "
+        f"test are reported beside it (with n pairs they cannot give p below 2/2^n, {2 ** (1 - len(seeds)):.3g} "
+        f"for {len(seeds)} seeds); where every seed gives the same difference the t-test is undefined "
+        "and the sign test decides. `significant` is better/worse when p < 0.05, else n.s.; these are "
+        "per-cell tests, uncorrected for the table's many cells: the claims (results/claims.md) are "
+        "the pre-registered tests. `paper_gain` = the paper's gain for the mirrored task, empty where unknown.",
     ]
     return "\n".join(lines) + "\n"
 
 
 def render_significance_csv(sig: pd.DataFrame) -> str:
-    numeric = ["mean_diff", "paper_gain", "ci_lo", "ci_hi", "p_ttest", "p_sign", "p_permutation"]
+    numeric = ["mean_diff", "paper_gain", "ci_lo", "ci_hi", "mde", "p_ttest", "p_sign", "p_permutation"]
     return sig.astype({c: float for c in numeric}).round(6).to_csv(index=False)

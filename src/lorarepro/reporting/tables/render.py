@@ -7,7 +7,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from lorarepro.reporting.stats import flat_pairs
-from lorarepro.reporting.tables.cells import is_complete, row_averages
+from lorarepro.config import spec_seeds
+from lorarepro.reporting.tables.cells import is_complete, row_averages, table_spec
 
 CSV_COLUMNS = [
     "table", "method", "label", "task", "mirrors", "n_seeds", "n_expected", "n_failed",
@@ -114,7 +115,7 @@ def not_run_notes(cells: pd.DataFrame) -> list[str]:
 
 def render_markdown(cells: pd.DataFrame, caption: str, config: dict, extra=None) -> str:
     header, rows = _wide(cells, "md", extra)
-    seeds = list(config["seeds"])
+    seeds = spec_seeds(config, table_spec(config, cells["table"].iloc[0]))
     pairs = flat_vs_lora(cells, config.get("methods") or {})
     lines = [
         f"**{cells['table'].iloc[0]}.** {caption}", "",
@@ -123,9 +124,9 @@ def render_markdown(cells: pd.DataFrame, caption: str, config: dict, extra=None)
         f"({', '.join(map(str, seeds))}); `(k/{len(seeds)})` marks a cell with only k finished "
         "seeds (`; j diverged`: j runs failed with a NaN/inf loss), left out of Avg, of the bold best and of the comparison below. "
         "`paper:` columns are the paper's reported means for the mirrored task, empty where unknown. "
-        "↑/↓ after a Flat cell: significantly better/worse than its base (paired t-test over the "
-        f"{len(seeds)} seeds, 95% CI of the per-seed difference excludes 0; complete cells only; "
-        f"all tests in `{cells['table'].iloc[0]}_significance.md`).",
+        "↑/↓ after a Flat cell: significantly better/worse than its base (paired by seed, p < 0.05, "
+        "uncorrected; complete cells only; every test in "
+        f"`{cells['table'].iloc[0]}_significance.md`, the pre-registered claims in `results/claims.md`).",
         "",
         "Flat-LoRA vs LoRA: " + ("; ".join(pairs) if pairs else "no Flat row with its base") + ".",
     ]
@@ -135,7 +136,7 @@ def render_markdown(cells: pd.DataFrame, caption: str, config: dict, extra=None)
 
 def render_latex(cells: pd.DataFrame, caption: str, config: dict, extra=None) -> str:
     header, rows = _wide(cells, "tex", extra)
-    n_seeds = len(config["seeds"])
+    n_seeds = len(spec_seeds(config, table_spec(config, cells["table"].iloc[0])))
     full_caption = (f"{_tex_escape(caption)}. Mean $\\pm$ std over {n_seeds} seeds; "
                     f"(k/{n_seeds}) marks incomplete cells; $^\\uparrow$/$^\\downarrow$: Flat variant "
                     f"significantly better/worse than its base (paired t-test over the {n_seeds} seeds, "
