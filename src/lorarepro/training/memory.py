@@ -14,6 +14,7 @@ methods' own.
 from __future__ import annotations
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 
 def peak_bytes(events) -> int:
@@ -35,8 +36,6 @@ class StepMemoryProbe:
 
     def on_step_start(self, step: int) -> None:
         if step == self.step:
-            from torch.profiler import ProfilerActivity, profile  # deferred: the profiler's import is slow
-
             self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
             self._profiler.__enter__()
 

@@ -89,8 +89,7 @@ class _Session:
             self.model, tcfg["lr"], tcfg["weight_decay"], len(self.plan), tcfg["warmup_ratio"],
             loraplus_lr_ratio=(adapter or {}).get("loraplus_lr_ratio"))
         self.strategy = methods.build(self.model, run, len(self.plan), seed)
-        # The profiler's first use costs ~1 s a process: only runs a table reports the cost of are probed.
-        self.probe = StepMemoryProbe(len(self.plan) // 2) if _costed(config, task, method) else None
+        self.probe = StepMemoryProbe(len(self.plan) // 2)  # ~10 ms: the warm server imported the profiler
         # AdaLoRA's rank allocator keeps importance averages outside the model and optimizer, which a
         # step checkpoint does not hold: it always trains from the start.
         every = 0 if (adapter or {}).get("type") == "adalora" else config.get("checkpoint_every", 50)
@@ -111,7 +110,7 @@ class _Session:
 
         module = lora.training_module(self.model, self.run["adapter"])
         module = module if self.ranks is None else self.ranks.wrap(module)
-        callbacks = [*([self.probe] if self.probe else []), *lora.callbacks(self.model, self.run["adapter"])]
+        callbacks = [self.probe, *lora.callbacks(self.model, self.run["adapter"])]
         start = time.perf_counter()
         with tqdm(total=len(self.plan), desc=self.label, mininterval=2.0, disable=not self.main) as progress:
             try:
@@ -120,8 +119,7 @@ class _Session:
                             progress=progress, start_step=start_step, history=history, on_step_end=on_step_end,
                             ranks=self.ranks)
             finally:
-                if self.probe is not None:
-                    self.probe.close()
+                self.probe.close()
                 if self.strategy is not None:
                     self.strategy.close()
         return time.perf_counter() - start
@@ -176,7 +174,7 @@ def train_one(config: dict, run: dict, seed: int, tracker=None, ranks=None) -> d
         **strategy_entry,
         "resources": {
             "seconds": round(seconds, 3), "seconds_per_step": round(seconds / len(session.plan), 5),
-            "step_peak_mb": session.probe.peak_mb if session.probe else None, "peak_rss_mb": round(peak_rss_mb(), 1),
+            "step_peak_mb": session.probe.peak_mb, "peak_rss_mb": round(peak_rss_mb(), 1),
             "device": session.device.type,
         },
         "lineage": {**_lineage(session.manifest, run, tracker), "checkpoint_sha256": ckpt},
@@ -217,11 +215,6 @@ def _write_failed(run: dict, seed: int, exc: NonFiniteLoss, history: History, ma
         **failure, "metric": manifest.get("metric", families.get(run["family"]).METRIC), "metrics": {}, "config": run,
         "lineage": _lineage(manifest, run, tracker), "versions": versions(),
     })
-
-
-def _costed(config: dict, task: str, method: str) -> bool:
-    """Whether a table with `cost: true` reports this run (its step memory is then measured)."""
-    return any(spec.get("cost") and task in spec["tasks"] and method in spec["methods"] for spec in config.get("tables") or [])
 
 
 def _backbone_sha(backbone: str) -> str:
