@@ -20,7 +20,11 @@ def reduced(params: dict) -> dict:
     """The embedded default shrunk to seconds: 1 task per family, tiny sizes, 2 seeds, few steps."""
     cfg = copy.deepcopy(params)
     cfg["seeds"] = [0, 1]
-    cfg.pop("claims")  # its comparisons name methods and tasks the reduced config drops
+    # the default's comparisons name methods and tasks the reduced config drops: claims on its own runs
+    cfg["claims"]["comparisons"] = [
+        {"claim": "nlu_average", "role": "primary", "pairs": [["flat_lora_r8", "lora_r8"]], "tasks": ["sentiment"]},
+        {"claim": "overhead_time", "role": "primary", "pairs": [["flat_lora_r8", "lora_r8"]], "tasks": ["sentiment", "digits"]},
+    ]
     for name, bb in cfg["backbones"].items():
         bb["pretrain"].update(steps=20, examples=min(bb["pretrain"]["examples"], 300))
     cfg["tasks"] = {k: v for k, v in cfg["tasks"].items() if k in ("sentiment", "digits", "arithmetic")}

@@ -27,6 +27,7 @@ def audit_config(params: dict) -> dict:
     cfg["methods"] = {k: cfg["methods"][k] for k in ("full_ft", "lora_r8")}
     cfg["tables"][0].update(tasks=["digits"], methods=["full_ft", "lora_r8"], paper_table="table2")
     cfg["figures"] = []
+    cfg["claims"]["comparisons"] = []  # the reduced config's compare sentiment runs
     del cfg["sharpness"]
     return cfg
 

@@ -28,7 +28,7 @@ def config(comparisons, seeds=SEEDS):
     return {"seeds": list(seeds), "tasks": {"a": {"mirrors": "A"}, "b": {"mirrors": "B"}},
             "methods": {m: {"label": m} for m in ("lora", "flat", "lora_small")},
             "tables": [{"id": "t", "caption": "t", "tasks": ["a", "b"], "methods": ["lora", "flat"]}],
-            "claims": {"reference": REFERENCE, "comparisons": comparisons}}
+            "claims": {"reference": REFERENCE, "comparisons": [{"claim": k, **v} for k, v in comparisons.items()]}}
 
 
 @pytest.fixture

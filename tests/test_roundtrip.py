@@ -48,7 +48,7 @@ def config(params: dict) -> dict:
     cfg["methods"].update({k: params["methods"][k] for k in ("lora_r16", "flat_lora_r16")})
     cfg["methods"]["lora_r4"] = {"label": "LoRA (r=4)", "adapter": {"type": "lora", "r": 4, "alpha": 8}}
     cfg["tables"][0]["methods"] = list(cfg["methods"])
-    cfg["sharpness"] = {"n_eval": 4, "draws": 1, "hessian_iters": 2, "radii": [0.05]}
+    cfg["sharpness"] = {"n_eval": 4, "draws": 1, "hessian_iters": 3, "radii": [0.05]}
     return cfg
 
 
@@ -87,7 +87,7 @@ def test_parallel_jobs_lose_no_run_or_metric(origin):
         run = client.get_run(run_id)
         assert run.data.tags["mlflow.parentRunId"] == parent[0][0]
         assert run.data.tags["snakemake_rule"] == "train"
-        assert run.data.tags["snakemake_job"] == f"train[task={result['task']},method={result['method']}]"
+        assert run.data.tags["snakemake_job"] == f"train[task={result['task']},method={result['method']},seed={result['seed']}]"
         assert run.data.params["training.lr"] == str(result["config"]["training"]["lr"])
         assert run.data.params["seed"] == str(result["seed"])
         artifacts = {a.path for a in client.list_artifacts(run_id)}

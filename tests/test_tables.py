@@ -11,7 +11,7 @@ from lorarepro.reporting import tables
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = [0, 1, 2]
-REFERENCE = {"table1": {"LoRA r8": {"SST-2": 94.25, "MNLI": 86.24}, "Flat r8": {"SST-2": 94.75}}}
+REFERENCE = {"table1": {"rows": {"LoRA r8": {"SST-2": 94.25, "MNLI": 86.24}, "Flat r8": {"SST-2": 94.75}}}}
 
 
 def make_config(seeds=SEEDS):
@@ -268,16 +268,20 @@ def test_unknown_table_id_is_named(workdir):
 
 def test_reference_yaml_holds_the_paper_values():
     ref = tables.load_reference(REPO / "workflow/configs/paper_reference.yaml")
-    assert ref["table1"]["Flat r16"]["CoLA"] == 84.08
-    assert ref["table1"]["LoRA r8"]["MRPC"] == 88.56
-    assert ref["table1"]["Full FT"] == {"MNLI": 86.19, "SST-2": 94.15, "CoLA": 82.84,
-                                        "QNLI": 93.10, "MRPC": 89.22}
-    assert ref["table2"]["LoRA r8"]["DTD"] == 76.86
-    assert ref["table2"]["Flat r16"]["CIFAR-100"] == 89.27
-    assert "Full FT" not in ref["table2"]
-    assert ref["table3"] == {"LoRA r8": {"GSM8K": 57.47}}
-    assert ref["table3_gains"] == {"Flat r8 - LoRA r8": {"MT-Bench": 0.20, "GSM8K": 3.18,
-                                                         "HumanEval": 3.08}}
+    value = lambda table, row, column: tables.paper_value(ref, table, row, column)  # noqa: E731
+    assert value("table1", "Flat r16", "CoLA") == 84.08 and value("table1", "LoRA r8", "MRPC") == 88.56
+    assert [value("table1", "Full FT", c) for c in ("MNLI", "SST-2", "CoLA", "QNLI", "MRPC")] == [86.19, 94.15, 82.84, 93.10, 89.22]
+    assert value("table2", "LoRA r8", "DTD") == 76.86 and value("table2", "Flat r16", "CIFAR-100") == 89.27
+    assert value("table2", "Full FT", "CIFAR-10") is None and value("table2", "Full FT", "Avg") == 86.92  # derived
+    assert value("table3", "LoRA r8", "GSM8K") == 57.47 and value("table3", "LoRA r8", "HumanEval") is None
+    assert [value("table3_gains", "Flat r8 - LoRA r8", c) for c in ("MT-Bench", "GSM8K", "HumanEval")] == [0.20, 3.18, 3.08]
+    # every table says how its numbers were obtained, and Table 2's inconsistent row is flagged, not resolved
+    assert all({"kind", "source", "verified"} <= entry["provenance"].keys() for entry in ref.values())
+    assert "86.962" in ref["table2"]["provenance"]["inconsistency"]
+    for table in ("table1", "table2"):  # the transcribed averages agree with the text's gains
+        for flat, lora, gain in (("Flat r8", "LoRA r8", table == "table1" and 0.48 or 0.56),
+                                 ("Flat r16", "LoRA r16", table == "table1" and 0.57 or 0.74)):
+            assert value(table, flat, "Avg") - value(table, lora, "Avg") == pytest.approx(gain, abs=0.011)
 
 
 # ----------------------------------------------------------------------------- significance
@@ -357,8 +361,8 @@ def test_paper_gain_from_paper_values_and_from_claimed_gains(workdir):
     config = make_config()
     config["tasks"]["nli"]["mirrors"] = "GSM8K"
     config["tables"][0]["paper_table"] = "table3"
-    reference = {"table3": {"LoRA r8": {"GSM8K": 57.47}},
-                 "table3_gains": {"Flat r8 - LoRA r8": {"GSM8K": 3.18}}}
+    reference = {"table3": {"rows": {"LoRA r8": {"GSM8K": 57.47}}},
+                 "table3_gains": {"rows": {"Flat r8 - LoRA r8": {"GSM8K": 3.18}}}}
     build(config, reference)
     assert float(sig_row(read_sig()[0], "nli")["paper_gain"]) == pytest.approx(3.18)
 

@@ -9,27 +9,17 @@ import json
 import pytest
 import torch
 
-from lorarepro import families, paths
+from lorarepro import checkpoints, families, paths, records
 from lorarepro.experiment import resolve_run
 from lorarepro.data import load_manifest, load_split
 from lorarepro.training.loop import NonFiniteLoss
-from lorarepro.records import VOLATILE
 from lorarepro.training.train import train_one
 
 TASKS = ["sentiment", "digits", "arithmetic"]
 METHODS = ["full_ft", "lora_r8", "flat_lora_r8"]
 
 
-def _stable(result: dict) -> dict:
-    """The result without the keys that legitimately vary between identical runs."""
-    out = copy.deepcopy(result)
-    for key in VOLATILE:
-        head, _, leaf = key.partition(".")
-        if leaf:
-            out[head].pop(leaf, None)
-        else:
-            out.pop(head, None)
-    return out
+_stable = records.stable  # the result without the keys that legitimately vary between identical runs
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -96,6 +86,30 @@ def test_saved_adapter_reloads_to_the_same_metric(workspace, task):
     assert family.evaluate(model, tokenizer, test, manifest, run["training"]["max_length"]) == pytest.approx(result["metrics"]["test"], abs=1e-4)
 
 
+def test_nlu_metric_is_label_constrained_greedy_decoding_of_the_saved_adapter(workspace):
+    """The one NLU metric (the official soft metric) is what a user gets from the saved adapter with
+    transformers' own greedy decoding restricted to the label words: one token, compared as text."""
+    from peft import PeftModel
+
+    run = resolve_run(workspace, "sentiment", "lora_r8")
+    result = train_one(workspace, run, seed=0)
+    family = families.get(run["family"])
+    manifest = load_manifest(paths.prepared_dir("sentiment"))
+    base, tokenizer = family.load_for_task(paths.backbone_dir(run["backbone"]), manifest)
+    model = PeftModel.from_pretrained(base, str(paths.checkpoint_dir("sentiment", "lora_r8", 0))).eval()
+    words = manifest["label_words"]
+    firsts = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words]
+    test = load_split(paths.prepared_dir("sentiment"), "test")
+    texts = test["text"].tolist() if "text_pair" not in test else [f"{a} {b}" for a, b in zip(test["text"], test["text_pair"])]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=run["training"]["max_length"])
+    out = model.generate(**batch, max_new_tokens=1, do_sample=False, num_beams=1,
+                         prefix_allowed_tokens_fn=lambda _b, _ids: firsts)
+    decoded = [tokenizer.decode(seq, skip_special_tokens=True) for seq in out]
+    predicted = [next(i for i, w in enumerate(words) if w.startswith(d)) for d in decoded]
+    accuracy = 100.0 * sum(p == g for p, g in zip(predicted, test["label"])) / len(test)
+    assert accuracy == pytest.approx(result["metrics"]["test"], abs=1e-9)
+
+
 @pytest.mark.parametrize("task", ["sentiment", "digits"])  # digits: transformers renames ViT's checkpoint keys
 def test_inplace_flat_measures_drift_and_restores_pristine_weights(workspace, task):
     cfg = copy.deepcopy(workspace)
@@ -131,3 +145,26 @@ def test_rank_above_layer_size_is_refused(workspace):
     cfg["methods"]["lora_r8"]["adapter"]["r"] = 4096
     with pytest.raises(ValueError, match="adapter.r = 4096"):
         train_one(cfg, resolve_run(cfg, "digits", "lora_r8"), seed=0)
+
+
+@pytest.mark.parametrize("criterion", ["best_validation_loss", "best_validation_metric"])
+def test_checkpoint_selection_keeps_and_saves_the_best_epoch(workspace, criterion):
+    cfg = copy.deepcopy(workspace)
+    cfg["training"]["nlu"].update(epochs=3, checkpoint_selection=criterion)
+    run = resolve_run(cfg, "sentiment", "lora_r8")
+    result = train_one(cfg, run, seed=0)
+    chosen = result["train"]["selection"]
+    assert chosen["criterion"] == criterion and 1 <= chosen["epoch"] <= 3 and chosen["step"] % (64 // 32) == 0
+    # the saved checkpoint is the chosen epoch's: its validation score comes back from disk
+    model, tokenizer, manifest = checkpoints.load(run, 0)
+    family = families.get("nlu")
+    validation = load_split(paths.prepared_dir("sentiment"), "validation")
+    if criterion == "best_validation_metric":
+        assert family.evaluate(model, tokenizer, validation, manifest, 48) == pytest.approx(chosen["value"])
+        assert result["metrics"]["validation"] == pytest.approx(chosen["value"], abs=1e-4)
+    else:
+        batch = family.encode(validation, tokenizer, manifest, 48).batch(list(range(len(validation))))
+        with torch.no_grad():
+            assert float(model(**batch).loss) == pytest.approx(chosen["value"], rel=1e-4)
+    last = train_one(workspace, resolve_run(workspace, "sentiment", "lora_r8"), seed=0)
+    assert "selection" not in last["train"]  # the default, last, adds nothing to the record

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorarepro import paths
+from lorarepro import paths, records
 from lorarepro.pipeline import warm
-from lorarepro.records import VOLATILE
 
 TESTS = Path(__file__).parent
 
@@ -128,11 +127,7 @@ def test_server_exits_when_its_parent_dies(tmp_path):
 
 
 def _stable(path: Path) -> dict:
-    result = json.loads(path.read_text())
-    for key in VOLATILE:
-        head, _, leaf = key.partition(".")
-        (result[head] if leaf else result).pop(leaf or head, None)
-    return result
+    return records.stable(records.load(path))
 
 
 def test_warm_and_cold_jobs_give_identical_results(server, workspace):

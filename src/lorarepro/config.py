@@ -102,6 +102,14 @@ def read_claims(path: str | Path) -> dict:
     return claims
 
 
+def entry(config: dict, section: str, key: str) -> dict:
+    """config[section][key], or a KeyError naming both (a table, figure or claim refers to it)."""
+    entries = config.get(section) or {}
+    if key not in entries:
+        raise KeyError(f"{section}: no entry {key!r} (a table or figure refers to it)")
+    return entries[key]
+
+
 def specs(config: dict, kind: str) -> dict:
     """The `tables` or `figures` list as {id: spec}, in config order."""
     return {spec["id"]: spec for spec in config.get(kind) or []}
@@ -118,8 +126,15 @@ def spec_seeds(config: dict, spec: dict) -> list[int]:
 
 
 def claim_comparisons(config: dict) -> dict:
-    """The claims this config tests ({claim id: comparison}, lorarepro.reporting.claims); none without `claims:`."""
-    return dict((config.get("claims") or {}).get("comparisons") or {})
+    """The claims this config tests, {claim id: comparison} in config order (lorarepro.reporting.claims)."""
+    return {entry["claim"]: entry for entry in (config.get("claims") or {}).get("comparisons") or []}
+
+
+def column(name: str) -> tuple[str, str]:
+    """A table column, `task` (its test metric) or `task:metric` (another metric of the same runs, e.g.
+    the benchmarks of an lm_eval task: `alpaca:mmlu`), as (task, metric name)."""
+    task, _, split = name.partition(":")
+    return task, split or "test"
 
 
 def reported_runs(config: dict) -> dict[tuple[str, str], list[int]]:
@@ -128,7 +143,7 @@ def reported_runs(config: dict) -> dict[tuple[str, str], list[int]]:
     wanted: dict[tuple[str, str], set[int]] = {}
     for kind in ("tables", "figures"):
         for spec in specs(config, kind).values():
-            for pair in ((t, m) for t in spec["tasks"] for m in spec["methods"]):
+            for pair in ((column(t)[0], m) for t in spec["tasks"] for m in spec["methods"]):
                 wanted.setdefault(pair, set()).update(spec_seeds(config, spec))
     for comparison in claim_comparisons(config).values():
         for pair in ((t, m) for t in comparison["tasks"] for ms in comparison["pairs"] for m in ms):
@@ -141,7 +156,7 @@ def sharpness_runs(config: dict) -> dict[tuple[str, str], list[int]]:
     section): the runs of the tables with `sharpness: true`."""
     wanted: dict[tuple[str, str], set[int]] = {}
     for spec in sharpness_specs(config).values():
-        for pair in ((t, m) for t in spec["tasks"] for m in spec["methods"]):
+        for pair in ((column(t)[0], m) for t in spec["tasks"] for m in spec["methods"]):
             wanted.setdefault(pair, set()).update(spec_seeds(config, spec))
     return {pair: sorted(seeds) for pair, seeds in sorted(wanted.items())}
 

@@ -11,12 +11,12 @@ import copy
 
 from lorarepro import methods
 from lorarepro.config import (
-    ConfigError, claim_comparisons, deep_merge, read, read_claims, reported_pairs, resources, sharpness_runs,
+    ConfigError, claim_comparisons, column, deep_merge, read, read_claims, reported_pairs, resources, sharpness_runs,
     spec_seeds, specs, validate_schema,
 )
 from lorarepro.data import GENERATED_SOURCES, GENERATORS
 from lorarepro.data.external import check_task
-from lorarepro.evaluation import judge
+from lorarepro.evaluation import harness, judge
 from lorarepro.families import FAMILIES
 from lorarepro.methods.lora import MUTATING_INITS, max_rank
 
@@ -44,8 +44,7 @@ def check(config: dict) -> None:
             raise ConfigError(f"config key '{kind}': duplicate ids {sorted({i for i in ids if ids.count(i) > 1})}")
         for name, spec in specs(config, kind).items():
             for task in spec["tasks"]:
-                if task not in config["tasks"]:
-                    raise ConfigError(f"config key '{kind}.{name}.tasks': unknown task '{task}' (known: {sorted(config['tasks'])})")
+                _check_column(config, f"{kind}.{name}.tasks", task, split_ok=kind == "tables")
             for method in spec["methods"]:
                 if method not in config["methods"]:
                     raise ConfigError(f"config key '{kind}.{name}.methods': unknown method '{method}' (known: {sorted(config['methods'])})")
@@ -70,9 +69,12 @@ def _check_claims(config: dict) -> None:
     comparisons = claim_comparisons(config)
     if not comparisons:
         return
+    names = [entry["claim"] for entry in config["claims"]["comparisons"]]
+    if len(names) != len(comparisons):
+        raise ConfigError(f"config key 'claims.comparisons': claims compared twice: {sorted({n for n in names if names.count(n) > 1})}")
     claims = read_claims(config["claims"]["reference"])
     for name, comparison in comparisons.items():
-        key = f"claims.comparisons.{name}"
+        key = f"claims.comparisons[{name}]"
         if name not in claims:
             raise ConfigError(f"config key '{key}': no claim '{name}' in {config['claims']['reference']} "
                               f"(known: {sorted(claims)})")
@@ -101,6 +103,20 @@ def _check_jobs(config: dict) -> None:
             if spec_seeds(config, spec) != list(config["seeds"]):
                 raise ConfigError(f"config key '{kind}.{name}.seeds': jobs per_method trains every seed of `seeds` "
                                   "in one job; seeds of its own need jobs: per_seed")
+
+
+def _check_column(config: dict, key: str, name: str, split_ok: bool) -> None:
+    """A table column is a task (its test metric) or `task:benchmark` of an lm_eval task."""
+    task, split = column(name)
+    if task not in config["tasks"]:
+        raise ConfigError(f"config key '{key}': unknown task '{task}' (known: {sorted(config['tasks'])})")
+    benchmarks = config["tasks"][task].get("lm_eval") or {}
+    if ":" in name and not (split_ok and split in benchmarks):
+        known = [f"{task}:{b}" for b in benchmarks] if split_ok else []
+        raise ConfigError(f"config key '{key}': '{name}' is no metric column (tables only; known: {known})")
+    if split_ok and ":" not in name and benchmarks and "test" not in benchmarks:
+        raise ConfigError(f"config key '{key}': '{task}' has no test metric; name a benchmark column "
+                          f"({[f'{task}:{b}' for b in benchmarks]})")
 
 
 def _check_families(config: dict) -> None:
@@ -135,6 +151,7 @@ def _check_tasks(config: dict) -> None:
         if task["source"] not in GENERATED_SOURCES:
             try:
                 check_task(name, task)
+                _check_lm_eval(name, task, config)
             except ValueError as err:
                 raise ConfigError(str(err)) from None
         elif task["generator"] not in GENERATORS:
@@ -148,6 +165,24 @@ def _check_tasks(config: dict) -> None:
             raise ConfigError(f"config key 'backbones.{name}.model': required when source is 'hub'")
         if backbone["source"] == "pretrain" and not {"size", "pretrain"} <= backbone.keys():
             raise ConfigError(f"config key 'backbones.{name}': source 'pretrain' needs 'size' and 'pretrain'")
+
+
+def _check_lm_eval(name: str, task: dict, config: dict) -> None:
+    """`metric: lm_eval` and the `lm_eval` benchmarks go together; their names become metrics of the
+    run, so they may not be data splits, and nothing selects a checkpoint by a metric never computed."""
+    benchmarks = task.get("lm_eval")
+    if (task.get("metric") == "lm_eval") != bool(benchmarks):
+        raise ValueError(f"config key 'tasks.{name}.lm_eval': give benchmarks exactly when metric is lm_eval")
+    if not benchmarks:
+        return
+    harness.check(name, benchmarks)
+    clash = sorted(set(benchmarks) & set(task["splits"]))
+    if clash:
+        raise ValueError(f"config key 'tasks.{name}.lm_eval': names {clash} are also data splits")
+    selection = {**config["training"][task["family"]], **(task.get("training") or {})}.get("checkpoint_selection")
+    if selection == "best_validation_metric":
+        raise ValueError(f"config key 'tasks.{name}.training.checkpoint_selection': lm_eval tasks have no "
+                         "validation metric (best_validation_loss uses the validation split)")
 
 
 def _check_methods(config: dict) -> None:

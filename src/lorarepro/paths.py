@@ -13,6 +13,8 @@ RESULTS = Path("results")
 LOGS = Path("logs")
 RESUME = Path("resume")
 JUDGE_CACHE = Path("judge_cache")  # judge replies by content (lorarepro.evaluation.judge): a rerun does not pay twice
+JUDGE_PROMPTS = JUDGE_CACHE / "fastchat_judge_prompts.jsonl"  # FastChat's grading prompts, downloaded once (sha256-checked)
+FASTCHAT = DATA / "fastchat"  # FastChat's MT-Bench files in its repository layout, downloaded once (lorarepro.pinned)
 BACKBONE_MARKER = "lorarepro_backbone.json"
 
 

@@ -1,5 +1,14 @@
+def prepare_data_inputs(w):
+    """The task's backbone, when a split keeps rows by their token count (`max_tokens`)."""
+    task = config["tasks"][w.task]
+    limited = task.get("max_tokens") or any(isinstance(s, dict) and s.get("max_tokens") for s in (task.get("splits") or {}).values())
+    return {"backbone": str(paths.backbone_dir(task["backbone"]))} if limited else {}
+
+
 rule prepare_data:
     """Generate or load one task's splits (+ manifest with sha256) from the data seed."""
+    input:
+        unpack(prepare_data_inputs),
     output:
         directory(str(paths.prepared_dir("{task}"))),
     params:

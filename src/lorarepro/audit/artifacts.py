@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from lorarepro import checkpoints, paths, records
 from lorarepro.audit.report import record
-from lorarepro.config import ConfigError, reported_runs, spec_seeds, specs
+from lorarepro.config import ConfigError, column, reported_runs, spec_seeds, specs
 from lorarepro.data.io import fingerprint
 from lorarepro.experiment import resolve_run
 from lorarepro.hashing import sha256_dir, sha256_file
@@ -104,7 +104,7 @@ def check_metrics(runs: list[Run]) -> list[dict]:
 
 
 def runs_by_table(config: dict, runs: list[Run]) -> dict[str, list[Run]]:
-    return {tid: [r for r in runs if r.task in spec["tasks"] and r.method in spec["methods"]
+    return {tid: [r for r in runs if r.task in {column(t)[0] for t in spec["tasks"]} and r.method in spec["methods"]
                   and r.seed in spec_seeds(config, spec)]
             for tid, spec in specs(config, "tables").items()}
 

@@ -39,10 +39,11 @@ def _check_disjoint(task: str, splits: dict[str, pd.DataFrame], key: str) -> Non
                 raise AssertionError(f"task {task!r}: an example is in {seen[item]} and {split}")
 
 
-def prepare_task(name: str, task_cfg: dict, data_seed: int, out_dir: Path) -> dict:
-    """Generate (or, for hub/local sources, read) every split of one task into out_dir; returns its manifest."""
+def prepare_task(name: str, task_cfg: dict, data_seed: int, out_dir: Path, tokenizer=None) -> dict:
+    """Generate (or, for hub/local sources, read) every split of one task into out_dir; returns its
+    manifest. `tokenizer`: the backbone's, for external splits filtered by `max_tokens`."""
     if task_cfg.get("source") in external.SOURCES:
-        return external.prepare_external(name, task_cfg, data_seed, out_dir)
+        return external.prepare_external(name, task_cfg, data_seed, out_dir, tokenizer)
     generator = get_generator(name, task_cfg.get("generator"))
     family = task_cfg.get("family")
     splits, meta = generator(name, task_cfg, int(data_seed))

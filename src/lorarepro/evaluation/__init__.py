@@ -1,5 +1,6 @@
-"""Evaluation: the family's metric on every evaluation split of a task (validation, test, OOD), and
-what some metrics need beyond the model (`judge`: MT-Bench's judge model; `humaneval` and `sandbox`:
+"""Evaluation: the family's metric on every evaluation split of a task (validation, test, OOD), or
+lm-evaluation-harness's benchmarks (`harness`, a generation task with `metric: lm_eval`), and what
+some metrics need beyond the model (`judge`: MT-Bench's judge model; `humaneval` and `sandbox`:
 running model-written code).
 
 An evaluation can be deliberately not run (it needs code execution, or a judge model that is not
@@ -30,11 +31,19 @@ def evaluate_splits(family, model, tokenizer, splits: dict, manifest: dict, max_
     `evaluation` section (a judge, the code-execution opt-in), passed only to tasks whose metric
     needs it (the manifest's `metric`), so the other families keep their signature. `details`, if
     given, receives each split's Score details."""
-    options = {"evaluation": evaluation} if manifest.get("metric", "exact_match") != "exact_match" else {}
+    if manifest.get("metric") == "lm_eval":  # the harness's benchmarks replace the prepared splits
+        from lorarepro.evaluation import harness  # deferred: harness imports this module
+
+        jobs = {name: (lambda spec=spec, name=name: harness.evaluate(model, tokenizer, name, spec, evaluation))
+                for name, spec in manifest["lm_eval"].items()}
+    else:
+        options = {"evaluation": evaluation} if manifest.get("metric", "exact_match") != "exact_match" else {}
+        jobs = {split: (lambda frame=frame: family.evaluate(model, tokenizer, frame, manifest, max_length, **options))
+                for split, frame in splits.items()}
     metrics, not_run = {}, {}
-    for split, frame in splits.items():
+    for split, job in jobs.items():
         try:
-            score = family.evaluate(model, tokenizer, frame, manifest, max_length, **options)
+            score = job()
         except NotRun as reason:
             metrics[split], not_run[split] = None, str(reason)
             continue

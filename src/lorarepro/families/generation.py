@@ -89,18 +89,16 @@ def extract_answer(decoded: str | list[str]) -> str | None:
     return numbers[-1] if numbers else None
 
 
-def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-              stop_strings: list[str] | None = None) -> list[list[int]]:
+def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> list[list[int]]:
     """Greedy continuations (token ids, pad and eos removed) of left-padded prompt batches; a row
-    stops early at eos or at one of `stop_strings` (the text may run past it within its last token)."""
-    extra = {"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}
+    stops early at eos."""
     out_rows = []
     for i in range(0, len(prompts), batch_size):
         input_ids = pad(prompts[i : i + batch_size], tokenizer.pad_token_id, left=True).to(device.of(model))
         out = model.generate(
             input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(),
             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id, **extra,
+            eos_token_id=tokenizer.eos_token_id,
         )
         out_rows += [[t for t in row if t not in (tokenizer.pad_token_id, tokenizer.eos_token_id)]
                      for row in out[:, input_ids.shape[1] :].tolist()]
@@ -137,12 +135,19 @@ def chat_answers(model, tokenizer, conversations: list[list[str]], manifest: dic
 
 
 def _mt_bench(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int, evaluation: dict | None) -> float:
-    """MT-Bench score (1-10) of a judge (`evaluation.judge`; lorarepro.evaluation.judge), or NotRun without one."""
-    grader = judge.make_judge((evaluation or {}).get("judge"))  # NotRun before any answer is generated
-    # at most 16 conversations a batch: two turns of up to ~1K new tokens each keep a 7B model's KV cache small
-    answers = chat_answers(model, tokenizer, [list(p) for p in df["prompts"]], manifest, max_length, min(batch_size, 16))
+    """MT-Bench score (1-10) of a judge (`evaluation.judge`; lorarepro.evaluation.judge) over the manifest's
+    `mt_bench_turns`, by FastChat's rules; NotRun without a judge."""
+    spec = (evaluation or {}).get("judge")
+    # NotRun, or no FastChat prompts, or no reference answer, before any answer is generated
+    grader, prompts = judge.make_judge(spec), judge.load_prompts(spec)
+    turns = manifest.get("mt_bench_turns", judge.TURNS)
     questions = [{"turns": list(r.turns), "category": r.category, "reference": list(r.reference)} for r in df.itertuples()]
-    return judge.mt_bench_score(grader, questions, answers, paths.JUDGE_CACHE)
+    judge.check_questions(questions, turns)
+    # at most 16 conversations a batch: two turns of up to ~1K new tokens each keep a 7B model's KV cache small;
+    # turns after the last one graded are not generated
+    answers = chat_answers(model, tokenizer, [list(p)[:max(turns)] for p in df["prompts"]], manifest, max_length,
+                           min(batch_size, 16))
+    return judge.mt_bench_score(grader, prompts, questions, answers, paths.JUDGE_CACHE, turns)
 
 
 def _exact_match(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int, evaluation: dict | None) -> float:
@@ -157,16 +162,19 @@ def _exact_match(model, tokenizer, df, manifest: dict, max_length: int, batch_si
 def _humaneval(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int, evaluation: dict | None) -> float:
     """HumanEval pass@1 (%): greedy completions run in the sandbox (lorarepro.evaluation.humaneval); NotRun unless opted in."""
     opts = humaneval.require_opt_in(evaluation)  # before any work: nothing is generated or run without it
+    humaneval.reference_stops()  # a missing lm_eval task file fails here, before the generation
     prompts = _prompts(tokenizer, df, max_length)
-    rows = _generate(model, tokenizer, prompts, manifest.get("max_new_tokens", MAX_NEW_TOKENS), batch_size,
-                     stop_strings=list(humaneval.STOP))
+    # No stop_strings: transformers matches them against the prompt too (HumanEval prompts end in "\n", so
+    # a first line "def ..." would stop at once), while the reference cuts the completion alone; the
+    # stop sequences are applied after generation (humaneval.truncate), exact for a greedy completion.
+    rows = _generate(model, tokenizer, prompts, manifest.get("max_new_tokens", MAX_NEW_TOKENS), batch_size)
     completions = []
     for prompt, row in zip(prompts, rows):
         # Decoded together, so a SentencePiece word boundary between prompt and completion survives.
         head = _decode(tokenizer, prompt)
         full = _decode(tokenizer, prompt + row)
         completions.append(full[len(head):] if full.startswith(head) else _decode(tokenizer, row))
-    return humaneval.pass_at_1(df, completions, opts)
+    return humaneval.pass_at_k(df, completions, opts)
 
 
 # A task's `metric` (schema: tasks.<name>.metric, carried in the manifest) -> its scorer.

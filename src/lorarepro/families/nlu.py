@@ -2,8 +2,12 @@
 encoder classifier (AutoModelForSequenceClassification: RoBERTa, BERT, DeBERTa; the original LoRA
 paper's GLUE setting).
 
-T5: the input is the prompt, the target is the label word; accuracy is greedy decoding's first token
-against the label word's first token (label words of a task must differ in their first token).
+T5: the input is the prompt, the target is the label word. Accuracy is the official code's "soft
+metric" (github nblt/Flat-LoRA, utils.py `compute_metrics`): at the first decoder step, the label
+words' first tokens compete and the one with the highest logit is the prediction (the official code
+compares the gold label word with the other one, so it covers two classes; the argmax over the label
+words is the same for two and extends to more). Free greedy decoding can also emit a token that is no
+label word; this metric never does. Label words of a task must differ in their first token.
 Encoders: a new classification head per task, trained in full beside the adapter; accuracy is the
 argmax of its logits. Which of the two a backbone is comes from its config (is_encoder_decoder).
 """
@@ -105,7 +109,7 @@ def head_modules() -> list[str]:
 
 
 def _label_tokens(tokenizer, manifest: dict) -> list[list[int]]:
-    """Token ids of each label word. Accuracy compares the first decoded token, so first tokens must
+    """Token ids of each label word. Accuracy compares the label words' first tokens, so these must
     differ (true of the tiny vocabulary's one-token words and of T5's GLUE words, e.g. not_entailment)."""
     out = []
     for word in manifest["label_words"]:
@@ -153,14 +157,14 @@ def encode(df, tokenizer, manifest: dict, max_length: int) -> Encoded:
 
 @torch.no_grad()
 def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 256) -> float:
-    """Accuracy (%): the greedily decoded first token against the label word's (T5), or the
-    classifier's argmax (encoders)."""
+    """Accuracy (%): the label word whose first token has the highest first-step logit (T5, the
+    official soft metric: module docstring), or the classifier's argmax (encoders)."""
     model.eval()
     if is_classifier(tokenizer):
         return _classifier_accuracy(model, tokenizer, df, max_length, batch_size)
     label_ids = torch.tensor(_label_ids(tokenizer, manifest))
     inputs = ids(tokenizer, _texts(df), max_length, eos=True)
-    gold = label_ids[torch.tensor(df["label"].to_numpy())]
+    gold = torch.tensor(df["label"].to_numpy())
     start = model.config.decoder_start_token_id
     dev = device.of(model)
     correct = 0
@@ -169,7 +173,7 @@ def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: 
         decoder_input_ids = torch.full((len(input_ids), 1), start, dtype=torch.long, device=dev)
         logits = model(input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(),
                        decoder_input_ids=decoder_input_ids).logits[:, 0]
-        correct += (logits.argmax(-1).cpu() == gold[i : i + batch_size]).sum().item()
+        correct += (logits[:, label_ids.to(dev)].argmax(-1).cpu() == gold[i : i + batch_size]).sum().item()
     return 100.0 * correct / len(inputs)
 
 

@@ -78,8 +78,11 @@ def sharpness(smk):
 def prepare_data(smk):
     with logged(smk.log[0]):
         from lorarepro.data import prepare_task  # deferred: pandas, pyarrow
+        from lorarepro.families.common import load_tokenizer  # deferred: transformers
 
-        prepare_task(smk.wildcards.task, smk.params.task, smk.params.data_seed, Path(smk.output[0]))
+        # a split filtered by token count (`max_tokens`) counts in the backbone's tokens
+        tokenizer = load_tokenizer(Path(smk.input.backbone)) if "backbone" in smk.input.keys() else None
+        prepare_task(smk.wildcards.task, smk.params.task, smk.params.data_seed, Path(smk.output[0]), tokenizer)
 
 
 def prepare_pretext(smk):

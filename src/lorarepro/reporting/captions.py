@@ -11,14 +11,14 @@ from pathlib import Path
 
 from lorarepro import paths, records
 from lorarepro.atomic import write_text
-from lorarepro.config import spec_seeds, specs
+from lorarepro.config import column, spec_seeds, specs
 from lorarepro.experiment import resolve_run
 from lorarepro.reporting.claims import CLAIMS_ID
 from lorarepro.reporting.tables import SHARPNESS_CAPTION, SHARPNESS_ID
 
 
-def _settings(config: dict, task: str, method: str) -> str:
-    run = resolve_run(config, task, method)
+def _settings(config: dict, name: str, method: str) -> str:
+    run = resolve_run(config, column(name)[0], method)
     adapter = run["adapter"] and f"{run['adapter'].get('type', 'lora')} r={run['adapter']['r']}"
     flat = run["flat"] and f"flat rho={run['flat']['rho']} ({run['flat']['mode']})"
     t = run["training"]

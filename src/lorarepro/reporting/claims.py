@@ -26,9 +26,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from lorarepro import paths, records
-from lorarepro.config import claim_comparisons, read_claims, spec_seeds
+from lorarepro.config import claim_comparisons, entry, read_claims, spec_seeds
 from lorarepro.reporting.stats import ALPHA, POWER, claim_verdict, holm, paired_test
-from lorarepro.reporting.tables.cells import entry
 
 CLAIMS_ID = "claims"
 MIN_PRIMARY_SEEDS = 20

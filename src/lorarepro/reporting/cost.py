@@ -4,6 +4,7 @@ the measured peak memory of one training step (lorarepro.training.memory), read 
 from __future__ import annotations
 
 from lorarepro import records
+from lorarepro.config import column
 
 COST_HEADER = ["ms/step", "step peak MB"]
 COST_NOTE = (
@@ -30,7 +31,8 @@ def cost_columns(spec: dict, seeds: list[int]) -> tuple[list[str], dict[str, lis
     `cost_baseline`, time relative to the baseline (x) and memory beyond it (MB)."""
     means = {}
     for method in spec["methods"]:
-        values = [v for task in spec["tasks"] for v in run_cost(task, method, seeds)]
+        tasks = dict.fromkeys(column(name)[0] for name in spec["tasks"])  # a run counts once, whatever its columns
+        values = [v for task in tasks for v in run_cost(task, method, seeds)]
         means[method] = ([sum(v[0] for v in values) / len(values), sum(v[1] for v in values) / len(values)]
                          if values else [None, None])
     header = list(COST_HEADER)

@@ -19,7 +19,7 @@ from lorarepro.atomic import write_with
 from lorarepro.config import spec_seeds, specs
 from lorarepro.registry import Registry
 
-FIGURES = Registry("figure")  # id -> fn(config) -> written paths; a config's `figures:` entry names one
+FIGURES = Registry("figure")  # kind -> fn(config, figure_id) -> written paths; a `figures:` entry's kind (default: its id)
 SEVERITIES = list(range(6))  # 0 = clean test set, 1..5 = ood_s1..ood_s5
 _SAVE_METADATA = {
     "png": {"Software": None},
@@ -115,14 +115,14 @@ def _lines_per_task(config: dict, figure_id: str, read, xlabel: str, ylabel: str
 
 
 @FIGURES.register("training_curves")
-def training_curves(config: dict) -> list[Path]:
+def training_curves(config: dict, figure_id: str = "training_curves") -> list[Path]:
     """Loss vs optimizer step, one panel per task, one line per method, for the first seed."""
 
     def read(task, method, seed):
         history = records.read_history(task, method, seed)
         return None if history is None else (history["step"], _smooth(history["loss"]))
 
-    return _lines_per_task(config, "training_curves", read, "step", "training loss")
+    return _lines_per_task(config, figure_id, read, "step", "training loss")
 
 
 # ----------------------------------------------------------------------------- OOD curve
@@ -185,9 +185,9 @@ def _plot_average(ax, config: dict, spec: dict, per_task: list[dict]) -> None:
 
 
 @FIGURES.register("ood_curve")
-def ood_curve(config: dict) -> list[Path]:
+def ood_curve(config: dict, figure_id: str = "ood_curve") -> list[Path]:
     """Accuracy vs corruption severity with std error bars over seeds, one panel per task."""
-    spec = _figure_spec(config, "ood_curve")
+    spec = _figure_spec(config, figure_id)
     tasks = list(spec["tasks"])
     with_average = len(tasks) > 1
     fig, axes = _new_figure(len(tasks) + with_average, spec["caption"])
@@ -196,7 +196,7 @@ def ood_curve(config: dict) -> list[Path]:
     if with_average:
         _plot_average(axes[-1], config, spec, per_task)
     _add_missing_note(fig, missing)
-    return _save(fig, "ood_curve")
+    return _save(fig, figure_id)
 
 
 # ----------------------------------------------------------------------------- loss landscape
@@ -216,10 +216,10 @@ def _read_landscape(task: str, method: str, seed: int) -> tuple[list, list] | No
 
 
 @FIGURES.register("loss_landscape")
-def loss_landscape(config: dict) -> list[Path]:
+def loss_landscape(config: dict, figure_id: str = "loss_landscape") -> list[Path]:
     """Eval loss along one random filter-normalised direction of the merged weights, one panel per
     task, one line per method, first seed (the direction is drawn from the seed, so it is shared)."""
-    return _lines_per_task(config, "loss_landscape", _read_landscape, "α (filter-normalised direction)",
+    return _lines_per_task(config, figure_id, _read_landscape, "α (filter-normalised direction)",
                            "eval loss L(W + αd)", marker="o", markersize=2)
 
 
@@ -262,26 +262,27 @@ def _ablation(config: dict, figure_id: str, xlabel: str, x_of, series_of, log2_x
 
 
 @FIGURES.register("rank_ablation")
-def rank_ablation(config: dict) -> list[Path]:
+def rank_ablation(config: dict, figure_id: str = "rank_ablation") -> list[Path]:
     """Test metric vs LoRA rank (log2 axis), LoRA and Flat-LoRA as two lines (the paper's Fig. 5)."""
-    return _ablation(config, "rank_ablation", "rank r", lambda c: c["adapter"]["r"],
+    return _ablation(config, figure_id, "rank r", lambda c: c["adapter"]["r"],
                      lambda c: "Flat-LoRA" if c.get("flat") else "LoRA", log2_x=True)
 
 
 @FIGURES.register("sigma_ablation")
-def sigma_ablation(config: dict) -> list[Path]:
+def sigma_ablation(config: dict, figure_id: str = "sigma_ablation") -> list[Path]:
     """Test metric vs Flat-LoRA's noise radius rho; a run without Flat is the rho = 0 point."""
-    return _ablation(config, "sigma_ablation", "noise radius ρ (0 = LoRA)",
+    return _ablation(config, figure_id, "noise radius ρ (0 = LoRA)",
                      lambda c: c["flat"]["rho"] if c.get("flat") else 0.0, lambda c: "Flat-LoRA")
 
 
 def build_all_figures(config: dict) -> list[Path]:
-    """Every configured figure; unknown ids fail before anything is drawn."""
-    figure_ids = list(specs(config, "figures"))
-    unknown = [fid for fid in figure_ids if fid not in FIGURES]
+    """Every configured figure, each drawn by its `kind` (default: its id); unknown kinds fail before
+    anything is drawn."""
+    kinds = {figure_id: spec.get("kind", figure_id) for figure_id, spec in specs(config, "figures").items()}
+    unknown = sorted({kind for kind in kinds.values() if kind not in FIGURES})
     if unknown:
-        raise ValueError(f"unknown figure id(s) {unknown}; known: {sorted(FIGURES)}")
+        raise ValueError(f"unknown figure kind(s) {unknown}; known: {sorted(FIGURES)}")
     written = []
-    for figure_id in figure_ids:
-        written += FIGURES[figure_id](config)
+    for figure_id, kind in kinds.items():
+        written += FIGURES[kind](config, figure_id)
     return written

@@ -49,8 +49,11 @@ class StepCheckpoints:
     def due(self, steps_done: int, total: int) -> bool:
         return self.every > 0 and steps_done < total and steps_done % self.every == 0
 
-    def save(self, steps_done: int, model, optimizer, scheduler, history, extra_weights: dict | None = None) -> None:
-        """Write the state after `steps_done` optimizer steps (temp file + rename: never half-written)."""
+    def save(self, steps_done: int, model, optimizer, scheduler, history, extra_weights: dict | None = None,
+             extra: dict | None = None) -> None:
+        """Write the state after `steps_done` optimizer steps (temp file + rename: never half-written).
+        `extra_weights`: tensors restored into the model beside the trainable ones; `extra`: any other
+        tensors and numbers the run needs to continue (e.g. the checkpoint selection's best so far)."""
         state = {
             "format": FORMAT,
             "fingerprint": self.fingerprint,
@@ -62,6 +65,7 @@ class StepCheckpoints:
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "history": {"steps": list(history.steps), "loss": list(history.loss), "lr": list(history.lr)},
+            "extra": extra or {},
         }
         write_with(self.path, lambda tmp: torch.save(state, tmp))
 

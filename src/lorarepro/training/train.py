@@ -24,6 +24,7 @@ lorarepro.records.VOLATILE lists (timings, memory, the MLflow run id, the git st
 """
 
 import contextlib
+import math
 import sys
 import time
 
@@ -41,6 +42,7 @@ from lorarepro.training import ranks as data_parallel
 from lorarepro.training.loop import History, NonFiniteLoss, make_optimizer, step_plan, train_steps
 from lorarepro.training.memory import StepMemoryProbe
 from lorarepro.training.resume import StepCheckpoints, fingerprint
+from lorarepro.training.selection import Selection
 
 
 def load_model(run: dict, manifest: dict, seed: int):
@@ -95,18 +97,25 @@ class _Session:
         every = 0 if (adapter or {}).get("type") == "adalora" else config.get("checkpoint_every", 50)
         self.resume = StepCheckpoints(paths.resume_dir(task, method, seed),
                                       fingerprint(run, seed, self.manifest["sha256"], _backbone_sha(run["backbone"])), every)
+        self.selection = Selection(tcfg.get("checkpoint_selection", "last"), self.model,
+                                   math.ceil(len(self.encoded) / tcfg["batch_size"]), len(self.plan), self._validation_score)
 
     def fit(self) -> float:
         """Every optimizer step from where a saved resume state left off, into `self.history`; seconds."""
         self.history = history = History()
         state = self.resume.load()
         start_step = self.resume.restore(state, self.model, self.optimizer, self.scheduler, history) if state is not None else 0
+        self.selection.load_state_dict((state or {}).get("extra", {}).get("selection"))
 
         def on_step_end(steps_done: int, hist: History) -> None:
             # Called after the strategy's end_step, so in-place Flat noise is never in W here.
-            if self.main and self.resume.due(steps_done, len(self.plan)):
+            if not self.main:
+                return
+            self.selection.after_step(steps_done)
+            if self.resume.due(steps_done, len(self.plan)):
                 self.resume.save(steps_done, self.model, self.optimizer, self.scheduler, hist,
-                                 self.strategy.resume_weights() if self.strategy else None)
+                                 self.strategy.resume_weights() if self.strategy else None,
+                                 {"selection": self.selection.state_dict()} if self.selection.active else None)
 
         module = lora.training_module(self.model, self.run["adapter"])
         module = module if self.ranks is None else self.ranks.wrap(module)
@@ -123,6 +132,25 @@ class _Session:
                 if self.strategy is not None:
                     self.strategy.close()
         return time.perf_counter() - start
+
+    def _validation_score(self) -> float:
+        """The selection's criterion on the validation split: the training loss (mean over examples)
+        or the task's metric; the model is back in training mode afterwards."""
+        frame = load_split(self.task_dir, "validation")
+        tcfg = self.run["training"]
+        try:
+            if self.selection.criterion == "best_validation_metric":
+                return self.family.evaluate(self.model, self.tokenizer, frame, self.manifest, tcfg["max_length"])
+            encoded = self.family.encode(frame, self.tokenizer, self.manifest, tcfg["max_length"])
+            size, total = tcfg["batch_size"], 0.0
+            self.model.eval()
+            with torch.no_grad():
+                for start in range(0, len(encoded), size):
+                    index = list(range(start, min(start + size, len(encoded))))
+                    total += float(self.model(**device.to(encoded.batch(index), self.device)).loss) * len(index)
+            return total / len(encoded)
+        finally:
+            self.model.train()
 
     def pristine(self, target_names: list[str]) -> dict:
         """The saved backbone's weights of these layers (what an in-place strategy restores W from)."""
@@ -146,6 +174,7 @@ def train_one(config: dict, run: dict, seed: int, tracker=None, ranks=None) -> d
         raise
     if not session.main:
         return None
+    selected = session.selection.restore()
     strategy_entry = methods.finish(session.strategy, session.pristine)
     evaluation = config.get("evaluation")
     details: dict = {}  # per-split evaluation details (HumanEval: outcomes, sandbox isolation)
@@ -170,6 +199,7 @@ def train_one(config: dict, run: dict, seed: int, tracker=None, ranks=None) -> d
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "total_params": sum(p.numel() for p in model.parameters()),
             "distributed": {"processes": 1, "backend": None} if ranks is None else {"processes": ranks.world, "backend": ranks.backend},
+            **({"selection": selected} if selected else {}),
         },
         **strategy_entry,
         "resources": {

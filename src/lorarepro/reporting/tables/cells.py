@@ -12,7 +12,7 @@ import pandas as pd
 import yaml
 
 from lorarepro import paths, records
-from lorarepro.config import spec_seeds, specs
+from lorarepro.config import column, entry, spec_seeds, specs
 
 # ----------------------------------------------------------------------------- small I/O helpers
 
@@ -38,33 +38,27 @@ def table_spec(config: dict, table_id: str) -> dict:
     return tables[table_id]
 
 
-def entry(config: dict, section: str, key: str) -> dict:
-    entries = config.get(section) or {}
-    if key not in entries:
-        raise KeyError(f"{section}: no entry {key!r} (a table or figure refers to it)")
-    return entries[key]
-
-
-def seed_metric(run: dict, path: Path) -> float | None:
-    """None: the test split was deliberately not run (a null metric with its reason under `not_run`)."""
-    if (run.get("metrics") or {}).get("test", 0) is None and "test" in (run.get("not_run") or {}):
+def seed_metric(run: dict, path: Path, split: str = "test") -> float | None:
+    """None: the split was deliberately not run (a null metric with its reason under `not_run`)."""
+    if (run.get("metrics") or {}).get(split, 0) is None and split in (run.get("not_run") or {}):
         return None
     try:
-        return float(run["metrics"]["test"])
+        return float(run["metrics"][split])
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: FINISHED run has no numeric metrics.test") from err
+        raise ValueError(f"{path}: FINISHED run has no numeric metrics.{split}") from err
 
 
-def collect_cell(task: str, method: str, seeds: list[int]) -> dict:
-    """Per-seed test values of one (method, task); n_seeds < n_expected flags an incomplete cell."""
+def collect_cell(task: str, method: str, seeds: list[int], split: str = "test") -> dict:
+    """Per-seed values of one (method, task) metric (the test split's unless `split` names another);
+    n_seeds < n_expected flags an incomplete cell."""
     values, used, failed, not_run = [], [], 0, []
     for seed in seeds:
         path = paths.run_result(task, method, seed)
         run = records.load_finished(path)
         if run is not None:
-            value = seed_metric(run, path)
+            value = seed_metric(run, path, split)
             if value is None:
-                not_run.append(run["not_run"]["test"])
+                not_run.append(run["not_run"][split])
             else:
                 values.append(value)
             used.append(str(path))
@@ -81,8 +75,11 @@ def collect_cell(task: str, method: str, seeds: list[int]) -> dict:
 
 def paper_value(reference: dict | None, paper_table: str | None, row: str | None,
                 column: str | None) -> float | None:
-    """The paper's number for a cell, or None: unknown cells stay empty, never guessed."""
-    value = (((reference or {}).get(paper_table) or {}).get(row) or {}).get(column)
+    """The paper's number for a cell (workflow/configs/paper_reference.yaml: a number, or a mapping
+    with its `value`), or None: unknown cells stay empty, never guessed."""
+    value = ((((reference or {}).get(paper_table) or {}).get("rows") or {}).get(row) or {}).get(column)
+    if isinstance(value, dict):
+        value = value.get("value")
     return None if value is None else float(value)
 
 
@@ -96,8 +93,8 @@ def table_cells(table_id: str, config: dict, reference: dict | None = None) -> p
     for method in spec["methods"]:
         method_cfg = entry(config, "methods", method)
         for task in spec["tasks"]:
-            mirrors = entry(config, "tasks", task).get("mirrors")
-            cell = collect_cell(task, method, seeds)
+            mirrors = column_mirrors(config, task)
+            cell = collect_cell(*column(task)[:1], method, seeds, column(task)[1])
             rows.append({
                 "table": table_id, "method": method,
                 "label": method_cfg.get("label", method), "task": task, "mirrors": mirrors,
@@ -107,6 +104,16 @@ def table_cells(table_id: str, config: dict, reference: dict | None = None) -> p
             })
     cells = pd.DataFrame.from_records(rows)
     return _mark_best(cells)
+
+
+def column_mirrors(config: dict, name: str) -> str | None:
+    """The paper's column a table column stands in for: the task's `mirrors`, or for `task:benchmark`
+    the benchmark's (tasks.<task>.lm_eval.<benchmark>.mirrors)."""
+    task, split = column(name)
+    task_cfg = entry(config, "tasks", task)
+    if split == "test":
+        return task_cfg.get("mirrors")
+    return ((task_cfg.get("lm_eval") or {}).get(split) or {}).get("mirrors")
 
 
 def is_complete(cells: pd.DataFrame) -> pd.Series:

@@ -8,9 +8,9 @@ import pandas as pd
 from tabulate import tabulate
 
 from lorarepro import paths, records
-from lorarepro.config import spec_seeds
 from lorarepro.reporting.stats import direction, flat_pairs, paired_test
-from lorarepro.reporting.tables.cells import entry, is_complete, paper_value, seed_metric, table_spec
+from lorarepro.config import column, spec_seeds
+from lorarepro.reporting.tables.cells import column_mirrors, is_complete, paper_value, seed_metric, table_spec
 
 SIG_COLUMNS = [
     "table", "task", "flat_method", "base_method", "n", "mean_diff", "paper_gain",
@@ -18,13 +18,15 @@ SIG_COLUMNS = [
 ]
 
 
-def seed_values(task: str, method: str, seeds: list[int]) -> dict[int, float]:
-    """{seed: test metric} of the FINISHED runs, so two methods can be paired seed by seed."""
+def seed_values(name: str, method: str, seeds: list[int]) -> dict[int, float]:
+    """{seed: metric of the table column `name`} of the FINISHED runs, so two methods can be paired
+    seed by seed."""
+    task, split = column(name)
     values = {}
     for seed in seeds:
         path = paths.run_result(task, method, seed)
         run = records.load_finished(path)
-        if run is not None and (value := seed_metric(run, path)) is not None:
+        if run is not None and (value := seed_metric(run, path, split)) is not None:
             values[seed] = value
     return values
 
@@ -33,12 +35,11 @@ def paper_gain(reference: dict | None, spec: dict, config: dict, flat: str, base
                task: str) -> float | None:
     """The paper's gain of `flat` over `base` on the mirrored task: an explicit claim under
     `{paper_table}_gains` ("<flat row> - <base row>"), else paper flat − paper base, else None."""
-    methods, mirrors = config["methods"], entry(config, "tasks", task).get("mirrors")
+    methods, mirrors = config["methods"], column_mirrors(config, task)
     rows = [methods[m].get("paper_row") for m in (flat, base)]
-    gains = (reference or {}).get(f"{spec.get('paper_table')}_gains") or {}
-    claimed = (gains.get(f"{rows[0]} - {rows[1]}") or {}).get(mirrors)
+    claimed = paper_value(reference, f"{spec.get('paper_table')}_gains", f"{rows[0]} - {rows[1]}", mirrors)
     if claimed is not None:
-        return float(claimed)
+        return claimed
     values = [paper_value(reference, spec.get("paper_table"), row, mirrors) for row in rows]
     return None if None in values else round(values[0] - values[1], 4)
 

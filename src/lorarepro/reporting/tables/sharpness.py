@@ -11,9 +11,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from lorarepro import paths, records
-from lorarepro.config import sharpness_runs, sharpness_specs
+from lorarepro.config import entry, sharpness_runs, sharpness_specs
 from lorarepro.reporting.stats import flatness_verdicts, method_summary
-from lorarepro.reporting.tables.cells import entry
 
 def load_measures(task: str, method: str, seed: int) -> dict | None:
     """The run's flatness summary beside its metrics, only for a FINISHED result (records.read_sharpness)."""
