@@ -3,9 +3,16 @@
 #      snakemake --cores 2 --configfile my_overrides.yaml   (deep-merged over params.yaml)
 #      snakemake --profile workflow/profiles/slurm --configfile workflow/configs/paper.yaml
 #          (a config with `standalone: true` is complete: params.yaml is not merged under it)
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
+from lorarepro.config import read_yaml
+
 min_version("9.0")
+
+if Path("params.yaml").is_file():  # (a standalone --configfile runs without it)
+    read_yaml("params.yaml")  # a YAML error names the file and line (Snakemake's own message names neither)
 
 
 configfile: "params.yaml"
@@ -29,8 +36,10 @@ validate(config, "workflow/schemas/params.schema.yaml")
 from lorarepro import paths
 from lorarepro.config import claim_comparisons, reported_runs, resources, sharpness_runs, specs
 from lorarepro.experiment import check, resolve_run
+from lorarepro.pipeline.checks import check_reporting
 
 check(config)  # cross-references (unknown task in a table, rank above a layer's size) before any job
+check_reporting(config)  # every figure's drawer exists, before any job trains
 
 
 include: "workflow/rules/common.smk"

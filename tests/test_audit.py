@@ -50,7 +50,7 @@ def finished(tmp_path_factory, params):
     assert _run(root, sys.executable, "-m", "dvc", "init", "--no-scm", "-q").returncode == 0
     done = _run(root, sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "small.yaml")
     assert done.returncode == 0, done.stderr[-5000:]
-    first = json.loads((root / "results" / "audit" / "audit.json").read_text())
+    first = json.loads((root / "results" / "audit" / "audit.small.json").read_text())  # per config: paths.config_id
     # before `dvc commit` nothing is recorded: the pipeline's own audit passes and says so
     assert first["passed"] and [r["file"] for r in first["records"] if r["status"] == "warn"] == ["dvc.lock"]
     committed = _run(root, sys.executable, "-m", "dvc", "commit", "--force", "-q")
@@ -73,7 +73,7 @@ def run_audit(**options) -> dict:
     from lorarepro.experiment import load
 
     config = load("params.yaml", "small.yaml")
-    return audit.run(config, audit.Options.from_config(config, **{"reevaluate": 0, **options}))
+    return audit.run(config, audit.Options.from_config(config, **{"reevaluate": 0, **options}), ["small.yaml"])
 
 
 def failures(result: dict) -> set[tuple[str, str]]:
@@ -98,12 +98,12 @@ def cli_audit(*args: str) -> int:
 
 def test_untampered_repository_passes_with_exit_0(repo, capsys):
     assert cli_audit("--reevaluate", "2", "--retrain", "1", "--strict") == 0, capsys.readouterr().out
-    result = json.loads((repo / "results" / "audit" / "audit.json").read_text())
+    result = json.loads((repo / "results" / "audit" / "audit.small.json").read_text())
     checks = {r["check"] for r in result["records"] if r["status"] == "pass"}
     assert {"tables", "tables.runs", "params", "hashes", "mlflow", "dvc", "checkpoint", "backbone",
             "data", "reevaluate", "retrain"} <= checks
     assert result["counts"]["fail"] == result["counts"]["warn"] == result["counts"]["skip"] == 0
-    report = (repo / "results" / "audit" / "report.md").read_text()
+    report = (repo / "results" / "audit" / "report.small.md").read_text()
     assert report.startswith("# Audit: PASSED")
     assert "Paper vs reproduced" in report
     paper = next(r for r in result["paper"] if r["method"] == "lora_r8")
@@ -115,7 +115,7 @@ def test_changed_checkpoint_byte_fails_with_exit_1(repo, capsys):
     assert cli_audit() == 1
     out = capsys.readouterr().out
     assert f"FAIL hashes {RUN}" in out and f"FAIL dvc {RUN}" in out
-    report = (repo / "results" / "audit" / "report.md").read_text()
+    report = (repo / "results" / "audit" / "report.small.md").read_text()
     first = report.split("## Every check (failures first)")[1].strip().splitlines()[0]
     assert first.startswith("- **FAIL**") and "fix:" in first
 
@@ -188,7 +188,7 @@ def test_snakemake_report_holds_every_table_figure_caption_and_the_audit(finishe
                 "--report", "results/report.html")
     assert done.returncode == 0, done.stderr[-3000:]
     html = (finished / "results" / "report.html").read_text()
-    for shown in ("table_small.csv", "table_small_significance.csv", "report.md"):
+    for shown in ("table_small.csv", "table_small_significance.csv", "report.small.md"):
         assert f"Adding {shown}" in done.stdout + done.stderr
     # captions name the config entry and every run with its MLflow id, and carry the audit verdict
     run_id = json.loads((finished / RUN).read_text())["lineage"]["mlflow_run_id"]

@@ -1,6 +1,6 @@
 """Bad input and security: file problems fail at the job's start naming the file; weights load from
-safetensors only; remote code stays off unless a backbone entry allows it; no config value reaches
-a shell. (Config-value errors before any job starts: tests/test_config.py.)"""
+safetensors only; remote code stays off unless a backbone entry of the config allows it; no config
+value reaches a shell. (Config-value errors before any job starts: tests/test_config.py.)"""
 
 import copy
 import re
@@ -81,17 +81,23 @@ def test_no_torch_load_without_weights_only():
 
 @pytest.mark.parametrize("entry, expected", [({}, False), ({"trust_remote_code": True}, True)])
 def test_trust_remote_code_only_when_the_backbone_entry_says_so(workspace, tmp_path, monkeypatch, entry, expected):
+    """The config's entry alone decides: the backbone's own marker claims trust either way
+    (tests/test_faults_17.py plants code behind such a claim)."""
     from transformers import AutoTokenizer
 
     from lorarepro.backbone import copy_local
-    from lorarepro.families.common import load_tokenizer
+    from lorarepro.families import common
 
-    out = tmp_path / "t5-local"
-    copy_local("t5-local", {"arch": "t5", "source": "local", "path": str(paths.backbone_dir("t5-tiny").resolve()), **entry}, out)
+    source = paths.backbone_dir("t5-tiny").resolve()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(common, "_TRUSTED", ())
+    entry = {"arch": "t5", "source": "local", "path": str(source), **entry}
+    copy_local("t5-local", {**entry, "trust_remote_code": True}, paths.backbone_dir("t5-local"))
+    common.allow_remote_code({"backbones": {"t5-local": entry}, "tasks": {}})
     seen = {}
     real = AutoTokenizer.from_pretrained
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **kw: seen.update(kw) or real(*a, **kw))
-    load_tokenizer(out)
+    common.load_tokenizer(paths.backbone_dir("t5-local"))
     assert seen["trust_remote_code"] is expected
 
 

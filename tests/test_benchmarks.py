@@ -80,3 +80,16 @@ def test_bad_arguments_are_refused(bench):
         bench.parse_args(["--tokens", "0"])
     with pytest.raises(ValueError, match="unknown method"):
         bench.make_hook(None, "dora")
+
+
+def test_llama_code_path_runs_on_a_tiny_llama_and_the_7b_refuses_the_cpu(bench, tmp_path):
+    """`--model tiny` runs the 7B benchmark's code (a Llama built from its config, LoRA on every
+    projection, the real training loop) on CPU; the 7B itself is CUDA-only, so no CPU number can be
+    written under its file name."""
+    result = bench.main(["--model", "tiny", "--quick", "--no-memory", "--out", str(tmp_path)])
+    methods = {p["method"] for p in result["points"]}
+    assert {"lora", "flat_exact", "flat_inplace", "sam_w"} <= methods
+    assert all(p["tokens_per_s"] > 0 for p in result["points"])
+    assert not (tmp_path / "flat_overhead_7b.json").exists()
+    with pytest.raises(SystemExit):
+        bench.main(["--model", "llama-2-7b", "--device", "cpu", "--out", str(tmp_path)])

@@ -72,3 +72,19 @@ def test_t5_stays_text_to_text(workspace):
     manifest = load_manifest(paths.prepared_dir("sentiment"))
     model, tokenizer = nlu.load_for_task(paths.backbone_dir("t5-tiny"), manifest)
     assert not nlu.is_classifier(tokenizer) and nlu.trained_heads(model) == []
+
+
+def test_encoder_task_is_scored_by_its_configured_metric(roberta_dir, mrpc_like, tmp_path):
+    """MRPC's F1: `metric: f1` in the task reaches the manifest and the scorer (scikit-learn's, in percent)."""
+    from sklearn.metrics import f1_score
+
+    cfg = {"family": "nlu", "backbone": "roberta-tiny", "source": "local", "path": str(tmp_path), "format": "parquet",
+           "fields": {"text": ["sentence1", "sentence2"], "label": "label"}, "label_words": ["not_equivalent", "equivalent"],
+           "metric": "f1", "splits": {"train": "train.parquet", "validation": "train.parquet[:8]", "test": "train.parquet[:8]"}}
+    manifest = prepare_task("mrpc_f1", cfg, 0, tmp_path / "f1")
+    assert manifest["metric"] == "f1" and "metric" not in load_manifest(mrpc_like)  # accuracy: manifests unchanged
+    nlu = families.get("nlu")
+    model, tokenizer = nlu.load_for_task(roberta_dir, manifest)
+    test = load_split(tmp_path / "f1", "test")
+    predicted = nlu._classifier_predictions(model, tokenizer, test, manifest, 32, 256)
+    assert nlu.evaluate(model, tokenizer, test, manifest, 32) == pytest.approx(100 * f1_score(test["label"], predicted, zero_division=0))

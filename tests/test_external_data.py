@@ -397,3 +397,54 @@ def test_fastchat_split_is_checked_where_it_applies(params, tmp_path):
                 {"fastchat": "mt_bench", "split": "train"}):
         with pytest.raises(ConfigError, match="tasks.chat.splits.test"):
             check({**task, "splits": {**task["splits"], "test": bad}})
+
+
+# ----------------------------------------------------------------------------- seeded samples, classification metrics
+
+
+def sampled(tmp_path, sample, seed, out="out", rows=20):
+    pd.DataFrame({"sentence": [f"a fine film {i}" for i in range(rows)], "label": [i % 2 for i in range(rows)]}).to_csv(
+        tmp_path / "train.csv", index=False)
+    cfg = nlu_task(source="local", path=str(tmp_path), format="csv",
+                   splits={"train": {"split": "train.csv[2:]", "sample": sample}, "validation": "train.csv[:2]",
+                           "test": "train.csv[:2]"})
+    manifest = prepare_task("sst2", cfg, seed, tmp_path / out)
+    return manifest, [int(t.rsplit(" ", 1)[1]) for t in load_split(tmp_path / out, "train")["text"]]
+
+
+def test_a_split_can_be_a_seeded_sample_of_its_rows(tmp_path):
+    manifest, rows = sampled(tmp_path, 6, seed=1)
+    assert len(rows) == 6 and rows == sorted(rows) and min(rows) >= 2  # from the slice, in source order
+    assert sampled(tmp_path, 6, seed=1, out="again")[1] == rows  # the data seed decides
+    assert sampled(tmp_path, 6, seed=2, out="other")[1] != rows
+    assert manifest["sources"]["train"]["sample"] == 6 and "sample" not in manifest["sources"]["test"]
+    with pytest.raises(ValueError, match=r"'tasks.sst2.splits.train.sample': 19 rows asked, 18 available"):
+        sampled(tmp_path, 19, seed=1, out="too_many")
+
+
+@pytest.mark.parametrize("family, metric, source, key", [
+    ("nlu", "f1", "synthetic", "tasks.sentiment.metric"),  # a generated task's manifest carries no metric
+    ("nlu", "exact_match", "synthetic", "tasks.sentiment.metric"),
+    ("generation", "matthews_corrcoef", "synthetic", "tasks.arithmetic.metric"),
+])
+def test_metric_outside_its_family_or_on_generated_data_is_refused(params, family, metric, source, key):
+    task = "sentiment" if family == "nlu" else "arithmetic"
+    cfg = {**params, "tasks": {**params["tasks"], task: {**params["tasks"][task], "metric": metric}}}
+    with pytest.raises(ConfigError, match=key):
+        validate(cfg)
+
+
+def test_classification_metrics_are_scikit_learns_in_percent():
+    from sklearn import metrics
+
+    from lorarepro.experiment import CLASSIFICATION_METRICS
+    from lorarepro.families.nlu import METRICS, score
+
+    assert sorted(METRICS) == sorted(CLASSIFICATION_METRICS)
+    gold, majority = [1] * 8 + [0] * 2, [1] * 10
+    assert score({}, gold, majority) == 80.0  # accuracy by default: a majority-class model looks fine ...
+    assert score({"metric": "matthews_corrcoef"}, gold, majority) == 0.0  # ... and is not
+    predicted = [1, 1, 1, 0, 1, 1, 1, 1, 0, 1]
+    assert score({"metric": "f1"}, gold, predicted) == pytest.approx(100 * metrics.f1_score(gold, predicted))
+    assert score({"metric": "f1_macro"}, gold, predicted) == pytest.approx(100 * metrics.f1_score(gold, predicted, average="macro"))
+    assert score({"metric": "matthews_corrcoef"}, gold, predicted) == pytest.approx(100 * metrics.matthews_corrcoef(gold, predicted))

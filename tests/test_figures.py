@@ -1,10 +1,14 @@
-"""Figures: PNG+PDF written (also with missing runs), deterministic output, registry errors."""
+"""Figures: PNG+PDF written (also with missing runs), deterministic output, registry errors; every
+seed drawn (mean with a band or error bars), one colour per method across figures, no drawn title,
+ticks at measured values only, 300 dpi."""
 
 import json
 
 import pytest
 
-from lorarepro import paths
+import pandas as pd
+
+from lorarepro import paths, records
 from lorarepro.reporting import figures
 
 SEEDS = [0, 1, 2]
@@ -178,7 +182,8 @@ def test_ablation_points_come_from_each_runs_config(workdir):
     spec = {"methods": ["lora_r1", "flat_lora_r1", "lora_r4", "flat_lora_r4"]}
     points = figures._ablation_points(ablation_config(), spec, "sentiment",
                                       lambda c: c["adapter"]["r"], lambda c: "Flat" if c["flat"] else "LoRA", missing)
-    assert points == {"LoRA": [(1, 71.0, 1.0), (4, 75.0, 0.0)], "Flat": [(1, 72.0, 0.0)]}
+    assert points == {"LoRA": [(1, 71.0, 1.0, "lora_r1", False), (4, 75.0, 0.0, "lora_r4", False)],
+                      "Flat": [(1, 72.0, 0.0, "flat_lora_r1", True)]}
     assert missing == ["sentiment/flat_lora_r4 (0/3 seeds)"]
 
 
@@ -191,3 +196,94 @@ def test_ablation_figures_written(workdir):
         write_ablation_run("sentiment", "flat_rho020", seed, 79.0, rho=0.2)
     assert_png_pdf(figures.rank_ablation(ablation_config()), "rank_ablation")
     assert_png_pdf(figures.sigma_ablation(ablation_config()), "sigma_ablation")
+
+
+# ----------------------------------------------------------------------------- look: colours, seeds, ticks, titles
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """{figure_id: the Figure} of every figure drawn, still written to disk."""
+    figs, save = {}, figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, figure_id: figs.setdefault(figure_id, fig) and save(fig, figure_id))
+    return figs
+
+
+def look_config():
+    methods = ["lora_r8", "flat_lora_r8", "lora_r1", "flat_lora_r1", "flat_rho020"]
+    return {
+        "seeds": list(SEEDS),
+        "methods": {m: {"label": m} for m in methods},
+        "sharpness": {"detail_seeds": [0, 1]},
+        "figures": [
+            {"id": "training_curves", "caption": "c", "tasks": ["sentiment"], "methods": ["lora_r8", "flat_lora_r8"]},
+            {"id": "ood_curve", "caption": "c", "tasks": ["digits"], "methods": ["flat_lora_r8", "lora_r8"]},
+            {"id": "rank_ablation", "caption": "c", "tasks": ["sentiment"],
+             "methods": ["lora_r1", "flat_lora_r1", "lora_r8", "flat_lora_r8"]},
+            {"id": "sigma_ablation", "caption": "c", "tasks": ["sentiment"], "methods": ["lora_r8", "flat_lora_r8", "flat_rho020"]},
+            {"id": "loss_landscape", "caption": "c", "tasks": ["sentiment"], "methods": ["lora_r8", "flat_lora_r8"]},
+        ],
+    }
+
+
+def write_look_runs():
+    for seed in SEEDS:
+        for task in ("sentiment", "digits"):
+            write_ablation_run(task, "lora_r8", seed, 80.0 + seed)
+            write_ablation_run(task, "flat_lora_r8", seed, 81.0 + seed, rho=0.05)
+        write_ablation_run("sentiment", "lora_r1", seed, 70.0, r=1)
+        write_ablation_run("sentiment", "flat_lora_r1", seed, 71.0, r=1, rho=0.05)
+        write_ablation_run("sentiment", "flat_rho020", seed, 79.0, rho=0.2)
+        for method, curvature in (("lora_r8", 2.0), ("flat_lora_r8", 0.5)):
+            alphas = [i / 10 for i in range(-10, 11)]
+            paths.run_sharpness("sentiment", method, seed).write_text(
+                json.dumps({"landscape": {"alphas": alphas, "loss": [curvature * (1 + seed) * a * a for a in alphas]}}))
+
+
+def colours(fig) -> dict[str, str]:
+    """Legend label -> colour of each line or error-bar series of the figure's first panel."""
+    from matplotlib.colors import to_hex
+
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    # an error-bar container's first line is its data line
+    return {label: to_hex((h.lines[0] if hasattr(h, "lines") else h).get_color()) for h, label in zip(handles, labels)}
+
+
+def test_a_method_has_one_colour_in_every_figure(workdir, drawn):
+    write_look_runs()
+    figures.build_all_figures(look_config())
+    flat = {colours(drawn["training_curves"])["flat_lora_r8"], colours(drawn["ood_curve"])["flat_lora_r8"],
+            colours(drawn["loss_landscape"])["flat_lora_r8"], colours(drawn["rank_ablation"])["Flat-LoRA"],
+            colours(drawn["sigma_ablation"])["Flat-LoRA"]}
+    lora = {colours(drawn["training_curves"])["lora_r8"], colours(drawn["ood_curve"])["lora_r8"],
+            colours(drawn["rank_ablation"])["LoRA"]}
+    assert len(flat) == 1 and len(lora) == 1 and flat != lora
+
+
+def test_every_seed_is_drawn_as_mean_and_band(workdir, drawn):
+    write_look_runs()
+    config = look_config()
+    figures.build_all_figures(config)
+    ax = drawn["training_curves"].axes[0]
+    assert len(ax.collections) == 2  # one min-max band per method
+    expected = pd.concat([figures._smooth(records.read_history("sentiment", "lora_r8", s)["loss"]) for s in SEEDS], axis=1)
+    line = next(line for line in ax.get_lines() if line.get_label() == "lora_r8")
+    assert list(line.get_ydata()) == pytest.approx(list(expected.mean(axis=1)))
+    landscape = next(line for line in drawn["loss_landscape"].axes[0].get_lines() if line.get_label() == "lora_r8")
+    assert landscape.get_ydata()[0] == pytest.approx(2.0 * 1.5)  # the mean over the detail seeds 0 and 1 at alpha -1
+    assert "min-max" in figures.caption_note(config, "training_curves") and "0, 1, 2" in figures.caption_note(config, "training_curves")
+    assert "0, 1 " in figures.caption_note(config, "loss_landscape")
+    assert "±1 sample std" in figures.caption_note(config, "ood_curve")
+
+
+def test_no_title_ticks_at_measured_values_and_300_dpi(workdir, drawn):
+    from PIL import Image
+
+    write_look_runs()
+    written = figures.build_all_figures(look_config())
+    assert all(fig.get_suptitle() == "" for fig in drawn.values())  # the caption goes into the report's caption
+    assert list(drawn["rank_ablation"].axes[0].get_xticks()) == [1, 8]
+    assert not list(drawn["rank_ablation"].axes[0].xaxis.get_minorticklocs())
+    assert list(drawn["sigma_ablation"].axes[0].get_xticks()) == pytest.approx([0.0, 0.05, 0.2])
+    png = next(p for p in written if p.suffix == ".png")
+    assert Image.open(png).info["dpi"] == pytest.approx((300, 300), abs=0.1)

@@ -43,11 +43,11 @@ def train(model, flat, steps, batch=4, lr=1e-2, accum=1, data_seed=123):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     gen = torch.Generator().manual_seed(data_seed)
     d_in = lora_layer(model).get_base_layer().in_features
-    dtype = lora_layer(model).get_base_layer().weight.dtype
+    weight = lora_layer(model).get_base_layer().weight
     for step in range(steps):
         flat.begin_step(step)
         for _ in range(accum):
-            x = torch.randn(batch, d_in, generator=gen).to(dtype)
+            x = torch.randn(batch, d_in, generator=gen).to(device=weight.device, dtype=weight.dtype)
             model(x).float().square().mean().backward()
         flat.end_step()
         opt.step()
@@ -531,3 +531,193 @@ def test_every_data_parallel_rank_draws_the_same_noise(tmp_path):
         out = manager.dict()
         mp.spawn(_rank_noise, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
         assert dict(out) == {0: True, 1: True}
+
+
+# --------------------------------------------------------------------------- 10: sigma without an m x n temporary
+
+
+def _adapted(kind: str, dtype=torch.float32):
+    """A PEFT model whose layer "0" (40 -> 24) carries a nonzero adapter delta of the given kind."""
+    from peft import AdaLoraConfig
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(40, 24), nn.Tanh(), nn.Linear(24, 8)).to(dtype)
+    common = dict(lora_alpha=ALPHA, target_modules=["0"])
+    if kind == "adalora":
+        config = AdaLoraConfig(init_r=6, target_r=R, total_step=10, **common)
+    else:
+        config = LoraConfig(r=R, use_rslora=kind == "rslora", use_dora=kind == "dora", **common)
+    model = get_peft_model(base, config)
+    if kind == "two adapters":
+        model.add_adapter("other", LoraConfig(r=2, **common))
+        model.base_model.set_adapter(["default", "other"])
+    with torch.no_grad():  # every factor nonzero (B and AdaLoRA's E start at 0)
+        for name, p in model.named_parameters():
+            if "lora_" in name and "magnitude" not in name:
+                p.normal_(0.0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", ["lora", "rslora", "dora", "adalora", "two adapters"])
+def test_sigma_from_gram_terms_matches_the_direct_formula_in_fp64(kind, dtype):
+    """||W_i + s(BA)_i||^2 = ||W_i||^2 + 2s B_i.(W A^T)_i + s^2 B_i (A A^T) B_i^T against W + PEFT's own
+    get_delta_weight summed in fp64, for every adapter kind Flat-LoRA is combined with."""
+    model = _adapted(kind, dtype)
+    layer = lora_layer(model)
+    flat = FlatLoRA(model, rho=0.5, total_steps=10, seed=0)
+    flat.begin_step(7)
+    with torch.no_grad():
+        w_full = layer.get_base_layer().weight.double()
+        for adapter in layer.active_adapters:
+            w_full = w_full + layer.get_delta_weight(adapter).double()
+    expected = flat_factor(7, 10) * 0.5 / math.sqrt(40) * w_full.norm(dim=1)
+    assert flat.sigma(0).dtype == torch.float32
+    torch.testing.assert_close(flat.sigma(0).double(), expected, rtol=2e-6, atol=0)
+    flat.end_step()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sigma_of_rows_the_adapter_cancels_stays_finite_and_bounded(dtype):
+    """Where W_i ~ -s(BA)_i the Gram sum cancels: its fp32 error is relative to ||W_i||^2 + ||s(BA)_i||^2,
+    so sigma_i keeps a small absolute error (clamped at 0: never NaN); other rows stay exact."""
+    model = make_model(d_in=64, d_hidden=16, dtype=dtype)
+    layer = lora_layer(model)
+    base = layer.get_base_layer()
+    with torch.no_grad():
+        delta = layer.get_delta_weight("default")
+        base.weight[:8] = (-delta[:8]).to(dtype)
+    flat = FlatLoRA(model, rho=0.5, total_steps=1, seed=0)
+    flat.begin_step(1)
+    with torch.no_grad():
+        w, d = base.weight.double(), layer.get_delta_weight("default").double()
+    unit = 0.5 / math.sqrt(64)
+    expected = unit * (w + d).norm(dim=1)
+    sigma = flat.sigma(0).double()
+    flat.end_step()
+    assert torch.isfinite(sigma).all() and (sigma >= 0).all()
+    bound = unit * (64 * torch.finfo(torch.float32).eps * (w.square().sum(1) + d.square().sum(1))).sqrt()
+    assert ((sigma - expected).abs()[:8] <= bound[:8]).all()
+    assert (expected[:8] < 0.01 * expected[8:].min()).all()  # the first rows really cancel
+    torch.testing.assert_close(sigma[8:], expected[8:], rtol=2e-6, atol=0)
+
+
+# --------------------------------------------------------------------------- 11: the fused Triton kernels
+
+
+@pytest.fixture
+def kernels():
+    """(flat_kernels, device) where the kernels run: CUDA, or CPU under Triton's interpreter
+    (TRITON_INTERPRET=1 in a venv with Triton); skipped with torch's CPU wheels (no Triton)."""
+    from lorarepro.methods import flat as flat_module
+
+    fk = flat_module.flat_kernels
+    if fk is None:
+        pytest.skip("Triton is not importable (torch's CPU wheels)")
+    if torch.cuda.is_available():
+        return fk, "cuda"
+    if fk.runs_on(torch.zeros(1, 1)):
+        return fk, "cpu"
+    pytest.skip("no GPU, and TRITON_INTERPRET is not set")
+
+
+def _unit_noise(fk, m, n, seed, device):
+    zeros = torch.zeros(m, n, device=device)
+    return fk.perturb(zeros, torch.ones(m, device=device), seed, out=zeros)
+
+
+def test_fused_noise_has_mean_zero_and_row_variance_sigma_squared(kernels, monkeypatch):
+    fk, device = kernels
+    m, n = 256, 1001  # n not a multiple of 4: the last quarter of each row is short
+    sigma = torch.linspace(0.5, 2.0, m, device=device)
+    zeros = torch.zeros(m, n, device=device)
+    eps = fk.perturb(zeros, sigma, 12345, out=zeros).double().cpu()
+    s = sigma.double().cpu()
+    ratio = eps.std(dim=1) / s
+    assert abs(ratio.mean().item() - 1) < 0.01 and (ratio - 1).abs().max().item() < 0.15
+    assert (eps.mean(dim=1) / s).abs().mean().item() < 0.05  # ~ 0.8 / sqrt(1001) = 0.025 expected
+    z = eps / s[:, None]
+    assert abs(z.mean().item()) < 0.01
+    quarters = [z[:, k * 251:(k + 1) * 251] for k in range(4)]  # each normal of randn4x fills a quarter
+    assert all(abs(q.std().item() - 1) < 0.03 for q in quarters)
+    assert abs(torch.corrcoef(torch.stack([quarters[0].flatten(), quarters[1].flatten()]))[0, 1].item()) < 0.02
+    assert torch.equal(_unit_noise(fk, m, n, 12345, device), _unit_noise(fk, m, n, 12345, device))
+    assert not torch.equal(_unit_noise(fk, m, n, 12345, device), _unit_noise(fk, m, n, 12346, device))
+    reference = _unit_noise(fk, m, n, 7, device)
+    monkeypatch.setattr(fk, "_NOISE_BLOCK", 64)  # the noise does not depend on the launch grid
+    assert torch.equal(_unit_noise(fk, m, n, 7, device), reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_fused_perturbation_rounds_w_plus_eps_once(kernels, dtype):
+    """W + eps formed in fp32 and rounded once to W's dtype, out of place or in place (and back)."""
+    fk, device = kernels
+    torch.manual_seed(0)
+    w = torch.randn(48, 70, device=device).to(dtype)
+    sigma = torch.rand(48, device=device) + 0.1
+    z = _unit_noise(fk, 48, 70, 99, device)
+    plus, minus = (w.float() + sigma[:, None] * z).to(dtype), (w.float() - sigma[:, None] * z).to(dtype)
+    out = fk.perturb(w, sigma, 99)
+    assert out.dtype == dtype and out.data_ptr() != w.data_ptr()
+    if dtype == torch.bfloat16 and device == "cpu":  # the interpreter truncates fp32 -> bf16 (GPUs round)
+        torch.testing.assert_close(out, plus, rtol=2**-7, atol=0)
+    else:
+        assert torch.equal(out, plus)
+    inplace = w.clone()
+    fk.perturb(inplace, sigma, 99, out=inplace)
+    assert torch.equal(inplace, out)
+    back = w.clone()
+    fk.perturb(back, sigma, 99, out=back, subtract=True)
+    if not (dtype == torch.bfloat16 and device == "cpu"):
+        assert torch.equal(back, minus)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rank", [0, 1, 8, 20])
+def test_fused_sigma_rows_match_the_direct_formula_in_fp64(kernels, dtype, rank):
+    fk, device = kernels
+    torch.manual_seed(0)
+    m, n = 75, 300
+    w = (0.1 * torch.randn(m, n, device=device)).to(dtype)
+    a = 0.1 * torch.randn(rank, n, device=device) if rank else None
+    b = torch.randn(m, rank, device=device) if rank else None
+    got = fk.sigma_rows(w, a, b, 1.5, 0.25)
+    full = w.double() + (1.5 * b.double() @ a.double() if rank else 0)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), 0.25 * full.norm(dim=1), rtol=2e-6, atol=0)
+    if rank:
+        big = torch.randn(fk.MAX_RANK + 1, n, device=device)
+        with pytest.raises(ValueError, match="rank"):
+            fk.sigma_rows(w, big, torch.randn(m, fk.MAX_RANK + 1, device=device), 1.0, 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_exact_mode_gradients_match_explicit_perturbation(kernels, dtype):
+    """Flat-LoRA end to end on the fused path: forward, backward (eps regenerated), W untouched, reruns."""
+    from lorarepro.methods import flat as flat_module
+
+    _, device = kernels
+    model = make_model(dtype=dtype).to(device)
+    ref = copy.deepcopy(model)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    flat = FlatLoRA(model, rho=0.5, total_steps=10, seed=1, scope="all")
+    assert all(flat_module._fused(layer.weight) for layer in flat._layers)
+    flat.begin_step(6)
+    perturb_explicitly(ref, flat)
+    x = torch.randn(5, 16, device=device).to(dtype)
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    y, y_ref = model(x), ref(x)
+    torch.testing.assert_close(y, y_ref, **tol)  # the same W + eps (noise() is the kernel's)
+    y.float().square().sum().backward()
+    y_ref.float().square().sum().backward()
+    flat.end_step()
+    for (name, p), p_ref in zip(model.named_parameters(), ref.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, p_ref.grad, **tol)
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters() if not p.requires_grad)
+    runs = []
+    for _ in range(2):
+        fresh = make_model(dtype=dtype).to(device)
+        train(fresh, FlatLoRA(fresh, rho=0.5, total_steps=5, seed=3), steps=5)
+        runs.append(adapter_params(fresh))
+    assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])

@@ -366,11 +366,11 @@ def test_run_without_judge_finishes_with_not_run_and_the_table_says_so(chat_work
     assert json.loads(paths.run_result("chat_tiny", "lora_r8", 0).read_text())["not_run"] == result["not_run"]
     assert (paths.checkpoint_dir("chat_tiny", "lora_r8", 0) / "adapter_model.safetensors").is_file()  # judge it later
     tracked = tracking.mlflow_client(cfg)[0].get_run(result["lineage"]["mlflow_run_id"]).data
-    assert "test" not in tracked.metrics and tracked.tags["not_run.test"] == result["not_run"]["test"]
+    assert "test_mt_bench" not in tracked.metrics and tracked.tags["not_run.test"] == result["not_run"]["test"]
     files, entry = tables.table_files("table_chat", cfg, {})
     md = files[paths.table("table_chat", "md")]
     row = next(line for line in md.splitlines() if line.startswith("| LoRA"))
-    assert [c.strip() for c in row.strip("|").split("|")] == ["LoRA (r=8)", "not run", "", ""]  # no number, no Avg
+    assert [c.strip() for c in row.strip("|").split("|")] == ["LoRA (r=8)", "not run"]  # no number; the empty paper and Avg columns are dropped
     assert f"Not run: chat_tiny (LoRA (r=8)): {result['not_run']['test']}." in md
     assert entry["runs"] == [str(paths.run_result("chat_tiny", "lora_r8", 0))]
     run = artifacts.Run("chat_tiny", "lora_r8", 0, result)

@@ -109,7 +109,9 @@ def test_best_cell_marked_per_column(workdir):
     assert grid["LoRA (r=8)"]["nli"] == "**65.00 ± 1.00**"
     assert not grid["LoRA (r=8)"]["sentiment"].startswith("**")
     tex = paths.table("table_nlu", "tex").read_text()
-    assert r"\textbf{86.00 $\pm$ 1.00}" in tex
+    assert r"\textbf{86.00} & \textbf{1.00}$^\uparrow$" in tex  # mean & std: two columns joined by the spec's ±
+    html = paths.table("table_nlu", "html").read_text()
+    assert "<strong>86.00 ± 1.00</strong> ↑" in html
 
 
 def test_missing_seed_flags_cell_and_blanks_avg(workdir):
@@ -171,8 +173,8 @@ def test_index_entry_and_files(workdir):
     assert entry["rows"] == ["full_ft", "lora_r8", "flat_lora_r8"]
     assert entry["columns"] == ["sentiment", "nli"]
     assert entry["runs"] == sorted(used) and len(used) == 18
-    assert entry["files"] == [str(paths.table("table_nlu", e)) for e in ("csv", "md", "tex")] + [
-        str(paths.table("table_nlu_significance", e)) for e in ("csv", "md")]
+    assert entry["files"] == [str(paths.table("table_nlu", e)) for e in ("csv", "md", "tex", "html")] + [
+        str(paths.table("table_nlu_significance", e)) for e in ("csv", "md", "html")]
     tex = Path(entry["files"][2]).read_text()
     for needle in (r"\toprule", r"\midrule", r"\bottomrule", r"\caption{NLU; accuracy (\%)"):
         assert needle in tex
@@ -233,7 +235,8 @@ def test_not_run_cell_is_never_a_number_and_says_why(workdir):
     grid_md = md_grid(md)
     assert grid_md["LoRA (r=8)"]["nli"] == grid_md["Flat-LoRA (r=8)"]["nli"] == "not run"
     assert grid_md["Full FT"]["nli"] == "60.00 ± 0.00 (1/3; 1 diverged; 1 not run)"
-    assert grid_md["LoRA (r=8)"]["Avg"] == "" and not grid_md["LoRA (r=8)"]["nli"].startswith("**")
+    assert "Avg" not in grid_md["LoRA (r=8)"]  # no row has every cell: an empty column is left out
+    assert not grid_md["LoRA (r=8)"]["nli"].startswith("**")
     assert "\nNot run: nli (Full FT, LoRA (r=8), Flat-LoRA (r=8)): no MT-Bench judge: set evaluation.judge.\n" in md
     line = next(line for line in md.splitlines() if line.startswith("Flat-LoRA vs LoRA:"))
     assert "beats lora_r8 on 1 of 1 task (1 not run)" in line
@@ -326,7 +329,7 @@ def test_clear_gain_marked_and_noise_not(workdir):
     assert not any("↑" in c or "↓" in c for c in grid["LoRA (r=8)"].values())
     assert "paired by seed, p < 0.05" in md
     tex = paths.table("table_nlu", "tex").read_text()
-    assert r"\textbf{86.00 $\pm$ 1.00}$^\uparrow$" in tex and "paired t-test" in tex
+    assert r"\textbf{86.00} & \textbf{1.00}$^\uparrow$" in tex and "paired t-test" in tex
 
 
 def test_clear_loss_marked_down(workdir):
@@ -399,7 +402,7 @@ def test_sharpness_table_and_honest_verdict(workdir):
         write_measures("sentiment", "full_ft", seed, 1.0, 30.0, 70.0)
     entry = tables.sharpness_table(make_config())
     assert entry["id"] == "table_sharpness"
-    assert entry["files"] == [str(paths.table("table_sharpness", e)) for e in ("csv", "md")]
+    assert entry["files"] == [str(paths.table("table_sharpness", e)) for e in ("csv", "md", "html")]
     csv = pd.read_csv(entry["files"][0]).set_index("method")
     assert list(csv.index) == ["full_ft", "lora_r8", "flat_lora_r8"]
     assert csv.loc["flat_lora_r8", "rho=0.05"] == pytest.approx(0.3)  # (0.1 + 0.5) / 2
@@ -470,10 +473,40 @@ def test_cost_columns_relative_to_the_baseline(workdir):
     assert grid["LoRA (r=8)"]["extra MB vs lora_r8"] == "0.00"
     assert grid["Full FT"]["ms/step"] == ""  # no cost recorded: empty, not zero
     assert "peak of the torch CPU bytes" in md
-    assert r"time vs lora\_r8" in paths.table("table_nlu", "tex").read_text()
+    assert r"time vs\\lora\_r8 (x)" in paths.table("table_nlu", "tex").read_text()  # a long head on two lines
 
 
 def test_table_without_cost_has_no_cost_columns(workdir):
     write_grid(FULL_GRID)
     _, _, md = build()
     assert "ms/step" not in md
+
+
+# ----------------------------------------------------------------------------- HTML pages, empty columns
+
+
+def test_html_page_shows_the_table_with_its_notes_and_is_deterministic(workdir):
+    write_grid(FULL_GRID)
+    config = make_config()
+    config["methods"]["lora_r8"]["label"] = "LoRA <r=8> & co"  # escaped, never markup
+    build(config)
+    page = paths.table("table_nlu", "html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "<caption>table_nlu. NLU; accuracy (%)</caption>" in page
+    assert "LoRA &lt;r=8&gt; &amp; co" in page and "<strong>86.00 ± 1.00</strong> ↑" in page
+    assert "<code>table_nlu_significance.md</code>" in page and "Flat-LoRA vs LoRA:" in page
+    significance = paths.table("table_nlu_significance", "html").read_text(encoding="utf-8")
+    assert "<th" in significance and "mean_diff" in significance
+    assert "<code>mde</code>" in significance  # the Markdown's explanation, under the table
+    build(config)
+    assert paths.table("table_nlu", "html").read_text(encoding="utf-8") == page
+
+
+def test_a_column_empty_in_every_row_is_left_out(workdir):
+    write_grid(FULL_GRID)
+    _, csv, md = build(reference={"table1": {"rows": {"LoRA r8": {"SST-2": 94.25}}}})
+    header = next(line for line in md.splitlines() if line.startswith("|"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["Method", "sentiment", "paper: SST-2", "nli", "Avg"]
+    tex = paths.table("table_nlu", "tex").read_text()
+    assert r"\multicolumn{3}{c}{sentiment (SST-2)} & \multicolumn{2}{c}{nli (MNLI)}" in tex
+    assert "paper: MNLI" not in paths.table("table_nlu", "html").read_text()
+    assert set(csv["paper"]) == {"", "94.25"}  # the CSV keeps every cell

@@ -130,3 +130,85 @@ def test_next_invocation_here_ends_what_a_killed_one_left_running(config, tmp_pa
     status = {run_id: client.get_run(run_id).info.status for run_id in (other, killed, finished.run_id, interrupted.run_id)}
     assert status == {other: "RUNNING", killed: "KILLED", finished.run_id: "FINISHED", interrupted.run_id: "KILLED"}
     assert "killed" in client.get_run(interrupted.run_id).data.tags["error"]
+
+
+RESULT = {"metric": "accuracy", "metrics": {"test": 81.5, "validation": 80.0, "ood_s1": None},
+          "resources": {"seconds": 3.0, "seconds_per_step": 0.012, "step_peak_mb": 41.5, "peak_rss_mb": 566.9},
+          "train": {"trainable_params": 29322, "total_params": 98516}}
+
+
+def test_runs_follow_mlflow_conventions(config, tmp_path):
+    """The UI opens the runs (experiment kind), fills Source, User, commit and Dataset, and metric names
+    say what they measure, cost included (Table 6 comparable in MLflow)."""
+    with tracking.run(config, "t/m/seed0", {}, {"task": "t"}) as tracker:
+        tracker.dataset("t", "ab" * 32, tmp_path)
+        tracker.metrics(tracking.run_metrics(RESULT))
+    client = _client(config)
+    run = client.get_run(tracker.run_id)
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    tags = run.data.tags
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"] and tags["mlflow.user"]
+    assert len(tags["mlflow.source.git.commit"]) == 40  # the tests run in the project's checkout
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.name == "t" and "ab" * 32 in dataset.dataset.profile
+    assert dataset.dataset.source == str(tmp_path) and dataset.tags[0].value == "train"
+    assert run.data.metrics == {"test_accuracy": 81.5, "validation_accuracy": 80.0, "seconds_per_step": 0.012,
+                                "step_peak_mb": 41.5, "peak_rss_mb": 566.9, "train_seconds": 3.0,
+                                "trainable_params": 29322, "total_params": 98516}
+    sharp = {"expected_sharpness": {"0.05": 0.3}, "hessian_top": None}
+    assert tracking.run_metrics(sharpness=sharp) == {"expected_sharpness_rho0.05": 0.3}
+    assert tracking.run_metrics({"metric": "pass@1,x", "metrics": {"test": 1}})["test_pass_1_x"] == 1.0
+
+
+def test_an_existing_experiment_gets_its_kind(config):
+    client = _client(config)
+    experiment_id = client.create_experiment(config["mlflow"]["experiment"])
+    assert tracking.init(config) == experiment_id
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_finished_parent_carries_params_artifacts_and_headline_numbers(config, tmp_path, monkeypatch):
+    from lorarepro import paths
+
+    monkeypatch.chdir(tmp_path)
+    config = {**config, "seeds": [0, 1], "tasks": {}, "methods": {}, "tables": [], "figures": [{"id": "fig", "tasks": ["t"], "methods": ["lora"]}]}
+    parent = tracking.start_parent(config, "snakemake", "", [])
+    for path, text in {paths.metrics_summary(): '{"table_a/lora/t1": 80.5, "table_a/lora/Avg": null}',
+                       paths.tables_index(): '{"tables": [{"id": "table_a", "files": ["results/tables/table_a.md"]}]}',
+                       paths.table("table_a", "md"): "| a |", paths.figure("fig", "png"): "png",
+                       paths.claims("md"): "claims", paths.audit_report(): "audit"}.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    tracking.finish_parent(config, parent, "")
+    tracking.end_parent(config, parent, "FINISHED")
+    client = _client(config)
+    run = client.get_run(parent)
+    assert run.data.params["seeds"] == "0,1" and run.data.params["config_id"] == "default" and run.data.params["runs"] == "2"
+    assert run.data.tags["mlflow.source.name"] == "Snakefile"
+    assert run.data.metrics == {"table_a/lora/t1": 80.5}
+    listed = {f.path for folder in ("tables", "figures", "claims", "audit") for f in client.list_artifacts(parent, folder)}
+    assert listed == {"tables/table_a.md", "tables/index.json", "tables/metrics.json", "figures/fig.png",
+                      "claims/claims.md", "audit/report.md"}
+
+
+def test_a_dataset_another_job_added_at_the_same_moment_is_reused(config, tmp_path, monkeypatch):
+    """Parallel jobs on one task insert the same dataset at once; MLflow's unique constraint fails
+    the loser, whose next try finds the winner's row."""
+    from mlflow.exceptions import MlflowException
+
+    with tracking.run(config, "t/m/seed0", {}, {}) as first:
+        first.dataset("t", "cd" * 32, tmp_path)
+    with tracking.run(config, "t/m/seed1", {}, {}) as second:
+        real, calls = second.client.log_inputs, []
+
+        def racing(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 1:
+                raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(second.client, "log_inputs", racing)
+        second.dataset("t", "cd" * 32, tmp_path)
+    inputs = [_client(config).get_run(r.run_id).inputs.dataset_inputs for r in (first, second)]
+    assert len(calls) == 2 and inputs[0][0].dataset == inputs[1][0].dataset

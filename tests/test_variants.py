@@ -1,6 +1,8 @@
 """The LoRA variants (rsLoRA, DoRA, PiSSA, LoRA-GA, AdaLoRA, LoRA+) with and without Flat-LoRA:
 training on every family, PEFT-format checkpoints that reload on the pristine backbone to the same
-metric, determinism, and what each variant changes (config fields, optimizer groups, base weights)."""
+metric, determinism, and what each variant changes (config fields, optimizer groups, base weights).
+Any other PEFT tuner (VeRA, LoHa) by config alone, with Flat-LoRA on its delta weight, and a
+CoLA-style local task scored with Matthews correlation."""
 
 import copy
 import json
@@ -192,7 +194,11 @@ def test_dora_flat_noise_is_flat_lora_in_the_effective_weight_space():
     ({"type": "lora", "r": 8, "use_dora": "yes"}, "methods.v.adapter.use_dora"),
     ({"type": "lora", "r": 8, "loraplus_lr_ratio": 0.5}, "methods.v.adapter.loraplus_lr_ratio"),
     ({"type": "lora", "r": 8, "use_rslor": True}, "methods.v.adapter"),
-    ({"type": "vera", "r": 8}, "methods.v.adapter.type"),
+    ({"type": "nope", "r": 8}, "methods.v.adapter.type"),
+    ({"type": "prompt_tuning"}, "methods.v.adapter.type"),
+    ({"type": "vera", "r": 8, "lora_alpha": 16}, "methods.v.adapter.lora_alpha"),
+    ({"type": "loha", "r": 8, "modules_to_save": ["classifier"]}, "methods.v.adapter.modules_to_save"),
+    ({"type": "lora", "r": 8, "target_modules": []}, "methods.v.adapter.target_modules"),
     ({"type": "adalora", "r": 8, "adalora": {"tinit": 2}}, "methods.v.adapter.adalora.tinit"),
     ({"type": "adalora", "r": 8, "use_dora": True}, "methods.v.adapter.use_dora"),
     ({"type": "adalora", "r": 8, "loraplus_lr_ratio": 4}, "methods.v.adapter.loraplus_lr_ratio"),
@@ -238,3 +244,122 @@ def test_sam_baselines_train_record_cost_and_reload(workspace, space):
     assert family.evaluate(model, tokenizer, test, manifest, 48) == pytest.approx(result["metrics"]["test"], abs=1e-4)
     base = train_one(cfg, resolve_run(cfg, "sentiment", "lora_r8"), seed=0)
     assert result["train"]["final_loss"] != base["train"]["final_loss"]  # the perturbed pass changed the update
+
+
+# ----------------------------------------------------------------------------- any PEFT tuner, by config alone
+
+TUNERS = {"vera": {"type": "vera", "r": 16, "d_initial": 0.5}, "loha": {"type": "loha", "r": 4, "alpha": 8}}
+
+
+def with_tuner(config: dict, tuner: str, flat: bool) -> tuple[dict, str]:
+    cfg, name = copy.deepcopy(config), f"flat_{tuner}" if flat else tuner
+    cfg["methods"][name] = {"adapter": copy.deepcopy(TUNERS[tuner]), **({"flat": {"rho": 0.5}} if flat else {})}
+    cfg["tables"][0]["methods"].append(name)
+    return cfg, name
+
+
+def n_tuner_layers(model) -> int:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return sum(isinstance(module, BaseTunerLayer) for module in model.modules())
+
+
+def checked(cfg: dict) -> dict:
+    """`validate` (schema, cross-references; PEFT checks a tuner's fields), without the claims, whose
+    file is the repository's."""
+    validate({k: v for k, v in cfg.items() if k != "claims"})
+    return cfg
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("tuner", list(TUNERS))
+def test_any_peft_tuner_trains_by_config_and_reloads(workspace, tuner, flat):
+    cfg, name = with_tuner(workspace, tuner, flat)
+    run = resolve_run(checked(cfg), "sentiment", name)
+    result = train_one(cfg, run, seed=0)
+    assert _saved_config("sentiment", name)["peft_type"] == tuner.upper()
+    model, tokenizer = reload(run, "sentiment", name)
+    assert (result["flat"] or {}).get("layers", 0) == (n_tuner_layers(model) if flat else 0)  # Flat found every one
+    test = load_split(paths.prepared_dir("sentiment"), "test")
+    manifest = load_manifest(paths.prepared_dir("sentiment"))
+    assert families.get("nlu").evaluate(model, tokenizer, test, manifest, 48) == pytest.approx(result["metrics"]["test"], abs=1e-4)
+
+
+@pytest.mark.parametrize("n_in, n_out", [(16, 12), (12, 16)])  # D's factors: I D, or D I
+@pytest.mark.parametrize("tuner", list(TUNERS))
+def test_flat_sigma_of_a_tuner_is_taken_from_its_delta_weight(tuner, n_in, n_out):
+    """sigma_i = rho/sqrt(n) * ||(W + D)_i|| at f(T) = 1, D the tuner's own get_delta_weight."""
+    from peft import get_peft_model
+
+    from lorarepro.methods.flat import FlatLoRA
+    from lorarepro.methods.lora import tuner_config
+
+    torch.manual_seed(0)
+    adapter = tuner_config({**TUNERS[tuner], "init_weights": False}, ["0"], None)
+    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(n_in, n_out)), adapter)
+    layer = model.base_model.model[0]
+    flat = FlatLoRA(model, rho=0.3, total_steps=2, seed=7)
+    flat.begin_step(2)
+    flat.end_step()
+    delta = layer.get_delta_weight("default")
+    assert delta.abs().sum() > 0  # not the zero init: the delta counts
+    expected = 0.3 / n_in**0.5 * torch.linalg.norm(layer.base_layer.weight + delta, dim=1)
+    torch.testing.assert_close(flat.sigma(0), expected.detach(), rtol=1e-5, atol=1e-7)
+
+
+def test_flat_refuses_a_tuner_without_a_delta_weight():
+    from peft import IA3Config, get_peft_model
+
+    from lorarepro.methods.flat import FlatLoRA
+
+    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(16, 12)), IA3Config(target_modules=["0"], feedforward_modules=[]))
+    flat = FlatLoRA(model, rho=0.3, total_steps=2, seed=7)
+    with pytest.raises(TypeError, match="ia3.*get_delta_weight"):
+        flat.begin_step(1)
+
+
+def test_target_modules_are_the_configs(workspace):
+    cfg = copy.deepcopy(workspace)
+    cfg["methods"]["qv"] = {"adapter": {"type": "lora", "r": 4, "alpha": 8, "target_modules": ["q", "v"]}}
+    cfg["tables"][0]["methods"].append("qv")
+    checked(cfg)
+    train_one(cfg, resolve_run(cfg, "sentiment", "qv"), seed=0)
+    adapted = {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in _saved_tensors("sentiment", "qv") if "lora_A" in k}
+    assert adapted == {"q", "v"}
+
+
+def cola_like(config: dict) -> dict:
+    """A local CSV task in CoLA's shape (sentences, acceptable or not, scored by Matthews correlation)
+    from the sentiment split's sentences, its training split a seeded sample of the file's rows."""
+    source = paths.prepared_dir("sentiment")
+    manifest = load_manifest(source)
+    folder = paths.prepared_dir("sentiment").parent.parent / "cola_source"
+    folder.mkdir(exist_ok=True)
+    for split in ("train", "test"):
+        frame = load_split(source, split)
+        frame[["text", "label"]].rename(columns={"text": "sentence"}).to_csv(folder / f"{split}.csv", index=False)
+    return {"family": "nlu", "backbone": "t5-tiny", "source": "local", "path": str(folder), "format": "csv",
+            "fields": {"text": ["sentence"], "label": "label"}, "label_words": manifest["label_words"],
+            "metric": "matthews_corrcoef", "mirrors": "CoLA",
+            "splits": {"train": {"split": "train.csv", "sample": 48}, "validation": "test.csv[:16]", "test": "test.csv[16:]"}}
+
+
+def test_cola_like_task_scored_by_matthews_correlation_with_a_tuner_by_config(workspace):
+    from sklearn.metrics import matthews_corrcoef
+
+    from lorarepro.data import prepare_task
+
+    cfg, name = with_tuner(workspace, "vera", flat=True)
+    cfg["tasks"]["cola"] = cola_like(cfg)
+    checked(cfg)
+    manifest = prepare_task("cola", cfg["tasks"]["cola"], cfg["data_seed"], paths.prepared_dir("cola"))
+    assert manifest["metric"] == "matthews_corrcoef" and manifest["sources"]["train"]["sample"] == 48
+    assert manifest["splits"]["train"]["rows"] == 48
+    run = resolve_run(cfg, "cola", name)
+    result = train_one(cfg, run, seed=0)
+    model, tokenizer = reload(run, "cola", name)
+    assert result["metric"] == "matthews_corrcoef" and result["flat"]["layers"] == n_tuner_layers(model)
+    test = load_split(paths.prepared_dir("cola"), "test")
+    nlu = families.get("nlu")
+    predicted = nlu._label_word_predictions(model, tokenizer, test, manifest, 48, 256)
+    assert result["metrics"]["test"] == pytest.approx(100 * matthews_corrcoef(test["label"], predicted), abs=1e-4)

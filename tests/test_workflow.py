@@ -48,11 +48,11 @@ def test_pipeline_produces_every_output(repo, params):
         assert (repo / "results" / "tables" / name).is_file()
     sharp = json.loads((repo / "results" / "runs" / "digits" / "flat_lora_r8" / "seed0.sharpness.json").read_text())
     assert sharp["hessian_top"]["eigenvalue"] > 0 and sharp["expected_sharpness"]["0.05"] is not None
-    index = json.loads((repo / "results" / "tables" / "index.json").read_text())
+    index = json.loads((repo / "results" / "tables" / "index.reduced.json").read_text())  # per config: paths.config_id
     assert len(index["tables"][0]["runs"]) == 18
     for fig in ("ood_curve", "training_curves"):
         assert (repo / "results" / "figures" / f"{fig}.png").stat().st_size > 1000
-    assert json.loads((repo / "results" / "metrics.json").read_text())
+    assert json.loads((repo / "results" / "metrics.reduced.json").read_text())
     assert (repo / "logs" / "train" / "digits" / "lora_r8" / "seed0.log").is_file()  # jobs: per_seed
     table = (repo / "results" / "tables" / "table_small.md").read_text()
     assert "paper: SST-2" in table and cfg["methods"]["flat_lora_r8"]["label"] in table
@@ -64,7 +64,7 @@ def test_every_training_run_is_in_mlflow_under_one_parent(repo):
         parents = {r[0] for r in rows if r[2] == "snakemake"}
         children = db.execute("select run_uuid, value from tags where key = 'mlflow.parentRunId'").fetchall()
         losses = db.execute("select count(*) from metrics where key = 'train_loss'").fetchone()[0]
-        hessians = db.execute("select count(*) from latest_metrics where key = 'hessian_top'").fetchone()[0]
+        hessians = db.execute("select count(*) from latest_metrics where key = 'hessian_top_eigenvalue'").fetchone()[0]
     assert len(parents) == 1 and len(rows) == 19
     assert {status for _, status, _ in rows} == {"FINISHED"}
     assert len(children) == 18 and {v for _, v in children} == parents

@@ -1,32 +1,43 @@
-"""The `lorarepro` command. Run from the repository root:
-
-    lorarepro audit                                 # audit the default pipeline's outputs
-    lorarepro audit --configfile reduced.yaml       # a pipeline run with --configfile reduced.yaml
-    lorarepro audit --retrain 2 --reevaluate 3      # more evidence, slower
-    lorarepro evaluate wizardlm_mtbench lora_r8 --configfile workflow/configs/paper.yaml
-                                                    # evaluate saved checkpoints again (e.g. a judge is now set)
-
-(`python -m lorarepro audit` works the same without the console script.)
+"""The `lorarepro` command: audit a pipeline's outputs, or evaluate saved checkpoints again.
+Run from the repository root; `python -m lorarepro` works the same without the console script.
 """
 
 import argparse
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from lorarepro.config import ConfigError, reported_runs
 from lorarepro.experiment import load
+from lorarepro.pipeline.checks import check_reporting
+
+
+EXAMPLES = """examples:
+  lorarepro audit                                  # audit the default pipeline's outputs
+  lorarepro audit --configfile reduced.yaml        # a pipeline run with snakemake --configfile reduced.yaml
+  lorarepro audit --retrain 2 --reevaluate 3       # more evidence, slower
+  lorarepro evaluate --configfile workflow/configs/paper.yaml wizardlm_mtbench lora_r8
+                                                   # evaluate saved checkpoints again (e.g. a judge is now set)
+
+--configfile takes one file; repeat it for several (snakemake's `--configfile a.yaml b.yaml`
+is `--configfile a.yaml --configfile b.yaml` here), so it never swallows TASK and METHOD.
+"""
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lorarepro", description=__doc__.splitlines()[0])
+    raw = argparse.RawDescriptionHelpFormatter  # keeps the examples' layout
+    parser = argparse.ArgumentParser(prog="lorarepro", description=__doc__.splitlines()[0], epilog=EXAMPLES,
+                                     formatter_class=raw)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     audit = commands.add_parser(
-        "audit", help="trace every table cell to its runs and verify every artifact",
-        description="Writes results/audit/report.md and audit.json; exit status 0 only when every check passes.")
-    audit.add_argument("--configfile", nargs="*", default=[], metavar="FILE",
-                       help="config files deep-merged over params.yaml, as given to snakemake --configfile")
-    audit.add_argument("--params", default="params.yaml", help="the base config (default: %(default)s)")
-    audit.add_argument("--reevaluate", type=int, metavar="K", help="checkpoints re-evaluated per table (default 1)")
+        "audit", help="trace every table cell to its runs and verify every artifact", formatter_class=raw,
+        description="Writes results/audit/report.md and audit.json; exit status 0 only when every check passes.",
+        epilog=EXAMPLES)
+    _config_arguments(audit)
+    audit.add_argument("--reevaluate", type=_count_or_all, metavar="K",
+                       help="checkpoints re-evaluated per table (default 1), or `all`: every checkpoint")
     audit.add_argument("--sample-seed", type=int, metavar="S", help="seed of the re-evaluation/retraining sample")
     audit.add_argument("--retrain", type=int, metavar="K", help="runs retrained in a temporary directory (default 0)")
     audit.add_argument("--gpu-tolerance", type=float, metavar="X", help="metric points a GPU retrain may differ by")
@@ -38,29 +49,80 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="evaluate finished runs again from their checkpoints (e.g. MT-Bench once a judge is set)",
         description="Rewrites the runs' result JSONs (metrics, not_run, judge) and MLflow metrics; trains nothing. "
-                    "Rebuild the tables afterwards (snakemake reruns the tables rule).")
-    evaluate.add_argument("task")
-    evaluate.add_argument("method")
-    evaluate.add_argument("--seeds", type=int, nargs="*", help="default: every seed a table, figure or claim reads")
-    evaluate.add_argument("--configfile", nargs="*", default=[], metavar="FILE",
-                          help="config files deep-merged over params.yaml, as given to snakemake --configfile")
-    evaluate.add_argument("--params", default="params.yaml", help="the base config (default: %(default)s)")
+                    "Rebuild the tables afterwards (snakemake reruns the tables rule).",
+        formatter_class=raw, epilog=EXAMPLES)
+    evaluate.add_argument("task", help="a task of the config's `tasks:`")
+    evaluate.add_argument("method", help="a method of the config's `methods:`")
+    evaluate.add_argument("--seeds", type=int, nargs="+", help="default: every seed a table, figure or claim reads")
+    _config_arguments(evaluate)
     return parser
 
 
-def evaluate(args) -> int:
-    from lorarepro.reevaluate import evaluate_checkpoint  # deferred: torch, transformers, PEFT
+def _config_arguments(command: argparse.ArgumentParser) -> None:
+    # One file per flag (append): nargs="*" would take TASK and METHOD after it as config files.
+    command.add_argument("--configfile", action="append", default=[], metavar="FILE",
+                         help="a config file deep-merged over params.yaml, as given to snakemake --configfile; "
+                              "repeat the flag for several")
+    command.add_argument("--params", default="params.yaml", help="the base config (default: %(default)s)")
 
+
+def version() -> str:
+    """The installed package's version (a source tree never installed says so)."""
+    try:
+        return metadata.version("lorarepro")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
+def _count_or_all(value: str):
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number or 'all', not {value!r}") from None
+
+
+def _load(command: str, args) -> dict | None:
+    """The config of `args` (checked, figures included), or None after printing the error naming its file or key."""
     try:
         config = load(args.params, *args.configfile)
+        check_reporting(config)
     except ConfigError as err:
-        print(f"lorarepro evaluate: {err}", file=sys.stderr)
+        print(f"lorarepro {command}: {err}", file=sys.stderr)
+        return None
+    return config
+
+
+def _unknown_run(config: dict, args) -> str | None:
+    """Why (task, method) names no run of the config, naming the known ones; None when both are known."""
+    for kind, name in (("task", args.task), ("method", args.method)):
+        known = config[kind + "s"]
+        if name not in known:
+            hint = "" if args.configfile else " (without --configfile: params.yaml's only)"
+            return f"unknown {kind} '{name}'; known {kind}s{hint}: {', '.join(sorted(known))}"
+    return None
+
+
+def evaluate(args) -> int:
+    from safetensors import SafetensorError  # deferred: with the loaders below
+
+    from lorarepro.families.common import allow_remote_code  # deferred: torch, transformers
+    from lorarepro.reevaluate import evaluate_checkpoint  # deferred: torch, transformers, PEFT
+
+    config = _load("evaluate", args)
+    if config is None:
         return 2
+    unknown = _unknown_run(config, args)
+    if unknown:
+        print(f"lorarepro evaluate: {unknown}", file=sys.stderr)
+        return 2
+    allow_remote_code(config)
     wanted = reported_runs(config).get((args.task, args.method), config["seeds"])
     for seed in args.seeds if args.seeds is not None else wanted:
         try:
             result = evaluate_checkpoint(config, args.task, args.method, seed)
-        except (FileNotFoundError, ValueError) as err:
+        except (OSError, ValueError, SafetensorError) as err:  # a missing, unsafe or unreadable file, named
             print(f"lorarepro evaluate: {err}", file=sys.stderr)
             return 1
         not_run = result.get("not_run") or {}
@@ -72,23 +134,31 @@ def evaluate(args) -> int:
 def audit(args) -> int:
     from lorarepro import audit as auditing  # deferred: torch, MLflow, DVC
 
+    config = _load("audit", args)
+    if config is None:
+        return 2
     try:
-        config = load(args.params, *args.configfile)
         options = auditing.Options.from_config(
             config, reevaluate=args.reevaluate, sample_seed=args.sample_seed, retrain=args.retrain,
             gpu_tolerance=args.gpu_tolerance, paper_tolerance=args.paper_tolerance, strict=args.strict)
-    except (ConfigError, ValueError, TypeError) as err:
+    except (ValueError, TypeError) as err:
         print(f"lorarepro audit: {err}", file=sys.stderr)
         return 2
     try:
-        auditing.run_and_write(config, args.report and Path(args.report), args.json and Path(args.json), options)
+        auditing.run_and_write(config, args.report and Path(args.report), args.json and Path(args.json), options,
+                               configfiles=args.configfile)
     except auditing.AuditFailed:
         return 1
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # argparse's own message, plus the likely cause: snakemake's several files after one flag
+        hint = (f" (--configfile takes one file; repeat the flag: --configfile {' --configfile '.join(extra)})"
+                if all(e.endswith(CONFIG_SUFFIXES) for e in extra) else "")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     return {"audit": audit, "evaluate": evaluate}[args.command](args)
 
 

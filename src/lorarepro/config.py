@@ -45,13 +45,7 @@ def read(*paths: str | Path) -> dict:
     is dropped (as in the Snakefile)."""
     config: dict = {}
     for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
+        data = read_yaml(path)
         config = copy.deepcopy(data) if data.get("standalone") else deep_merge(config, data)
     validate_schema(config)
     # The schema's defaults, filled in by the same function the Snakefile calls, so a run's recorded
@@ -60,6 +54,27 @@ def read(*paths: str | Path) -> dict:
 
     snakemake_validate(config, str(SCHEMA), set_default=True)
     return config
+
+
+def read_yaml(path: str | Path) -> dict:
+    """One config file as a mapping; a missing file, a YAML error (with its line and column) or a
+    top level that is not a mapping is a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
 
 
 def validate_schema(config: dict) -> None:

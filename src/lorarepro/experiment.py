@@ -18,9 +18,10 @@ from lorarepro.data import GENERATED_SOURCES, GENERATORS
 from lorarepro.data.external import check_task
 from lorarepro.evaluation import harness, judge
 from lorarepro.families import FAMILIES
-from lorarepro.methods.lora import MUTATING_INITS, max_rank
+from lorarepro.methods.lora import LORA_TYPES, MUTATING_INITS, max_rank, tuner_config
 
 DISTRIBUTED = {"processes": 1, "backend": "auto", "timeout_minutes": 60}  # training.<family>.distributed
+CLASSIFICATION_METRICS = ("accuracy", "f1", "f1_macro", "matthews_corrcoef")  # nlu, vision: lorarepro.families.nlu.METRICS
 
 
 def load(*paths) -> dict:
@@ -145,9 +146,7 @@ def _check_tasks(config: dict) -> None:
         archs = FAMILIES[task["family"]].archs
         if backbone["arch"] not in archs:
             raise ConfigError(f"config key 'tasks.{name}.backbone': family '{task['family']}' needs a {' or '.join(archs)} backbone, '{task['backbone']}' is '{backbone['arch']}'")
-        metric = task.get("metric", "exact_match")
-        if metric != "exact_match" and (task["family"] != "generation" or task["source"] in GENERATED_SOURCES):
-            raise ConfigError(f"config key 'tasks.{name}.metric': '{metric}' is for generation tasks with hub or local data")
+        _check_metric(name, task)
         if task["source"] not in GENERATED_SOURCES:
             try:
                 check_task(name, task)
@@ -165,6 +164,21 @@ def _check_tasks(config: dict) -> None:
             raise ConfigError(f"config key 'backbones.{name}.model': required when source is 'hub'")
         if backbone["source"] == "pretrain" and not {"size", "pretrain"} <= backbone.keys():
             raise ConfigError(f"config key 'backbones.{name}': source 'pretrain' needs 'size' and 'pretrain'")
+
+
+def _check_metric(name: str, task: dict) -> None:
+    """nlu and vision score a classification metric, generation its own; any but the family's default
+    reaches the scorer through the manifest of hub or local data (lorarepro.data.external)."""
+    metric = task.get("metric")
+    if metric is None:
+        return
+    classifies = task["family"] != "generation"
+    if (metric in CLASSIFICATION_METRICS) != classifies:
+        kind = f"classification metric ({', '.join(CLASSIFICATION_METRICS)})" if classifies else "generation metric"
+        raise ConfigError(f"config key 'tasks.{name}.metric': family {task['family']} scores a {kind}, not '{metric}'")
+    if metric not in ("exact_match", "accuracy") and task["source"] in GENERATED_SOURCES:
+        raise ConfigError(f"config key 'tasks.{name}.metric': '{metric}' is for tasks with hub or local data "
+                          "(a generated task scores its family's default)")
 
 
 def _check_lm_eval(name: str, task: dict, config: dict) -> None:
@@ -201,7 +215,7 @@ def _check_methods(config: dict) -> None:
             continue
         backbone = config["backbones"][task["backbone"]]
         smallest = _smallest_linear_dim(backbone)
-        if smallest is not None and max_rank(adapter) > smallest:
+        if smallest is not None and max_rank(adapter) is not None and max_rank(adapter) > smallest:
             key = "adapter.adalora.init_r" if adapter["type"] == "adalora" else "adapter.r"
             raise ConfigError(
                 f"config key 'methods.{name}.{key}': rank {max_rank(adapter)} exceeds the smallest "
@@ -231,8 +245,16 @@ def _check_distributed(config: dict) -> None:
 
 
 def _check_adapter(name: str, adapter: dict) -> None:
-    """Combinations the schema cannot express; each error names the offending key."""
+    """Combinations the schema cannot express; each error names the offending key. A tuner outside
+    the LoRA family is checked by PEFT itself: its config class built from the entry."""
     key = f"methods.{name}.adapter"
+    if adapter["type"] not in LORA_TYPES:
+        try:
+            tuner_config(adapter, adapter.get("target_modules"), None)  # imports PEFT: only for such a tuner
+        except ValueError as err:
+            field, _, why = str(err).partition(": ")
+            raise ConfigError(f"config key 'methods.{name}.{field}': {why}") from None
+        return
     if adapter["type"] == "adalora":
         for field in ("use_dora", "init", "init_batches", "loraplus_lr_ratio"):
             if adapter.get(field) not in (None, False, "default"):

@@ -72,8 +72,21 @@ def table(table_id: str, ext: str) -> Path:
     return RESULTS / "tables" / f"{table_id}.{ext}"
 
 
-def tables_index() -> Path:
-    return RESULTS / "tables" / "index.json"
+def config_id(configfiles=()) -> str:
+    """The name a config's own tables index, metrics summary and audit carry: "" for params.yaml
+    alone (the embedded default, whose files DVC tracks), else the stems of its --configfile files
+    joined by "+" (`--configfile workflow/configs/paper.yaml` -> "paper"), so that a run with another
+    config never overwrites the default's."""
+    return "+".join(Path(f).stem for f in configfiles)
+
+
+def _per_config(path: Path, config: str) -> Path:
+    return path.with_name(f"{path.stem}.{config}{path.suffix}") if config else path
+
+
+def tables_index(config: str = "") -> Path:
+    """Which run files each table was computed from (`config`: see config_id)."""
+    return _per_config(RESULTS / "tables" / "index.json", config)
 
 
 def figure(figure_id: str, ext: str) -> Path:
@@ -85,18 +98,18 @@ def claims(ext: str) -> Path:
     return RESULTS / f"claims.{ext}"
 
 
-def metrics_summary() -> Path:
-    return RESULTS / "metrics.json"
+def metrics_summary(config: str = "") -> Path:
+    return _per_config(RESULTS / "metrics.json", config)
 
 
-def audit_report() -> Path:
+def audit_report(config: str = "") -> Path:
     """The audit for people (lorarepro.audit): one line per check, failures first."""
-    return RESULTS / "audit" / "report.md"
+    return _per_config(RESULTS / "audit" / "report.md", config)
 
 
-def audit_json() -> Path:
+def audit_json(config: str = "") -> Path:
     """The audit for machines: every record, the counts, the paper comparison."""
-    return RESULTS / "audit" / "audit.json"
+    return _per_config(RESULTS / "audit" / "audit.json", config)
 
 
 def caption(item_id: str) -> Path:

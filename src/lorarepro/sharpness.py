@@ -324,7 +324,4 @@ def _log_to_mlflow(config: dict, result: dict, measures: dict) -> None:
     """Attach the flatness numbers to the training run's MLflow run."""
     run_id = result["lineage"].get("mlflow_run_id")
     if run_id:
-        values = {f"sharpness_rho{rho}": v for rho, v in measures["expected_sharpness"].items()}
-        if measures["hessian_top"] is not None:
-            values["hessian_top"] = measures["hessian_top"]["eigenvalue"]
-        tracking.log_metrics(config, run_id, values)
+        tracking.log_metrics(config, run_id, tracking.run_metrics(sharpness=measures))

@@ -8,12 +8,15 @@ rule audit:
         # missing, so their train jobs rerun instead of the audit failing on absent files.
         checkpoint_dirs(RUNS),
     output:
-        report=report(str(paths.audit_report()), caption=f"../../{paths.caption('audit')}", category="Audit"),
-        json=str(paths.audit_json()),
+        json=str(paths.audit_json(CONFIG_ID)),
     params:
         audit=config.get("audit"),  # a changed setting reruns the audit
+        configfiles=CONFIGFILES,  # the config it audits; its fixes name them
     threads: config["threads"]
     log:
         str(paths.log("audit")),
+        # A log, not an output: Snakemake deletes the outputs of a failed job but keeps its logs, and
+        # the error message points here. audit.json is deleted, so the next invocation audits again.
+        report=str(paths.audit_report(CONFIG_ID)),
     script:
         "../scripts/job.py"

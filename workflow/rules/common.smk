@@ -1,4 +1,7 @@
+import os
 from pathlib import Path
+
+from lorarepro.data import verify_dataset
 
 
 # Names only: letters, digits, '_' and '-' (the schema enforces the same for config keys).
@@ -11,6 +14,10 @@ wildcard_constraints:
 
 SEEDS = config["seeds"]
 RUNS = reported_runs(config)  # {(task, method): the seeds some table, figure or claim reads}
+# This invocation's --configfile files: its tables index, metrics summary and audit carry their
+# names (lorarepro.paths.config_id), so that another config's run never overwrites the default's.
+CONFIGFILES = [os.path.relpath(f) for f in workflow.overwrite_configfiles]
+CONFIG_ID = paths.config_id(CONFIGFILES)
 
 
 def rule_resources(rule):
@@ -46,6 +53,19 @@ def checkpoint_dirs(runs):
     return [ancient(str(paths.checkpoint_dir(t, m, s))) for (t, m), seeds in runs.items() for s in seeds]
 
 
+def check_prepared_data():
+    """Every prepared dataset a run reads matches its manifest's sha256 (lorarepro.data.verify_dataset),
+    checked before any job: Snakemake cannot see a file changed inside a directory output, and a
+    forced train job would delete its results before its own check (an error raised in an input
+    function would not help: Snakemake then takes the existing outputs as source files)."""
+    for task in sorted({task for task, _ in RUNS}):
+        if paths.prepared_dir(task).exists():
+            verify_dataset(paths.prepared_dir(task))
+
+
+check_prepared_data()
+
+
 def ancient_unless_ran_here(path, log):
     """`path` as an input whose mtime counts only where this checkout ran the job (its log, which
     neither git nor DVC carries, exists). After `git clone` + `dvc pull`, outputs and inputs carry
@@ -56,8 +76,11 @@ def ancient_unless_ran_here(path, log):
 
 
 def final_outputs():
-    return table_outputs() + figure_outputs() + [str(paths.tables_index()), str(paths.metrics_summary()),
-                                                 str(paths.audit_report()), str(paths.audit_json())] + caption_outputs()
+    # The audit's report is a log of its rule (a failed audit keeps it), marked for `snakemake --report`
+    # here, in rule all (so its caption path is relative to the Snakefile).
+    audit = report(str(paths.audit_report(CONFIG_ID)), caption=str(paths.caption("audit")), category="Audit")
+    return table_outputs() + figure_outputs() + [str(paths.tables_index(CONFIG_ID)), str(paths.metrics_summary(CONFIG_ID)),
+                                                 audit, str(paths.audit_json(CONFIG_ID))] + caption_outputs()
 
 
 def caption_outputs():
@@ -106,7 +129,7 @@ onstart:
     if config["warm_start"] and workflow.local_exec:
         os.environ[warm.ENV], pid = warm.start(paths.log("warm", "server"))
         os.environ[warm.ENV + "_PID"] = str(pid)
-    os.environ["LORAREPRO_MLFLOW_PARENT"] = tracking.start_parent(config, "snakemake")
+    os.environ["LORAREPRO_MLFLOW_PARENT"] = tracking.start_parent(config, "snakemake", CONFIG_ID, CONFIGFILES)
 
 
 onsuccess:
@@ -115,7 +138,13 @@ onsuccess:
 
     stop_warm_server()
     if os.environ.get("LORAREPRO_MLFLOW_PARENT"):
-        tracking.end_parent(config, os.environ["LORAREPRO_MLFLOW_PARENT"], "FINISHED")
+        try:  # the results on the pipeline's run; it ends even if logging them fails
+            tracking.finish_parent(config, os.environ["LORAREPRO_MLFLOW_PARENT"], CONFIG_ID)
+        finally:
+            tracking.end_parent(config, os.environ["LORAREPRO_MLFLOW_PARENT"], "FINISHED")
+    from lorarepro.pipeline.summary import closing_summary
+
+    print(closing_summary(config, CONFIG_ID), flush=True)  # the audit verdict, the claims and where everything is
 
 
 onerror:

@@ -1,16 +1,48 @@
+# What `snakemake --report results/report.html` shows, grouped as the paper groups it: one category
+# per paper table holding the table as a page (HTML, readable in the report), its CSV, Markdown and
+# LaTeX, and its significance companion; the flatness table and the claims; the figures, PNG with
+# the PDF beside it (a toggle). Each item's caption names its config and runs (rule report_captions;
+# caption paths are relative to this file).
+FORMATS = {"html": "HTML", "csv": "CSV", "md": "Markdown", "tex": "LaTeX", "json": "JSON", "png": "PNG", "pdf": "PDF"}
+COMPANIONS = {"table_sharpness": "Flatness", "claims": "Claims"}
+
+
+def report_group(path):
+    """The report category and labels of one table or figure file."""
+    stem, ext = Path(path).stem, Path(path).suffix[1:]
+    if stem in FIGURES:
+        return {"category": "Figures", "labels": {"figure": stem, "format": FORMATS[ext]}}
+    table = stem.removesuffix("_significance")
+    paper = TABLES[table].get("paper_table", "") if table in TABLES else ""
+    category = COMPANIONS.get(stem) or (f"Table {paper[5:]}: {table}" if paper.startswith("table") else table)
+    kind = "Significance" if stem != table else "Table"
+    return {"category": category, "subcategory": kind, "labels": {"table": stem, "format": FORMATS[ext]}}
+
+
+def paper_report(files):
+    """`files` marked for the report, each in its group with the caption of its table or figure."""
+    return [report(f, caption=f"../../{paths.caption(Path(f).stem)}", **report_group(f)) for f in files]
+
+
+def table_pages():
+    """The HTML page the tables rule writes beside every table's CSV (lorarepro.reporting.tables; not the claims')."""
+    return [str(Path(f).with_suffix(".html")) for f in table_outputs() if f.endswith(".csv") and f != str(paths.claims("csv"))]
+
+
 rule tables:
-    """Every paper table (csv, md, tex) with the paper's numbers beside ours and its significance
+    """Every paper table (csv, md, tex, html) with the paper's numbers beside ours and its significance
     companion, the sharpness table, index.json and the metrics summary."""
     input:
         runs=run_results(RUNS),
         sharpness=sharpness_outputs(),
         reference="workflow/configs/paper_reference.yaml",
     output:
-        tables=reported(table_outputs(), "Tables"),
-        index=str(paths.tables_index()),
-        summary=str(paths.metrics_summary()),
+        tables=paper_report(table_outputs() + table_pages()),
+        index=str(paths.tables_index(CONFIG_ID)),
+        summary=str(paths.metrics_summary(CONFIG_ID)),
     params:
         tables=config["tables"],  # a changed caption or row list rebuilds the tables
+        config_id=CONFIG_ID,
     log:
         str(paths.log("tables")),
     script:
@@ -18,12 +50,12 @@ rule tables:
 
 
 rule figures:
-    """Training curves, the OOD-severity curve and the loss landscape."""
+    """Training curves, the OOD-severity curve, the loss landscape and the ablations (png and pdf)."""
     input:
         runs=run_results(RUNS),
         sharpness=sharpness_outputs(),
     output:
-        reported(figure_outputs(), "Figures"),
+        paper_report(figure_outputs()),
     params:
         figures=config.get("figures", []),
     log:
@@ -35,8 +67,8 @@ rule figures:
 rule report_captions:
     """The caption of every table, figure and the audit for `snakemake --report` (lorarepro.reporting.captions)."""
     input:
-        index=str(paths.tables_index()),
-        audit=str(paths.audit_json()),  # the audit rule (audit.smk, included after this file) writes it
+        index=str(paths.tables_index(CONFIG_ID)),
+        audit=str(paths.audit_json(CONFIG_ID)),  # the audit rule (audit.smk, included after this file) writes it
     output:
         caption_outputs(),
     params:

@@ -20,7 +20,6 @@ from lorarepro.hashing import sha256_dir, sha256_file
 from lorarepro.tracking import flatten  # the one flattening of nested settings (as MLflow params)
 
 RERUN = "rerun `snakemake --cores 2` (reruns the train jobs whose inputs or params changed)"
-PICKLE = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _RESULT = re.compile(r"results/runs/([^/]+)/([^/]+)/seed(\d+)\.json$")
 
 
@@ -66,11 +65,11 @@ def _unfinished(path: Path) -> dict:
     return record("result", "fail", path, f"result JSON {'not FINISHED' if path.is_file() else 'missing'}", RERUN)
 
 
-def collect_runs(config: dict) -> tuple[list[Run], list[dict]]:
-    """Every run the config reports or the index lists; a missing or unfinished one is a failure."""
+def collect_runs(config: dict, config_id: str = "") -> tuple[list[Run], list[dict]]:
+    """Every run the config reports or its index lists; a missing or unfinished one is a failure."""
     wanted = [(t, m, s) for (t, m), seeds in reported_runs(config).items() for s in seeds]
     runs, found = [], []
-    for task, method, seed in dict.fromkeys(wanted + _indexed(paths.tables_index())):
+    for task, method, seed in dict.fromkeys(wanted + _indexed(paths.tables_index(config_id))):
         path = paths.run_result(task, method, seed)
         try:
             result = records.load_finished(path)
@@ -233,7 +232,7 @@ def _checkpoint_problems(run: Run) -> list[str]:
     ckpt = run.checkpoint
     if not ckpt.is_dir():
         return ["missing"]
-    problems = [f"pickle weights {p.name} present (never loaded)" for p in ckpt.rglob("*") if p.suffix in PICKLE]
+    problems = [f"pickle weights {name} present (never loaded)" for name in checkpoints.pickle_files(ckpt)]
     lora = run.result["config"].get("adapter") is not None
     weights = ckpt / ("adapter_model.safetensors" if lora else "model.safetensors")
     if not weights.is_file():
@@ -249,3 +248,52 @@ def _checkpoint_problems(run: Run) -> list[str]:
         problems += [f"adapter carries backbone weight {k} (the backbone must come unchanged from models/)"
                      for k in foreign[:3]]
     return problems
+
+
+def check_histories(runs: list[Run]) -> list[dict]:
+    """Each run's loss history (CSV) has one row per optimizer step and ends at the final loss its
+    result JSON records (MLflow's train_loss series is compared with it step by step: mlflow_runs)."""
+    out = []
+    for run in runs:
+        path = paths.run_history(run.task, run.method, run.seed)
+        problems = _history_problems(run)
+        out.append(record("history", "fail", path, "; ".join(problems), "restore it from git (`git checkout -- "
+                          f"{path}`) or " + RERUN) if problems else
+                   record("history", "pass", path, f"{run.result['train']['steps']} steps, ends at the recorded final loss"))
+    return out
+
+
+def _history_problems(run: Run) -> list[str]:
+    try:
+        history = records.read_history(run.task, run.method, run.seed)
+    except (ValueError, OSError) as err:  # pandas' parser errors are ValueErrors
+        return [f"does not parse: {err}"]
+    if history is None:
+        return ["missing or empty"]
+    train = run.result.get("train") or {}
+    problems = []
+    if len(history) != train.get("steps"):
+        problems.append(f"{len(history)} rows, the result JSON records {train.get('steps')} optimizer steps")
+    final = train.get("final_loss")
+    if final is None or f"{history['loss'].iloc[-1]:.6g}" != f"{final:.6g}":
+        problems.append(f"last loss {history['loss'].iloc[-1]:.6g}, the result JSON records final_loss {final}")
+    return problems
+
+
+def unverified(runs: list[Run], checked: list[dict]) -> dict[Run, str]:
+    """{run: why} of the runs whose files failed a content check (`checked`: the hashes, checkpoint,
+    backbone and data records): the audit never loads them, since a changed model directory or
+    checkpoint may carry code or pickles."""
+    failed = {(r["check"], r["file"]) for r in checked if r["status"] == "fail"}
+    out = {}
+    for run in runs:
+        reasons = {
+            ("hashes", str(run.path)): "its data, backbone or checkpoint differ from what training recorded",
+            ("checkpoint", str(run.checkpoint)): "its checkpoint failed its check",
+            ("backbone", str(paths.backbone_dir(run.result["backbone"]) / "model.safetensors")): "its backbone differs from the one built",
+            ("data", str(paths.manifest(run.task))): "its data differ from their manifest",
+        }
+        why = [text for key, text in reasons.items() if key in failed]
+        if why:
+            out[run] = "; ".join(why)
+    return out

@@ -17,6 +17,7 @@ from lorarepro import paths
 from lorarepro.audit.report import record
 
 COMMIT = "record the regenerated outputs: `dvc commit` (then commit dvc.lock)"
+SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"  # Snakemake's marker in every directory output
 
 
 def check(runs: list, consistent: set[str], root: str | Path = ".") -> list[dict]:
@@ -46,7 +47,7 @@ def check(runs: list, consistent: set[str], root: str | Path = ".") -> list[dict
         else:
             out.append(record("dvc", "fail", run.path, detail + " (and the result JSON disagrees)",
                               "restore the recorded outputs: `dvc checkout` (or `dvc pull`)"))
-    rest = {p: k for p, k in changed.items() if p not in claimed and not _has_files(p, changed)}
+    rest = {p: k for p, k in changed.items() if p not in claimed}
     for path, kind in sorted(rest.items()):
         out.append(record("dvc", "warn", path, f"{kind} since dvc.lock (no run's artifact)", COMMIT))
     return out
@@ -54,19 +55,21 @@ def check(runs: list, consistent: set[str], root: str | Path = ".") -> list[dict
 
 def _changed(root: Path) -> dict[str, str]:
     """{path: modified|added|deleted} of uncommitted outputs; per file when DVC has the directory
-    manifest (.dvc/cache/files/md5/xx/….dir), else per output directory (path ending in /)."""
+    manifest (.dvc/cache/files/md5/xx/….dir), else per output directory (path ending in /).
+
+    Left out: DVC's `unknown` (a fresh clone's cache lacks the manifest, so DVC cannot tell a file's
+    state; the output directory as a whole is still compared and reported), Snakemake's
+    `.snakemake_timestamp` files (its bookkeeping of directory outputs, not results) and a directory
+    whose changed files DVC lists (each is reported on its own)."""
     from dvc.repo import Repo  # deferred: DVC's import takes ~1 s and only this check needs it
 
     # no_scm: the audit needs the workspace-vs-dvc.lock comparison only, and works outside git too
     with Repo(str(root), config={"core": {"no_scm": True}}) as repo:
         status = repo.data_status(granular=True, untracked_files="no")
-    return {path: kind for kind, items in (status.get("uncommitted") or {}).items() for path in items}
+    known = {path: kind for kind, items in (status.get("uncommitted") or {}).items() if kind != "unknown" for path in items}
+    return {path: kind for path, kind in known.items() if Path(path).name != SNAKEMAKE_TIMESTAMP
+            and not (path.endswith("/") and any(other != path and other.startswith(path) for other in known))}
 
 
 def _under(path: str, directory: Path) -> bool:
     return path.rstrip("/") == str(directory) or path.startswith(str(directory) + "/")
-
-
-def _has_files(path: str, changed: dict) -> bool:
-    """An output directory whose changed files are listed individually (each reported on its own)."""
-    return path.endswith("/") and any(p != path and p.startswith(path) for p in changed)

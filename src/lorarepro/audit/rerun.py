@@ -10,56 +10,74 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from lorarepro import checkpoints, families, paths
-from lorarepro.audit.report import record
 from lorarepro.audit.artifacts import dict_diff
+from lorarepro.audit.report import record
+from lorarepro.data import load_manifest
 
 FIX = "the checkpoint does not give the recorded metrics: restore it (`dvc checkout checkpoints`) or retrain it"
 
 
-def backbone_differences(model, run: dict) -> tuple[int, list[str]]:
+def backbone_differences(model, run: dict, seed: int) -> tuple[int, list[str]]:
     """(tensors compared, names that differ) between the loaded model's frozen backbone weights and
-    models/<backbone>/model.safetensors: a LoRA-family run must leave the backbone bit-identical."""
-    saved = load_file(str(paths.backbone_dir(run["backbone"]) / "model.safetensors"))
+    a fresh load of models/<backbone> by the same loader, seeded alike (checkpoints.load_backbone):
+    a LoRA-family run must leave the backbone bit-identical. Both sides carry the loader's names, so
+    a backbone saved without the model class's prefix (a bare BertModel, sentence-transformers) or
+    renamed on load (ViT, CLIP in transformers 5) is compared weight by weight all the same."""
+    manifest = load_manifest(paths.prepared_dir(run["task"]))
+    with torch.random.fork_rng(devices=[]):
+        fresh = checkpoints.load_backbone(run, seed, manifest)[0].state_dict()
     heads = families.get(run["family"]).head_modules()
     compared, differ = 0, []
     for name, tensor in model.get_base_model().state_dict().items():
         if "lora_" in name or "modules_to_save" in name:
             continue
         key = name.replace(".base_layer", "").replace(".original_module", "")
-        if key not in saved or any(key.startswith(h + ".") for h in heads) or saved[key].shape != tensor.shape:
+        if key not in fresh or any(key.startswith(h + ".") for h in heads) or fresh[key].shape != tensor.shape:
             continue
         compared += 1
-        if not torch.equal(saved[key], tensor):
+        if not torch.equal(fresh[key], tensor):
             differ.append(key)
     return compared, differ
 
 
-def reevaluate(runs: list, evaluation: dict | None = None) -> list[dict]:
-    """`evaluation`: the config's section (a judge); a split not run comes back not run, with its reason."""
+def reevaluate(runs: list, evaluation: dict | None = None, unverified: dict | None = None) -> list[dict]:
+    """`evaluation`: the config's section (a judge); a split not run comes back not run, with its reason.
+    `unverified`: {run: why} of runs whose files failed verification: these are never loaded (a
+    changed file could carry code or pickles), so their re-evaluation is skipped with the reason."""
     out = []
     for run in runs:
-        cfg = run.result["config"]
-        try:
-            metrics, not_run, model = checkpoints.evaluate_saved(cfg, run.seed, evaluation)
-        except Exception as err:  # any failure is the finding (corrupt file, missing adapter, ...)
-            out.append(record("reevaluate", "fail", run.checkpoint,
-                              f"does not load or evaluate: {type(err).__name__}: {err}", FIX))
-            continue
-        diff = dict_diff({"metrics": run.result.get("metrics") or {}, "not_run": run.result.get("not_run") or {}},
-                         {"metrics": metrics, "not_run": not_run})
-        problems = [f"metrics recorded vs re-evaluated: {'; '.join(diff)}"] if diff else []
-        if cfg["adapter"] is not None:
-            compared, differ = backbone_differences(model, cfg)
-            if differ or not compared:
-                problems.append(f"backbone weights differ from models/{cfg['backbone']}: {differ[:3]} "
-                                f"({compared} tensors compared)")
-        out.append(record("reevaluate", "fail", run.path, "; ".join(problems), FIX) if problems else
-                   record("reevaluate", "pass", run.path, f"{len(metrics)} splits reproduced exactly"
-                          + (", backbone bit-identical" if cfg["adapter"] is not None else "")))
+        out.append(_skipped("reevaluate", run, unverified[run]) if run in (unverified or {})
+                   else _reevaluate_one(run, evaluation))
     return out
+
+
+def _skipped(check: str, run, why: str) -> dict:
+    return record(check, "skip", run.path, f"not loaded: {why} (see its failures)",
+                  "restore the files (`dvc checkout`) or retrain the run")
+
+
+def _reevaluate_one(run, evaluation: dict | None) -> dict:
+    cfg = run.result["config"]
+    try:
+        metrics, not_run, model = checkpoints.evaluate_saved(cfg, run.seed, evaluation)
+    except Exception as err:  # any failure is the finding (corrupt file, missing adapter, ...)
+        return record("reevaluate", "fail", run.checkpoint, f"does not load or evaluate: {type(err).__name__}: {err}", FIX)
+    diff = dict_diff({"metrics": run.result.get("metrics") or {}, "not_run": run.result.get("not_run") or {}},
+                     {"metrics": metrics, "not_run": not_run})
+    problems = [f"metrics recorded vs re-evaluated: {'; '.join(diff)}"] if diff else []
+    if cfg["adapter"] is not None:
+        compared, differ = backbone_differences(model, cfg, run.seed)
+        if not compared:
+            problems.append(f"no backbone weight of the loaded model could be compared with models/{cfg['backbone']}")
+        elif differ:
+            problems.append(f"backbone weights differ from models/{cfg['backbone']}: {differ[:3]} "
+                            f"({len(differ)} of {compared} tensors)")
+    if problems:
+        return record("reevaluate", "fail", run.path, "; ".join(problems), FIX)
+    return record("reevaluate", "pass", run.path, f"{len(metrics)} splits reproduced exactly"
+                  + (f", backbone bit-identical ({compared} tensors)" if cfg["adapter"] is not None else ""))
 
 
 @contextlib.contextmanager
@@ -73,13 +91,17 @@ def scratch_workspace():
             yield Path(tmp)
 
 
-def retrain(config: dict, runs: list, gpu_tolerance: float) -> list[dict]:
+def retrain(config: dict, runs: list, gpu_tolerance: float, unverified: dict | None = None) -> list[dict]:
     """Retrain each run from its recorded config and compare: exactly on CPU (metrics, final loss and
-    checkpoint hash), within `gpu_tolerance` metric points on GPU. Not tracked in MLflow."""
+    checkpoint hash), within `gpu_tolerance` metric points on GPU. Not tracked in MLflow. A run in
+    `unverified` ({run: why}) is skipped: its data or backbone failed their content check."""
     from lorarepro.training.train import train_one  # deferred: only `--retrain` trains
 
     out = []
     for run in runs:
+        if run in (unverified or {}):
+            out.append(_skipped("retrain", run, unverified[run]))
+            continue
         cfg = run.result["config"]
         checkpoints.deterministic(cfg.get("threads", 1))
         with scratch_workspace():

@@ -18,15 +18,15 @@ from lorarepro.config import specs
 REBUILD = "rebuild the tables from the result JSONs: `snakemake --cores 2 --forcerun tables`"
 
 
-def check_tables(config: dict, reference_path: str | Path) -> list[dict]:
-    index = paths.tables_index()
+def check_tables(config: dict, reference_path: str | Path, config_id: str = "") -> list[dict]:
+    index = paths.tables_index(config_id)
     if not index.is_file():
         return [record("tables", "fail", index, "missing", REBUILD)]
     try:
         listed = {e["id"]: e for e in json.loads(index.read_text(encoding="utf-8"))["tables"]}
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         return [record("tables", "fail", index, f"not a tables index ({err!r})", REBUILD)]
-    expected = tables.all_files(config, tables.load_reference(reference_path))
+    expected = tables.all_files(config, tables.load_reference(reference_path), config_id)
     out = [_runs_record(entry, listed.get(entry["id"]), index)
            for entry in json.loads(expected[index])["tables"]]
     for path, text in expected.items():

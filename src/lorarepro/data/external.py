@@ -3,7 +3,8 @@
 Every split of an external task is read from its source (hub split, or a file/folder under the
 task's `path`; MT-Bench from FastChat's pinned files: `{fastchat: mt_bench}`), its rows filtered as
 the official loaders filter them (`where`, `exclude`, after mapping `transforms` and `max_tokens`),
-optionally sliced after the filters (`train[:100000]`: the first rows that pass), and mapped onto
+optionally sliced after the filters (`train[:100000]`: the first rows that pass) and sampled (a split's
+`sample: N`: N of those rows drawn with the data seed), and mapped onto
 the family's prepared columns:
     nlu         text (the prompt filled from the source's text columns; without a prompt, two text
                 columns stay a pair: text, text_pair), label (int)
@@ -47,7 +48,8 @@ TRANSFORMS.register("before_answer_is", lambda text: text.split("\nThe answer is
 
 
 def split_source(task: str, task_cfg: dict, split: str) -> dict:
-    """The task's source keys with this split's overrides on top, plus `split` (name) and `slice`. A split
+    """The task's source keys with this split's overrides on top (`sample` among them), plus `split`
+    (name), `slice` and `config_key` (where the split is configured, for messages). A split
     `{fastchat: mt_bench}` is FastChat's own MT-Bench files at the pinned commit (`_read_fastchat`): of
     the task's keys only `prompt` carries over; `fastchat` becomes what the manifest records of them."""
     spec = task_cfg["splits"][split]
@@ -66,6 +68,7 @@ def split_source(task: str, task_cfg: dict, split: str) -> dict:
         raise ValueError(f"task {task!r}: splits.{split}: cannot parse {source['split']!r} (name or name[start:stop])")
     source["split"] = match["name"]
     source["slice"] = [int(match["start"]) if match["start"] else None, int(match["stop"]) if match["stop"] else None]
+    source["config_key"] = f"tasks.{task}.splits.{split}"
     return source
 
 
@@ -222,16 +225,23 @@ def read_source(task: str, source: dict) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def slice_rows(frame: pd.DataFrame, source: dict, tokenizer=None) -> pd.DataFrame:
+def slice_rows(frame: pd.DataFrame, source: dict, tokenizer=None, seed: int | None = None) -> pd.DataFrame:
     """The prepared rows a split keeps: those under `max_tokens` (`question + " " + solution` in the
     task backbone's tokens, special tokens included, as the official loaders count), then
-    `name[start:stop]`."""
+    `name[start:stop]`, then with `sample: N` N of them drawn without replacement with `seed` (the data
+    seed), kept in their source order. Splits sampled from one file overlap unless sliced apart first."""
     if source.get("max_tokens"):
         text = frame["question"] + (" " + frame["solution"] if "solution" in frame else "")
         lengths = [len(ids) for ids in tokenizer(text.tolist(), add_special_tokens=True)["input_ids"]]
         frame = frame[[n < source["max_tokens"] for n in lengths]]
     start, stop = source["slice"]
-    return frame.iloc[start:stop].reset_index(drop=True)
+    frame = frame.iloc[start:stop]
+    if source.get("sample") is not None:
+        if source["sample"] > len(frame):
+            raise ValueError(f"config key '{source['config_key']}.sample': {source['sample']} rows asked, "
+                             f"{len(frame)} available after the filters and the slice")
+        frame = frame.sample(n=source["sample"], random_state=seed).sort_index()
+    return frame.reset_index(drop=True)
 
 
 def _read_hub(source: dict) -> pd.DataFrame:
@@ -281,6 +291,10 @@ def _read_local(task: str, source: dict) -> pd.DataFrame:
         raise ValueError(f"task {task!r}: cannot read {fmt} file {target}: {err}") from err
 
 
+GLUE_HEADERLESS = ("; a GLUE TSV without a header row (CoLA's) is read by position: name its fields by column "
+                   "number, counting from 0 (CoLA: fields: {text: ['3'], label: '1'})")
+
+
 def _read_imagefolder(task: str, root: Path) -> pd.DataFrame:
     """root/<class>/<image>: one row per image, `label` the class's index in sorted class order."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
@@ -317,7 +331,8 @@ def to_family(task: str, task_cfg: dict, source: dict, frame: pd.DataFrame) -> p
     missing = [c for v in fields.values() for c in (v if isinstance(v, list) else [v])
                if c not in frame.columns and _column_name(c) not in frame.columns]
     if missing:
-        raise ValueError(f"task {task!r}: split {source['split']!r} has no columns {missing} (has {list(frame.columns)})")
+        raise ValueError(f"task {task!r}: split {source['split']!r} has no columns {missing} (has {list(frame.columns)})"
+                         + (GLUE_HEADERLESS if source.get("format") == "glue_tsv" else ""))
     if family == "nlu":
         cols, prompt = fields["text"], source.get("prompt")
         labels = pd.Series(_labels(task, frame[fields["label"]], task_cfg.get("label_names"), len(task_cfg["label_words"])), dtype="int64")
@@ -382,9 +397,9 @@ def prepare_external(task: str, task_cfg: dict, data_seed: int, out_dir: Path, t
         class_names[split] = frame.attrs.get("class_names")
         mt_bench = task_cfg.get("metric") == "mt_bench" and split != "train"
         frame = to_mt_bench(task, source, frame) if mt_bench else to_family(task, task_cfg, source, frame)
-        splits[split] = slice_rows(frame, source, tokenizer)
+        splits[split] = slice_rows(frame, source, tokenizer, int(data_seed))
         sources[split] = {k: v for k, v in source.items()
-                          if k in ("dataset", "subset", "revision", "path", "format", "split", "slice", "where",
+                          if k in ("dataset", "subset", "revision", "path", "format", "split", "slice", "sample", "where",
                                    "exclude", "transforms", "max_tokens", "fastchat")}
     header = {"task": task, "source": task_cfg["source"], "generator": None, "data_seed": int(data_seed),
               "family": task_cfg["family"], "sources": sources}
@@ -404,6 +419,8 @@ def prepare_external(task: str, task_cfg: dict, data_seed: int, out_dir: Path, t
         header["num_labels"] = len(names) if names else int(splits["train"]["label"].max()) + 1
         if names:
             header["class_names"] = list(names)  # CLIP's zero-shot head is built from them
+    if task_cfg["family"] != "generation" and task_cfg.get("metric", "accuracy") != "accuracy":  # the scorer reads it
+        header["metric"] = task_cfg["metric"]
     if "mirrors" in task_cfg:
         header["mirrors"] = task_cfg["mirrors"]
     return write_dataset(out_dir, splits, header)

@@ -164,6 +164,7 @@ def verify_dataset(task_dir: Path) -> dict:
         if not path.is_file():
             raise FileNotFoundError(f"prepared split file not found: {path} (listed in {Path(task_dir) / 'manifest.json'})")
         if sha256_file(path) != entry["sha256"]:
-            raise ValueError(f"{path}: content differs from the sha256 in its manifest (corrupt or modified; "
-                             "delete the directory and rerun prepare_data)")
+            raise ValueError(f"{path}: content differs from the sha256 in its manifest (corrupt or modified): restore "
+                             f"it (`dvc checkout {task_dir}`), or delete {task_dir} to prepare it again (which "
+                             "retrains its runs)")
     return manifest

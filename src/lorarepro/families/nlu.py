@@ -8,8 +8,13 @@ words' first tokens compete and the one with the highest logit is the prediction
 compares the gold label word with the other one, so it covers two classes; the argmax over the label
 words is the same for two and extends to more). Free greedy decoding can also emit a token that is no
 label word; this metric never does. Label words of a task must differ in their first token.
-Encoders: a new classification head per task, trained in full beside the adapter; accuracy is the
-argmax of its logits. Which of the two a backbone is comes from its config (is_encoder_decoder).
+Encoders: a new classification head per task, trained in full beside the adapter; the prediction is
+the argmax of its logits. Which of the two a backbone is comes from its config (is_encoder_decoder).
+
+The score is the task's `metric` (tasks.<name>.metric, carried in the manifest; accuracy by default)
+over the predicted labels, scikit-learn's: accuracy, matthews_corrcoef (CoLA's: a majority-class
+model scores 0), f1 (of label 1: MRPC's "equivalent") or f1_macro, in percent. The vision family
+scores with the same `METRICS`.
 """
 
 import json
@@ -18,13 +23,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn import metrics
 from transformers import AutoModelForSequenceClassification, T5Config, T5ForConditionalGeneration
 
 from lorarepro import device
 from lorarepro.families.common import SENTINELS, Encoded, build_tokenizer, ids, load_tokenizer, pad, quiet_transformers
+from lorarepro.registry import Registry
 
 TEXT = True  # has a tokenizer built from the family vocabulary
 METRIC = "accuracy"
+
+# A classification task's `metric` -> its score (%) of (gold, predicted) labels. Accuracy as a count
+# over the examples: the same float as before the metrics were configurable.
+METRICS = Registry("classification metric")
+METRICS.register("accuracy", lambda gold, pred: 100.0 * metrics.accuracy_score(gold, pred, normalize=False) / len(gold))
+METRICS.register("matthews_corrcoef", lambda gold, pred: 100.0 * metrics.matthews_corrcoef(gold, pred))
+METRICS.register("f1", lambda gold, pred: 100.0 * metrics.f1_score(gold, pred, zero_division=0.0))
+METRICS.register("f1_macro", lambda gold, pred: 100.0 * metrics.f1_score(gold, pred, average="macro", zero_division=0.0))
+
+
+def score(manifest: dict, gold, predicted) -> float:
+    """The task's metric (manifest `metric`, default accuracy) in percent."""
+    return float(METRICS[manifest.get("metric", METRIC)](np.asarray(gold), np.asarray(predicted)))
 
 
 def build_backbone(size: dict, vocab: list[str]):
@@ -156,25 +176,29 @@ def encode(df, tokenizer, manifest: dict, max_length: int) -> Encoded:
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 256) -> float:
-    """Accuracy (%): the label word whose first token has the highest first-step logit (T5, the
-    official soft metric: module docstring), or the classifier's argmax (encoders)."""
+def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 256, evaluation=None) -> float:
+    """The task's metric (%) of the predicted labels: the label word whose first token has the highest
+    first-step logit (T5, the official soft metric: module docstring), or the classifier's argmax
+    (encoders). `evaluation` (the config's judge section, passed with a metric other than exact match)
+    is not needed here."""
     model.eval()
-    if is_classifier(tokenizer):
-        return _classifier_accuracy(model, tokenizer, df, max_length, batch_size)
+    predict = _classifier_predictions if is_classifier(tokenizer) else _label_word_predictions
+    return score(manifest, df["label"].to_numpy(), predict(model, tokenizer, df, manifest, max_length, batch_size))
+
+
+def _label_word_predictions(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int) -> list[int]:
     label_ids = torch.tensor(_label_ids(tokenizer, manifest))
     inputs = ids(tokenizer, _texts(df), max_length, eos=True)
-    gold = torch.tensor(df["label"].to_numpy())
     start = model.config.decoder_start_token_id
     dev = device.of(model)
-    correct = 0
+    predicted = []
     for i in range(0, len(inputs), batch_size):
         input_ids = pad(inputs[i : i + batch_size], tokenizer.pad_token_id).to(dev)
         decoder_input_ids = torch.full((len(input_ids), 1), start, dtype=torch.long, device=dev)
         logits = model(input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(),
                        decoder_input_ids=decoder_input_ids).logits[:, 0]
-        correct += (logits[:, label_ids.to(dev)].argmax(-1).cpu() == gold[i : i + batch_size]).sum().item()
-    return 100.0 * correct / len(inputs)
+        predicted += logits[:, label_ids.to(dev)].argmax(-1).cpu().tolist()
+    return predicted
 
 
 def _classifier_batch(inputs: list[list[int]], labels: torch.Tensor, pad_id: int) -> dict:
@@ -182,11 +206,11 @@ def _classifier_batch(inputs: list[list[int]], labels: torch.Tensor, pad_id: int
     return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(), "labels": labels}
 
 
-def _classifier_accuracy(model, tokenizer, df, max_length: int, batch_size: int) -> float:
-    inputs, gold, dev = _classifier_inputs(tokenizer, df, max_length), torch.tensor(df["label"].to_numpy()), device.of(model)
-    correct = 0
+def _classifier_predictions(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int) -> list[int]:
+    inputs, dev = _classifier_inputs(tokenizer, df, max_length), device.of(model)
+    predicted = []
     for i in range(0, len(inputs), batch_size):
         input_ids = pad(inputs[i : i + batch_size], tokenizer.pad_token_id).to(dev)
         logits = model(input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long()).logits
-        correct += (logits.argmax(-1).cpu() == gold[i : i + batch_size]).sum().item()
-    return 100.0 * correct / len(inputs)
+        predicted += logits.argmax(-1).cpu().tolist()
+    return predicted

@@ -2,7 +2,9 @@
 
 Backbones are pretrained on a self-supervised pretext task (rotation prediction) on images disjoint
 from the downstream tasks; each downstream task gets a fresh classifier head trained in full beside
-the adapter (the paper freezes CLIP's text-derived head, which a tiny ViT does not have).
+the adapter (the paper freezes CLIP's text-derived head, which a tiny ViT does not have). The score is
+the task's `metric` over the argmax predictions (accuracy by default; the classification metrics of
+lorarepro.families.nlu.METRICS).
 """
 
 import io
@@ -18,6 +20,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from lorarepro import device
 from lorarepro.families.common import Encoded, quiet_transformers
+from lorarepro.families.nlu import score
 
 TEXT = False  # no tokenizer: images
 METRIC = "accuracy"
@@ -132,12 +135,11 @@ def encode(df, tokenizer, manifest: dict, max_length: int) -> Encoded:
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 512) -> float:
+def evaluate(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int = 512, evaluation=None) -> float:
+    """The task's metric (%) of the argmax predictions; `evaluation` (the judge section) is not needed here."""
     model.eval()
-    y, dev = torch.tensor(df["label"].to_numpy()), device.of(model)
-    correct = sum(
-        (model(pixel_values=_inputs(tokenizer, df, list(range(i, min(i + batch_size, len(df))))).to(dev)).logits.argmax(-1).cpu()
-         == y[i : i + batch_size]).sum().item()
-        for i in range(0, len(df), batch_size)
-    )
-    return 100.0 * correct / len(df)
+    dev, predicted = device.of(model), []
+    for i in range(0, len(df), batch_size):
+        pixels = _inputs(tokenizer, df, list(range(i, min(i + batch_size, len(df))))).to(dev)
+        predicted += model(pixel_values=pixels).logits.argmax(-1).cpu().tolist()
+    return score(manifest, df["label"].to_numpy(), predicted)

@@ -12,9 +12,10 @@ adapter delta ``s*BA``, at optimizer step ``t`` of ``T``::
     f(t)    = 1/2 * (1 - cos(pi * t / T))
 
 and the loss of that step is taken at ``W + eps`` (gradients reach the trainable parameters only).
-The same ``eps`` serves every micro-batch of one optimizer step. It is never stored: each draw uses a
-private ``torch.Generator`` seeded with ``noise_seed(run_seed, step, layer_index)``, so every
-data-parallel rank draws the same noise, reruns are bit-identical and the global RNG is untouched.
+The same ``eps`` serves every micro-batch of one optimizer step. It is never stored: each draw is
+seeded with ``noise_seed(run_seed, step, layer_index)`` (a private ``torch.Generator``, or the fused
+kernel's Philox counters), so every data-parallel rank draws the same noise, reruns are bit-identical
+and the global RNG is untouched.
 Persistent memory is O(m) per layer (the sigma rows and one integer seed).
 
 Two modes:
@@ -41,15 +42,23 @@ Usage (one optimizer step, with gradient accumulation)::
         optimizer.step(); optimizer.zero_grad()
     flat.close()
 
+Cost (DESIGN.md, cost model). sigma needs no m x n temporary: ``||W_i + s(BA)_i||^2 = ||W_i||^2 +
+2s B_i.(W A^T)_i + s^2 B_i (A A^T) B_i^T``, from one read of W, accumulated in fp32 (every device).
+On CUDA with Triton (shipped with torch's CUDA wheels) ``W + eps`` is one fused pass
+(:mod:`lorarepro.methods.flat_kernels`): Philox noise in registers, scaled, added, written once in
+W's dtype. Elsewhere (CPU) it is plain torch: ``torch.randn`` from a private ``torch.Generator``.
+
 Notes: the noise of half-precision weights is drawn in fp32 and ``W + eps`` rounded once; a step with
 ``f(t) * rho == 0`` (step 0, or rho = 0) arms nothing, so the model is exactly the plain one; draws
-are identical across ranks of one device type (CPU and CUDA generators give different streams); a
-weight tied between several linears is perturbed once, at its first module in ``named_modules()``.
+are identical across ranks of one device type (the CPU's torch.Generator and the CUDA kernel's Philox
+give different streams); a weight tied between several linears is perturbed once, at its first module
+in ``named_modules()``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -59,6 +68,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorarepro.methods.lora import wrapped_linears
+
+if importlib.util.find_spec("triton") is not None:  # torch's CUDA wheels ship Triton; the CPU wheels (CI) do not
+    from lorarepro.methods import flat_kernels
+else:
+    flat_kernels = None
 
 __all__ = ["FlatLoRA", "flat_factor", "from_run", "noise_seed"]
 
@@ -104,6 +118,11 @@ def _compute_dtype(weight_dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(weight_dtype, torch.float32)
 
 
+def _fused(weight: torch.Tensor) -> bool:
+    """Whether the Triton kernels (methods/flat_kernels.py) serve this weight: CUDA, Triton importable."""
+    return flat_kernels is not None and flat_kernels.runs_on(weight)
+
+
 def _draw(sigma: torch.Tensor, seed: int, shape: torch.Size, device: torch.device) -> torch.Tensor:
     """eps with eps[i, j] ~ N(0, sigma[i]^2), from a private generator (global RNG untouched)."""
     gen = torch.Generator(device=device)
@@ -112,10 +131,109 @@ def _draw(sigma: torch.Tensor, seed: int, shape: torch.Size, device: torch.devic
     return eps.mul_(sigma.unsqueeze(1))
 
 
+def _noise(weight: torch.Tensor, sigma: torch.Tensor, seed: int) -> torch.Tensor:
+    """eps itself (m x n, in sigma's compute dtype); the fused kernel gives it as 0 + eps."""
+    if _fused(weight):
+        zeros = torch.zeros(weight.shape, dtype=sigma.dtype, device=weight.device)
+        return flat_kernels.perturb(zeros, sigma, seed, out=zeros)
+    return _draw(sigma, seed, weight.shape, weight.device)
+
+
 def _perturbed(weight: torch.Tensor, sigma: torch.Tensor, seed: int) -> torch.Tensor:
     """A temporary ``W + eps`` in W's dtype (formed in fp32 for half types: one rounding)."""
+    if _fused(weight):
+        return flat_kernels.perturb(weight, sigma, seed)
     eps = _draw(sigma, seed, weight.shape, weight.device)
     return eps.add_(weight).to(weight.dtype)
+
+
+def _shift(weight: torch.Tensor, sigma: torch.Tensor, seed: int, sign: int) -> None:
+    """W <- W + sign * eps in place (half weights: formed in fp32, rounded once)."""
+    if _fused(weight):
+        flat_kernels.perturb(weight, sigma, seed, out=weight, subtract=sign < 0)
+        return
+    eps = _draw(sigma, seed, weight.shape, weight.device)
+    if eps.dtype == weight.dtype:
+        weight.add_(eps, alpha=sign)
+    else:
+        weight.copy_(eps.mul_(sign).add_(weight))
+
+
+# --------------------------------------------------------------------------- sigma
+
+
+_CHUNK = 1 << 22  # elements of a half weight upcast at a time by the plain-torch sigma (a bounded temporary)
+
+
+def _low_rank(lora_layers: list[nn.Module], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """``(A, B, s)`` with ``s * B @ A`` the sum of the active, unmerged adapter deltas (None: none).
+
+    The factors of PEFT's ``get_delta_weight``: LoRA ``scaling * B A``; AdaLoRA ``scaling / (ranknum +
+    1e-5) * B (A * E)``; any other tuner (VeRA, LoHa, LoKr, ...) its dense ``get_delta_weight`` (`_dense`).
+    Several adapters are stacked (A's rows, B's columns) with their scales in B.
+    """
+    parts = []
+    for layer in lora_layers:
+        if getattr(layer, "disable_adapters", False):
+            continue
+        merged = set(getattr(layer, "merged_adapters", ()))
+        for adapter in layer.active_adapters:
+            # a tuner layer's first adapter parameter dict says which adapters it holds (LoRA: lora_A)
+            if adapter not in getattr(layer, layer.adapter_layer_names[0]) or adapter in merged:
+                continue
+            if not hasattr(layer, "lora_A"):
+                parts.append(_dense(layer, adapter))
+                continue
+            a, b = layer.lora_A[adapter], layer.lora_B[adapter]
+            if hasattr(layer, "lora_E"):  # AdaLoRA: A, B, E are parameters; ranknum a tensor
+                parts.append((a * layer.lora_E[adapter], b, layer.scaling[adapter] / (layer.ranknum[adapter] + 1e-5)))
+            else:
+                parts.append((a.weight, b.weight, layer.scaling[adapter]))
+    if not parts:
+        return None
+    if len(parts) == 1 and not torch.is_tensor(parts[0][2]):
+        a, b, s = parts[0]
+        return a.detach().to(dtype).contiguous(), b.detach().to(dtype).contiguous(), float(s)
+    a = torch.cat([a.detach().to(dtype) for a, _, _ in parts])
+    b = torch.cat([(b.detach() * s).to(dtype) for _, b, s in parts], dim=1)
+    return a, b.contiguous(), 1.0
+
+
+def _dense(layer: nn.Module, adapter: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """A tuner without low-rank factors: its delta D (m x n) as the exact factors I D or D I (the
+    smaller identity), so the row norms of W + D need no second formula."""
+    if not hasattr(layer, "get_delta_weight"):
+        where = f"{type(layer).__module__}.{type(layer).__name__}"  # e.g. peft.tuners.ia3.layer.Linear
+        raise TypeError(f"Flat-LoRA needs the adapter's delta weight; {where} has no get_delta_weight")
+    delta = layer.get_delta_weight(adapter).detach()
+    m, n = delta.shape
+    eye = torch.eye(min(m, n), dtype=delta.dtype, device=delta.device)
+    return (delta, eye, 1.0) if m <= n else (eye, delta, 1.0)
+
+
+def _row_norms(weight: torch.Tensor, factors, out_scale: float) -> torch.Tensor:
+    """``out_scale * ||W_i + s (B A)_i||`` per row without an m x n temporary (plain torch).
+
+    ``||W_i||^2 + 2 s B_i.(W A^T)_i + s^2 B_i (A A^T) B_i^T`` in the compute dtype (fp32 for half W, whose
+    rows are upcast ``_CHUNK`` elements at a time). Rounding error is relative to ``||W_i||^2 +
+    ||s (BA)_i||^2``: a row the adapter nearly cancels keeps an absolute error, clamped at 0, never NaN.
+    """
+    cdt = _compute_dtype(weight.dtype)
+    m, n = weight.shape
+    norms = torch.empty(m, dtype=cdt, device=weight.device)
+    wa = None if factors is None else torch.empty(m, factors[0].shape[0], dtype=cdt, device=weight.device)
+    rows = max(1, _CHUNK // max(n, 1))
+    for start in range(0, m, rows):
+        block = weight[start:start + rows].to(cdt)
+        norms[start:start + rows] = torch.linalg.vector_norm(block, dim=1)
+        if wa is not None:
+            torch.mm(block, factors[0].t(), out=wa[start:start + rows])
+    if factors is None:
+        return norms.mul_(out_scale)
+    a, b, s = factors
+    b = b * s
+    total = norms.square_().add_(2 * (b * wa).sum(1)).add_(((b @ (a @ a.t())) * b).sum(1))
+    return total.clamp_min_(0).sqrt_().mul_(out_scale)
 
 
 class _PerturbedLinear(torch.autograd.Function):
@@ -227,20 +345,6 @@ def _find_targets(model: nn.Module, scope: str) -> tuple[list[str], list[nn.Line
     return names, layers, lora_of
 
 
-def _adapter_delta(lora_layer: nn.Module) -> torch.Tensor | None:
-    """Sum of s*BA over the layer's active, unmerged adapters (None when there is none)."""
-    if getattr(lora_layer, "disable_adapters", False):
-        return None
-    merged = set(getattr(lora_layer, "merged_adapters", ()))
-    total = None
-    for adapter in lora_layer.active_adapters:
-        if adapter not in lora_layer.lora_A or adapter in merged:
-            continue
-        delta = lora_layer.get_delta_weight(adapter)
-        total = delta if total is None else total + delta
-    return total
-
-
 # --------------------------------------------------------------------------- the method
 
 
@@ -348,8 +452,7 @@ class FlatLoRA:
     def noise(self, layer_index: int) -> torch.Tensor:
         """Regenerate eps (m x n, in the compute dtype) of the most recent begin_step (tests only)."""
         sig = self.sigma(layer_index)
-        weight = self._layers[layer_index].weight
-        return _draw(sig, self._seeds[layer_index], weight.shape, weight.device)
+        return _noise(self._layers[layer_index].weight.detach(), sig, self._seeds[layer_index])
 
     # ----------------------------------------------------------------- the trainer's view (lorarepro.methods)
 
@@ -426,28 +529,17 @@ class FlatLoRA:
     def _sigma_rows(self, idx: int, scale: float) -> torch.Tensor:
         """sigma_i = scale / sqrt(n) * ||(W + sum of s*BA)_i||, a fresh (m,) tensor (no grad)."""
         weight = self._layers[idx].weight.detach()
-        cdt = _compute_dtype(weight.dtype)
-        full = None  # the sum of the adapter deltas, then W added into it: one m x n temporary
-        for lora_layer in self._lora_of[idx]:
-            delta = _adapter_delta(lora_layer)
-            if delta is not None:
-                delta = delta.detach().to(device=weight.device, dtype=cdt)
-                full = delta if full is None else full.add_(delta)
-        full = weight.to(cdt) if full is None else full.add_(weight)
-        n = weight.shape[1]
-        return torch.linalg.vector_norm(full, dim=1).mul_(scale / math.sqrt(n))
+        factors = _low_rank(self._lora_of[idx], _compute_dtype(weight.dtype))
+        out_scale = scale / math.sqrt(weight.shape[1])
+        if _fused(weight) and (factors is None or factors[0].shape[0] <= flat_kernels.MAX_RANK):
+            return flat_kernels.sigma_rows(weight, *(factors or (None, None, 1.0)), out_scale)
+        return _row_norms(weight, factors, out_scale)
 
     def _shift_weights(self, sign: int) -> None:
         """inplace mode: W <- W + sign * eps, eps regenerated from the step's seed (no grad)."""
         with torch.no_grad():
             for idx, layer in enumerate(self._layers):
-                w = layer.weight
-                eps = _draw(self._sigma[idx], self._seeds[idx], w.shape, w.device)
-                if eps.dtype == w.dtype:
-                    w.add_(eps, alpha=sign)
-                else:  # half weights: form W +/- eps in fp32, round once
-                    w.copy_(eps.mul_(sign).add_(w))
-                del eps
+                _shift(layer.weight, self._sigma[idx], self._seeds[idx], sign)
 
     def _arm(self) -> None:
         """exact mode: give every target layer a perturbed forward (an instance attribute)."""

@@ -9,6 +9,7 @@ server imports this module and must start in tens of milliseconds, without torch
 import contextlib
 import importlib
 import sys
+import warnings
 from pathlib import Path
 
 from lorarepro.config import reported_runs
@@ -41,15 +42,31 @@ def preload() -> None:
 
 @contextlib.contextmanager
 def logged(log_path: str):
-    """Send the job's stdout/stderr (progress bars included) to its log file; errors go to both."""
+    """Send the job's stdout/stderr (progress bars included) to its log file; errors, and warnings
+    of lorarepro's own (e.g. a task's text outside its tokenizer's vocabulary), go to both."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        log.write(warnings.formatwarning(message, category, filename, lineno, line))
+        if category.__module__.startswith("lorarepro."):
+            print(f"WARNING ({log_path}): {message}", file=sys.__stderr__, flush=True)
+
+    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
+            warnings.catch_warnings():
+        warnings.showwarning = show
         try:
             yield
         except BaseException as exc:
             print(f"ERROR: {type(exc).__name__}: {exc}", file=log, flush=True)
             print(f"ERROR ({log_path}): {type(exc).__name__}: {exc}", file=sys.__stderr__, flush=True)
             raise
+
+
+def allow_remote_code(config: dict) -> None:
+    """Which model directories may run their own code: the config's backbone entries decide, alone."""
+    from lorarepro.families.common import allow_remote_code as allow  # deferred: transformers
+
+    allow(config)
 
 
 def job_tags(smk) -> dict:
@@ -63,6 +80,7 @@ def train(smk):
     with logged(smk.log[0]), claim(smk.resources.get("gpu", 0)):
         from lorarepro.pipeline.launcher import train_job  # deferred: torch, transformers, PEFT
 
+        allow_remote_code(smk.config)
         task, method = smk.wildcards.task, smk.wildcards.method
         seeds = [int(smk.wildcards.seed)] if "seed" in smk.wildcards.keys() else reported_runs(smk.config)[(task, method)]
         train_job(smk.config, task, method, seeds, job_tags(smk))
@@ -72,6 +90,7 @@ def sharpness(smk):
     with logged(smk.log[0]), claim(smk.resources.get("gpu", 0)):
         from lorarepro.sharpness import measure_pair  # deferred: torch, transformers, PEFT
 
+        allow_remote_code(smk.config)
         measure_pair(smk.config, smk.wildcards.task, smk.wildcards.method, **smk.params.options)
 
 
@@ -81,6 +100,7 @@ def prepare_data(smk):
         from lorarepro.families.common import load_tokenizer  # deferred: transformers
 
         # a split filtered by token count (`max_tokens`) counts in the backbone's tokens
+        allow_remote_code(smk.config)
         tokenizer = load_tokenizer(Path(smk.input.backbone)) if "backbone" in smk.input.keys() else None
         prepare_task(smk.wildcards.task, smk.params.task, smk.params.data_seed, Path(smk.output[0]), tokenizer)
 
@@ -104,7 +124,7 @@ def tables(smk):
     with logged(smk.log[0]):
         from lorarepro.reporting.tables import build_all  # deferred: pandas, scipy
 
-        build_all(smk.config, Path(smk.input.reference))
+        build_all(smk.config, Path(smk.input.reference), smk.params.config_id)
 
 
 def figures(smk):
@@ -115,11 +135,11 @@ def figures(smk):
 
 
 def audit(smk):
-    """Fails the job when a check fails."""
+    """Fails the job when a check fails; its report is a log of the rule, which Snakemake keeps."""
     with logged(smk.log[0]):
         from lorarepro.audit import run_and_write  # deferred: torch, MLflow, DVC
 
-        run_and_write(smk.config, Path(smk.output.report), Path(smk.output.json))
+        run_and_write(smk.config, Path(smk.log.report), Path(smk.output.json), configfiles=smk.params.configfiles)
 
 
 def report_captions(smk):

@@ -27,6 +27,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from lorarepro import records
 from lorarepro.experiment import distributed, resolve_run
+from lorarepro.families.common import allow_remote_code
 from lorarepro.training.train import train_task_method
 
 
@@ -75,7 +76,9 @@ def main(argv: list[str]) -> None:
 
     @record  # the launcher's failure summary then names the rank and its exception
     def rank_main() -> None:
-        train_task_method(json.loads(Path(config_path).read_text()), task, method, json.loads(seeds), json.loads(job))
+        config = json.loads(Path(config_path).read_text())
+        allow_remote_code(config)  # each rank is a new process: the config alone decides again
+        train_task_method(config, task, method, json.loads(seeds), json.loads(job))
 
     rank_main()
 

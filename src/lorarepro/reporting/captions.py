@@ -14,12 +14,14 @@ from lorarepro.atomic import write_text
 from lorarepro.config import column, spec_seeds, specs
 from lorarepro.experiment import resolve_run
 from lorarepro.reporting.claims import CLAIMS_ID
+from lorarepro.reporting.figures import caption_note
 from lorarepro.reporting.tables import SHARPNESS_CAPTION, SHARPNESS_ID
 
 
 def _settings(config: dict, name: str, method: str) -> str:
     run = resolve_run(config, column(name)[0], method)
-    adapter = run["adapter"] and f"{run['adapter'].get('type', 'lora')} r={run['adapter']['r']}"
+    adapter = run["adapter"]
+    adapter = adapter and adapter.get("type", "lora") + (f" r={adapter['r']}" if "r" in adapter else "")
     flat = run["flat"] and f"flat rho={run['flat']['rho']} ({run['flat']['mode']})"
     t = run["training"]
     parts = [adapter or "full fine-tuning", flat, f"lr={t['lr']}", f"epochs={t['epochs']}", f"batch={t['batch_size']}"]
@@ -89,7 +91,9 @@ def figure_captions(config: dict) -> dict[str, str]:
     for figure_id, spec in specs(config, "figures").items():
         runs = [str(paths.run_result(t, m, s)) for m in spec["methods"] for t in spec["tasks"]
                 for s in spec_seeds(config, spec) if paths.run_result(t, m, s).is_file()]
-        out[figure_id] = "\n".join([spec["caption"], "", *_config_lines(config, "figures", spec), *_runs_lines(runs)])
+        note = caption_note(config, figure_id)  # how the figure shows its seeds
+        out[figure_id] = "\n".join([spec["caption"], "", *([note, ""] if note else []),
+                                    *_config_lines(config, "figures", spec), *_runs_lines(runs)])
     return out
 
 

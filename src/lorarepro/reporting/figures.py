@@ -1,8 +1,14 @@
-"""Figures of the reproduced runs: training-loss curves, accuracy under corruption severity, and
-1-D loss-landscape slices of the merged weights (from lorarepro.sharpness).
+"""Figures of the reproduced runs: training-loss curves, accuracy under corruption severity, 1-D
+loss-landscape slices of the merged weights (from lorarepro.sharpness) and the rank and noise-radius
+ablations.
 
-Figures are drawn from whatever runs exist: a missing or unfinished run is skipped and named in
-a note on the figure, so a partial pipeline still gives a figure that says what it lacks.
+Every figure reads every seed of its spec. A curve is the mean over seeds with a band from the lowest
+to the highest seed (min-max); a point is the mean with error bars of ±1 sample std; `caption_note`
+says which, for the report's caption, which also holds the figure's `caption` (no title is drawn).
+A method keeps one colour and line style in every figure, from its position in the config's
+`methods`. Figures are drawn from whatever runs exist: a missing or unfinished run is skipped and
+named in a note on the figure, so a partial pipeline still gives a figure that says what it lacks.
+Output is byte-identical for the same runs (no timestamps or software versions in the files).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from lorarepro import paths, records
 from lorarepro.atomic import write_with
@@ -21,9 +28,21 @@ from lorarepro.registry import Registry
 
 FIGURES = Registry("figure")  # kind -> fn(config, figure_id) -> written paths; a `figures:` entry's kind (default: its id)
 SEVERITIES = list(range(6))  # 0 = clean test set, 1..5 = ood_s1..ood_s5
+DPI = 300
+_LINESTYLES = ("-", "--", ":", "-.")  # after the ten colours of the cycle, the next style
 _SAVE_METADATA = {
     "png": {"Software": None},
     "pdf": {"CreationDate": None, "Producer": None, "Creator": None},
+}
+_BAND = "the band spans the lowest to the highest seed (min-max)"
+_BARS = "error bars are ±1 sample std over seeds"
+# What each kind draws, for the report's caption ({seeds}: the seeds it read)
+NOTES = {
+    "training_curves": "Lines: the training loss (a trailing mean over 4% of the steps), mean over seeds {seeds}; " + _BAND + ".",
+    "loss_landscape": "Lines: mean over seeds {seeds} (those measured with a landscape, `sharpness.detail_seeds`); " + _BAND + ".",
+    "ood_curve": "Points: mean over seeds {seeds}; " + _BARS + "; the last panel averages the methods complete on every task.",
+    "rank_ablation": "Points: mean over seeds {seeds}; " + _BARS + "; ticks at the ranks measured.",
+    "sigma_ablation": "Points: mean over seeds {seeds}; " + _BARS + "; ticks at the radii measured (0: LoRA).",
 }
 
 
@@ -37,25 +56,41 @@ def _figure_spec(config: dict, figure_id: str) -> dict:
     return figures[figure_id]
 
 
+def caption_note(config: dict, figure_id: str) -> str:
+    """How the figure summarises its seeds (its kind's NOTES entry); empty for a kind without one."""
+    spec = _figure_spec(config, figure_id)
+    kind = spec.get("kind", figure_id)
+    seeds = _landscape_seeds(config, spec) if kind == "loss_landscape" else spec_seeds(config, spec)
+    note = NOTES.get(kind, "")
+    return note.format(seeds=", ".join(map(str, seeds))) + (" A method has the same colour in every figure." if note else "")
+
+
 def _label(config: dict, method: str) -> str:
     return (config.get("methods") or {}).get(method, {}).get("label", method)
 
 
-def _color(spec: dict, method: str) -> str:
-    """One color per method across every panel, so a line is recognisable without its legend."""
-    return f"C{list(spec['methods']).index(method) % 10}"
+def _position(config: dict, spec: dict, method: str) -> int:
+    """The method's place in the config's `methods`; one the config lacks (a figure drawn outside a
+    checked config) comes after them, in the figure's order."""
+    names = list(config.get("methods") or {})
+    return names.index(method) if method in names else len(names) + list(spec["methods"]).index(method)
 
 
-def _new_figure(n_panels: int, caption: str):
+def _style(config: dict, spec: dict, method: str) -> dict:
+    """The method's colour and line style, the same in every figure."""
+    index = _position(config, spec, method)
+    return {"color": f"C{index % 10}", "linestyle": _LINESTYLES[index // 10 % len(_LINESTYLES)]}
+
+
+def _new_figure(n_panels: int):
     """A pyplot-free Figure, so nothing leaks between figures drawn in one process."""
     n_panels = max(1, n_panels)
     ncols = min(3, n_panels)
     nrows = math.ceil(n_panels / ncols)
-    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows + 0.6), layout="constrained")
+    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[n_panels:]:
         ax.set_visible(False)
-    fig.suptitle(textwrap.fill(caption, 60 * ncols), fontsize=10)
     return fig, list(axes[:n_panels])
 
 
@@ -63,7 +98,8 @@ def _add_missing_note(fig, missing: list[str]) -> None:
     """Say which runs the figure lacks instead of silently drawing fewer lines."""
     if missing:
         text = "not available (missing or not FINISHED): " + ", ".join(missing)
-        fig.supxlabel(textwrap.fill(text, 150), fontsize=7, color="firebrick")
+        width = int(fig.get_figwidth() * 18)  # characters of 7-point text across the figure
+        fig.supxlabel(textwrap.fill(text, width), fontsize=7, color="firebrick")
 
 
 def _finish_panel(ax) -> None:
@@ -75,17 +111,21 @@ def _finish_panel(ax) -> None:
                 transform=ax.transAxes, color="firebrick")
 
 
+def _seeds_label(label: str, n: int, seeds: list[int]) -> str:
+    return label + ("" if n == len(seeds) else f" ({n}/{len(seeds)} seeds)")
+
+
 def _save(fig, figure_id: str) -> list[Path]:
     """PNG and PDF, each written to a temp sibling then renamed, without volatile metadata."""
     written = []
     for ext, metadata in _SAVE_METADATA.items():
         path = paths.figure(figure_id, ext)
-        write_with(path, lambda tmp: fig.savefig(tmp, format=ext, dpi=150, metadata=metadata))
+        write_with(path, lambda tmp: fig.savefig(tmp, format=ext, dpi=DPI, metadata=metadata))
         written.append(path)
     return written
 
 
-# ----------------------------------------------------------------------------- training curves
+# ----------------------------------------------------------------------------- curves over seeds
 
 
 def _smooth(loss: pd.Series) -> pd.Series:
@@ -94,20 +134,32 @@ def _smooth(loss: pd.Series) -> pd.Series:
     return loss.rolling(window, min_periods=1).mean()
 
 
-def _lines_per_task(config: dict, figure_id: str, read, xlabel: str, ylabel: str, **style) -> list[Path]:
-    """One panel per task, one line per method for the first seed; `read(task, method, seed)`
-    returns (x, y) or None for a missing run, which is noted in the figure."""
+def _band(ax, curves: dict[int, pd.Series], label: str, style: dict, **extra) -> None:
+    """The mean over seeds as a line, the min-max over seeds as a band around it (none for one seed)."""
+    frame = pd.DataFrame(curves).sort_index()
+    ax.plot(frame.index, frame.mean(axis=1), label=label, linewidth=1.2, **style, **extra)
+    if frame.shape[1] > 1:
+        ax.fill_between(frame.index, frame.min(axis=1), frame.max(axis=1), color=style["color"], alpha=0.2, linewidth=0)
+
+
+def _curves_per_task(config: dict, figure_id: str, seeds: list[int], read, xlabel: str, ylabel: str, **extra) -> list[Path]:
+    """One panel per task, one line (mean) and band (min-max) per method over `seeds`;
+    `read(task, method, seed)` returns (x, y) or None for a missing run, which is noted in the figure."""
     spec = _figure_spec(config, figure_id)
-    seed = spec_seeds(config, spec)[0]
-    fig, axes = _new_figure(len(spec["tasks"]), spec["caption"])
+    fig, axes = _new_figure(len(spec["tasks"]))
     missing = []
     for ax, task in zip(axes, spec["tasks"]):
         for method in spec["methods"]:
-            curve = read(task, method, seed)
-            if curve is None:
-                missing.append(f"{task}/{method}/seed{seed}")
-                continue
-            ax.plot(*curve, label=_label(config, method), color=_color(spec, method), linewidth=1.2, **style)
+            curves = {}
+            for seed in seeds:
+                curve = read(task, method, seed)
+                if curve is not None:
+                    curves[seed] = pd.Series(list(curve[1]), index=list(curve[0]), dtype=float)
+            if len(curves) < len(seeds):
+                missing.append(f"{task}/{method} ({len(curves)}/{len(seeds)} seeds)")
+            if curves:
+                _band(ax, curves, _seeds_label(_label(config, method), len(curves), seeds),
+                      _style(config, spec, method), **extra)
         ax.set(title=task, xlabel=xlabel, ylabel=ylabel)
         _finish_panel(ax)
     _add_missing_note(fig, missing)
@@ -116,13 +168,14 @@ def _lines_per_task(config: dict, figure_id: str, read, xlabel: str, ylabel: str
 
 @FIGURES.register("training_curves")
 def training_curves(config: dict, figure_id: str = "training_curves") -> list[Path]:
-    """Loss vs optimizer step, one panel per task, one line per method, for the first seed."""
+    """Loss vs optimizer step, one panel per task, one line per method: mean over seeds, min-max band."""
 
     def read(task, method, seed):
         history = records.read_history(task, method, seed)
         return None if history is None else (history["step"], _smooth(history["loss"]))
 
-    return _lines_per_task(config, figure_id, read, "step", "training loss")
+    seeds = spec_seeds(config, _figure_spec(config, figure_id))
+    return _curves_per_task(config, figure_id, seeds, read, "step", "training loss")
 
 
 # ----------------------------------------------------------------------------- OOD curve
@@ -161,9 +214,8 @@ def _plot_task(ax, config: dict, spec: dict, task: str, missing: list[str]) -> d
             missing.append(f"{task}/{method}")
             continue
         mean, std, n = stats
-        label = _label(config, method) + ("" if n == len(seeds) else f" ({n}/{len(seeds)} seeds)")
-        ax.errorbar(SEVERITIES, mean, yerr=std, marker="o", markersize=3, capsize=3, label=label,
-                    color=_color(spec, method))
+        ax.errorbar(SEVERITIES, mean, yerr=std, marker="o", markersize=3, capsize=3,
+                    label=_seeds_label(_label(config, method), n, seeds), **_style(config, spec, method))
         if n == len(seeds):
             complete[method] = mean
     ax.set(title=task, xlabel="corruption severity (0 = clean)", ylabel="accuracy (%)",
@@ -178,7 +230,7 @@ def _plot_average(ax, config: dict, spec: dict, per_task: list[dict]) -> None:
         if all(method in task_means for task_means in per_task):
             mean = sum(task_means[method] for task_means in per_task) / len(per_task)
             ax.plot(SEVERITIES, mean, marker="o", markersize=3, label=_label(config, method),
-                    color=_color(spec, method))
+                    **_style(config, spec, method))
     ax.set(title="mean over tasks (complete methods only)",
            xlabel="corruption severity (0 = clean)", ylabel="accuracy (%)", xticks=SEVERITIES)
     _finish_panel(ax)
@@ -190,7 +242,7 @@ def ood_curve(config: dict, figure_id: str = "ood_curve") -> list[Path]:
     spec = _figure_spec(config, figure_id)
     tasks = list(spec["tasks"])
     with_average = len(tasks) > 1
-    fig, axes = _new_figure(len(tasks) + with_average, spec["caption"])
+    fig, axes = _new_figure(len(tasks) + with_average)
     missing: list[str] = []
     per_task = [_plot_task(ax, config, spec, task, missing) for ax, task in zip(axes, tasks)]
     if with_average:
@@ -215,20 +267,28 @@ def _read_landscape(task: str, method: str, seed: int) -> tuple[list, list] | No
     return landscape["alphas"], landscape["loss"]
 
 
+def _landscape_seeds(config: dict, spec: dict) -> list[int]:
+    """The figure's seeds that get a landscape (`sharpness.detail_seeds`; every seed without it)."""
+    detail = (config.get("sharpness") or {}).get("detail_seeds")
+    return [seed for seed in spec_seeds(config, spec) if detail is None or seed in detail]
+
+
 @FIGURES.register("loss_landscape")
 def loss_landscape(config: dict, figure_id: str = "loss_landscape") -> list[Path]:
-    """Eval loss along one random filter-normalised direction of the merged weights, one panel per
-    task, one line per method, first seed (the direction is drawn from the seed, so it is shared)."""
-    return _lines_per_task(config, figure_id, _read_landscape, "α (filter-normalised direction)",
-                           "eval loss L(W + αd)", marker="o", markersize=2)
+    """Eval loss along one random filter-normalised direction of the merged weights (drawn from the
+    run's seed), one panel per task, one line per method: mean over the measured seeds, min-max band."""
+    seeds = _landscape_seeds(config, _figure_spec(config, figure_id))
+    return _curves_per_task(config, figure_id, seeds, _read_landscape, "α (filter-normalised direction)",
+                            "eval loss L(W + αd)", marker="o", markersize=2)
 
 
 # ----------------------------------------------------------------------------- ablations
 
 
 def _ablation_points(config: dict, spec: dict, task: str, x_of, series_of, missing: list[str]) -> dict:
-    """{series: sorted [(x, mean, std)]} over the finished seeds of each method; x and series come
-    from each run's own resolved config (its `config` key), so the figure plots what was trained."""
+    """{series: sorted [(x, mean, std, method, flat)]} over the finished seeds of each method; x and
+    series come from each run's own resolved config (its `config` key), so the figure plots what was
+    trained; `flat`: the run used Flat-LoRA."""
     seeds, methods = spec_seeds(config, spec), spec["methods"]
     points: dict[str, list] = {}
     for method in methods:
@@ -240,21 +300,36 @@ def _ablation_points(config: dict, spec: dict, task: str, x_of, series_of, missi
             continue
         values = pd.Series([float(r["metrics"]["test"]) for r in runs])
         run_cfg = runs[0]["config"]
-        points.setdefault(series_of(run_cfg), []).append((x_of(run_cfg), values.mean(), values.std(ddof=1) if len(runs) > 1 else 0.0))
+        std = values.std(ddof=1) if len(runs) > 1 else 0.0
+        points.setdefault(series_of(run_cfg), []).append((x_of(run_cfg), values.mean(), std, method, bool(run_cfg.get("flat"))))
     return {series: sorted(p) for series, p in points.items()}
 
 
+def _series_style(config: dict, spec: dict, points: list[tuple]) -> dict:
+    """A line of several methods takes the colour of its first method in the config's `methods`,
+    a Flat-LoRA one where it has any (the σ ablation's ρ = 0 point is LoRA's run)."""
+    method = min(points, key=lambda p: (not p[4], _position(config, spec, p[3])))[3]
+    return _style(config, spec, method)
+
+
 def _ablation(config: dict, figure_id: str, xlabel: str, x_of, series_of, log2_x: bool = False) -> list[Path]:
-    """Test metric vs a hyper-parameter, one panel per task, one line per series, std error bars."""
+    """Test metric vs a hyper-parameter, one panel per task, one line per series, std error bars,
+    ticks at the measured values only."""
     spec = _figure_spec(config, figure_id)
-    fig, axes = _new_figure(len(spec["tasks"]), spec["caption"])
+    fig, axes = _new_figure(len(spec["tasks"]))
     missing: list[str] = []
     for ax, task in zip(axes, spec["tasks"]):
-        for i, (series, pts) in enumerate(_ablation_points(config, spec, task, x_of, series_of, missing).items()):
-            xs, means, stds = zip(*pts)
-            ax.errorbar(xs, means, yerr=stds, marker="o", markersize=3, capsize=3, label=series, color=f"C{i}")
+        measured = set()
+        for series, pts in _ablation_points(config, spec, task, x_of, series_of, missing).items():
+            xs, means, stds = zip(*[p[:3] for p in pts])
+            ax.errorbar(xs, means, yerr=stds, marker="o", markersize=3, capsize=3, label=series,
+                        **_series_style(config, spec, pts))
+            measured.update(xs)
         if log2_x:
             ax.set_xscale("log", base=2)
+        if measured:
+            ax.set_xticks(sorted(measured), labels=[f"{x:g}" for x in sorted(measured)])
+            ax.xaxis.set_minor_locator(NullLocator())
         ax.set(title=task, xlabel=xlabel, ylabel="test metric (%)")
         _finish_panel(ax)
     _add_missing_note(fig, missing)

@@ -164,6 +164,7 @@ def train_one(config: dict, run: dict, seed: int, tracker=None, ranks=None) -> d
 
     `ranks` (lorarepro.training.ranks.Ranks): this process is one data-parallel rank; all ranks train,
     rank 0 alone saves step checkpoints, evaluates and writes (the others return None)."""
+    started = _now()
     session = _Session(config, run, seed, ranks)
     try:
         seconds = session.fit()
@@ -181,9 +182,9 @@ def train_one(config: dict, run: dict, seed: int, tracker=None, ranks=None) -> d
     metrics, not_run = evaluate_splits(session.family, session.model, session.tokenizer,
                                        load_eval_splits(session.task_dir, session.manifest), session.manifest,
                                        run["training"]["max_length"], evaluation, details)
-    ckpt = checkpoints.save(session.model, session.tokenizer, paths.checkpoint_dir(run["task"], run["method"], seed),
-                            session.initial)
     metric = session.manifest.get("metric", session.family.METRIC)
+    ckpt = checkpoints.save(session.model, session.tokenizer, paths.checkpoint_dir(run["task"], run["method"], seed),
+                            session.initial, card={"run": run, "seed": seed, "metric": metric, "metrics": metrics})
     model, history = session.model, session.history
     result = {
         "task": run["task"], "method": run["method"], "seed": seed, "family": run["family"], "backbone": run["backbone"],
@@ -212,10 +213,25 @@ def train_one(config: dict, run: dict, seed: int, tracker=None, ranks=None) -> d
     }
     records.write_history(run["task"], run["method"], seed, history)
     records.write(result)
+    _print_summary(session.label, started, seconds, result)
     if tracker is not None:
         tracker.series("train_loss", history.loss)
     session.resume.clear()  # outputs are written: the run is done, its resume state is not needed
     return result
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _print_summary(label: str, started: str, seconds: float, result: dict) -> None:
+    """The job log's last lines for a seed: when, the final metrics, the files written."""
+    task, method, seed = result["task"], result["method"], result["seed"]
+    scores = ", ".join(f"{split} {'not run' if v is None else v}" for split, v in result["metrics"].items())
+    print(f"{label}: started {started}, finished {_now()} ({seconds:.1f} s training)\n"
+          f"  {result['metric']}: {scores}\n"
+          f"  wrote {paths.run_result(task, method, seed)}, {paths.run_history(task, method, seed)}, "
+          f"{paths.checkpoint_dir(task, method, seed)}/", flush=True)
 
 
 def _lineage(manifest: dict, run: dict, tracker) -> dict:
@@ -278,9 +294,10 @@ def train_task_method(config: dict, task: str, method: str, seeds: list[int] | N
             with tracked as tracker:
                 if tracker is not None:
                     tracker.dict_artifact(resolved, "config.json")
+                    tracker.dataset(task, inputs["data_sha256"], paths.prepared_dir(task))
                 result = train_one(config, run, seed, tracker, ranks)
                 if tracker is not None:
-                    tracker.metrics({k: v for k, v in result["metrics"].items() if v is not None})
+                    tracker.metrics(tracking.run_metrics(result))
                     # a split not run is a tag with its reason, never a number
                     tracker.tags({**{k: v for k, v in result["lineage"].items() if k != "mlflow_run_id"},
                                   **{f"not_run.{split}": reason for split, reason in (result.get("not_run") or {}).items()}})

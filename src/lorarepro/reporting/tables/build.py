@@ -1,5 +1,6 @@
 """Entry points: every configured table's files (plus the sharpness table and the claims), the
-tables index and the metrics summary, as {path: text} for the audit, or written (atomically) for the tables rule."""
+tables index and the metrics summary, as {path: text} for the audit, or written (atomically) for the tables rule.
+Every table's CSV gets an HTML page beside it (`<id>.html`), the table as `snakemake --report` shows it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from lorarepro.reporting import cost
 from lorarepro.reporting.claims import claims_files
 from lorarepro.reporting.tables.cells import is_complete, load_reference, row_averages, table_cells, table_spec
 from lorarepro.reporting.tables.paired import attach_marks, render_significance_csv, render_significance_md, significance
-from lorarepro.reporting.tables.render import render_csv, render_latex, render_markdown
+from lorarepro.reporting.tables.render import html_from_csv, render_csv, render_html, render_latex, render_markdown
 from lorarepro.reporting.tables.sharpness import sharpness_files
 
 
@@ -29,9 +30,12 @@ def table_files(table_id: str, config: dict, reference: dict | None) -> tuple[di
         paths.table(table_id, "csv"): render_csv(cells),
         paths.table(table_id, "md"): md,
         paths.table(table_id, "tex"): render_latex(cells, spec["caption"], config, extra),
+        paths.table(table_id, "html"): render_html(cells, spec["caption"], config, extra, [cost.COST_NOTE] if extra else []),
+    }
+    files |= _with_pages({
         paths.table(f"{table_id}_significance", "csv"): render_significance_csv(sig),
         paths.table(f"{table_id}_significance", "md"): render_significance_md(sig, table_id, config),
-    }
+    }, f"Flat variants of {table_id} against their base, per task, paired by seed")
     entry = {
         "id": table_id, "caption": spec["caption"],
         "rows": list(spec["methods"]), "columns": list(spec["tasks"]),
@@ -39,6 +43,24 @@ def table_files(table_id: str, config: dict, reference: dict | None) -> tuple[di
         "files": [str(path) for path in files],
     }
     return files, entry
+
+
+def _with_pages(files: dict[Path, str], caption: str) -> dict[Path, str]:
+    """`files` and an HTML page of each CSV among them: the CSV's cells as written, under `caption`,
+    with the paragraphs of its Markdown sibling (all but its title and table) beneath."""
+    pages = {}
+    for path, text in files.items():
+        if path.suffix == ".csv":
+            md = files.get(path.with_suffix(".md"), "")
+            notes = [block for block in md.strip().split("\n\n")[1:] if block and not block.startswith("|")]
+            pages[path.with_suffix(".html")] = html_from_csv(path.stem, caption, text, notes)
+    return files | pages
+
+
+def _paged(files: dict[Path, str], entry: dict) -> tuple[dict[Path, str], dict]:
+    """A companion table's files with their HTML pages, and its index entry listing them."""
+    files = _with_pages(files, entry["caption"])
+    return files, {**entry, "files": [str(path) for path in files]}
 
 
 def write(files: dict[Path, str]) -> None:
@@ -54,8 +76,8 @@ def build_table(table_id: str, config: dict, reference: dict | None) -> dict:
 
 
 def sharpness_table(config: dict) -> dict:
-    """Write table_sharpness.csv|md; returns its index entry."""
-    files, entry = sharpness_files(config)
+    """Write table_sharpness.csv|md|html; returns its index entry."""
+    files, entry = _paged(*sharpness_files(config))
     write(files)
     return entry
 
@@ -76,26 +98,27 @@ def metrics_text(config: dict) -> str:
     return json.dumps(summary, indent=2) + "\n"
 
 
-def all_files(config: dict, reference: dict | None) -> dict[Path, str]:
-    """Every file the tables rule writes, as {path: text}: tables, index.json, metrics.json."""
+def all_files(config: dict, reference: dict | None, config_id: str = "") -> dict[Path, str]:
+    """Every file the tables rule writes, as {path: text}: tables, index.json, metrics.json (those two
+    named per config, `paths.config_id`, so that another config's run never overwrites them)."""
     files, entries = {}, []
     for table_id in specs(config, "tables"):
         texts, entry = table_files(table_id, config, reference)
         files.update(texts)
         entries.append(entry)
     if config.get("sharpness") is not None:
-        texts, entry = sharpness_files(config)
+        texts, entry = _paged(*sharpness_files(config))
         files.update(texts)
         entries.append(entry)
     claims = claims_files(config)
     if claims is not None:
         files.update(claims[0])
         entries.append(claims[1])
-    files[paths.tables_index()] = index_text(entries)
-    files[paths.metrics_summary()] = metrics_text(config)
+    files[paths.tables_index(config_id)] = index_text(entries)
+    files[paths.metrics_summary(config_id)] = metrics_text(config)
     return files
 
 
-def build_all(config: dict, reference_path: str | Path) -> None:
+def build_all(config: dict, reference_path: str | Path, config_id: str = "") -> None:
     """Every configured table, the tables index and the metrics summary."""
-    write(all_files(config, load_reference(reference_path)))
+    write(all_files(config, load_reference(reference_path), config_id))

@@ -1,0 +1,46 @@
+"""The closing lines of a successful pipeline run (lorarepro.pipeline.summary), on fake results."""
+
+import json
+from pathlib import Path
+
+from lorarepro.pipeline.summary import closing_summary
+
+
+def write(path: str, data: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data))
+
+
+def test_summary_names_verdicts_and_where_things_are(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write("results/audit/audit.paper.json", {"passed": True, "counts": {"fail": 0, "warn": 2, "pass": 40}})
+    write("results/claims.json", {"design_ok": True, "claims": [{"verdict": "reproduced"}, {"verdict": "inconclusive"},
+                                                                 {"verdict": "reproduced"}]})
+    text = closing_summary({"figures": [{"id": "ood_curve"}], "claims": {"comparisons": []}}, "paper")
+    assert "audit:   passed (2 warn, 40 pass); results/audit/report.paper.md" in text
+    assert "claims:  2 reproduced, 1 inconclusive; results/claims.md" in text
+    assert "results/tables/ (which runs each used: results/tables/index.paper.json)" in text
+    assert "figures: results/figures/" in text
+    assert "snakemake --report results/report.html with the same --configfile" in text
+
+
+def test_summary_of_a_failed_audit_and_no_claims(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write("results/audit/audit.json", {"passed": False, "counts": {"fail": 1, "pass": 3}})
+    text = closing_summary({}, "")
+    assert "audit:   FAILED (1 fail, 3 pass); results/audit/report.md" in text
+    assert "claims:  none in this config" in text and "figures:" not in text
+    assert text.splitlines()[-1].strip().startswith("report:  snakemake --report results/report.html  (")
+
+
+def test_summary_says_what_is_missing_without_raising(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write("results/claims.json", {"design_ok": False, "claims": [{"verdict": "inconclusive"}]})
+    text = closing_summary({"claims": {"comparisons": []}}, "")
+    assert "audit:   not found (results/audit/audit.json); run `lorarepro audit`" in text
+    assert "positive control NOT detected" in text
+
+
+def test_summary_says_a_claims_file_is_missing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "claims:  not found (results/claims.json)" in closing_summary({"claims": {"comparisons": []}}, "")
