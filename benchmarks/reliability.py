@@ -595,17 +595,20 @@ def _forge_metric(p: Project, result_path: str, shift: float, rewrite_history: b
     MLflow's API (a new value logged) or, with `rewrite_history`, in its database (every logged value)."""
     from mlflow.tracking import MlflowClient
 
+    from lorarepro.tracking import run_metrics  # MLflow's name of the test metric (e.g. test_accuracy)
+
     path = p.path(result_path)
     result = json.loads(path.read_text())
     result["metrics"]["test"] += shift
     path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     run_id = result["lineage"]["mlflow_run_id"]
+    (key, value), = run_metrics({"metric": result["metric"], "metrics": {"test": result["metrics"]["test"]}}).items()
     if rewrite_history:
         with sqlite3.connect(p.path("mlflow.db")) as db:
             for table in ("metrics", "latest_metrics"):
-                db.execute(f"update {table} set value = ? where run_uuid = ? and key = 'test'", (result["metrics"]["test"], run_id))
+                db.execute(f"update {table} set value = ? where run_uuid = ? and key = ?", (value, run_id, key))
     else:
-        MlflowClient(tracking_uri=f"sqlite:///{p.path('mlflow.db')}").log_metric(run_id, "test", result["metrics"]["test"])
+        MlflowClient(tracking_uri=f"sqlite:///{p.path('mlflow.db')}").log_metric(run_id, key, value)
     check(p.snakemake("--forcerun", "tables", "--until", "tables"), "rebuilding the tables")
 
 

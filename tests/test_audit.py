@@ -3,17 +3,15 @@ temporary DVC project), then each tampering case is made in a copy of that finis
 must be caught; the untampered copy passes with exit status 0."""
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, reduced
-from workspace import WORKFLOW, copy_repo
+from conftest import reduced
+from workspace import WORKFLOW, copy_repo, run_as_user
 
 pytestmark = pytest.mark.slow
 
@@ -32,28 +30,18 @@ def audit_config(params: dict) -> dict:
     return cfg
 
 
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LORAREPRO_MLFLOW_PARENT")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    return env
-
-
-def _run(cwd: Path, *cmd: str) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=_env())
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, params):
     """A DVC project that ran the pipeline (audit rule included) and recorded its outputs."""
     root = copy_repo(tmp_path_factory.mktemp("audited"), WORKFLOW + ("src", "dvc.yaml", ".dvcignore"))
     (root / "small.yaml").write_text(yaml.safe_dump(audit_config(params)))
-    assert _run(root, sys.executable, "-m", "dvc", "init", "--no-scm", "-q").returncode == 0
-    done = _run(root, sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "small.yaml")
+    assert run_as_user(root, sys.executable, "-m", "dvc", "init", "--no-scm", "-q").returncode == 0
+    done = run_as_user(root, sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "small.yaml")
     assert done.returncode == 0, done.stderr[-5000:]
     first = json.loads((root / "results" / "audit" / "audit.small.json").read_text())  # per config: paths.config_id
     # before `dvc commit` nothing is recorded: the pipeline's own audit passes and says so
     assert first["passed"] and [r["file"] for r in first["records"] if r["status"] == "warn"] == ["dvc.lock"]
-    committed = _run(root, sys.executable, "-m", "dvc", "commit", "--force", "-q")
+    committed = run_as_user(root, sys.executable, "-m", "dvc", "commit", "--force", "-q")
     assert committed.returncode == 0, committed.stderr
     return root
 
@@ -184,7 +172,7 @@ def test_modified_backbone(repo):
 
 
 def test_snakemake_report_holds_every_table_figure_caption_and_the_audit(finished):
-    done = _run(finished, sys.executable, "-m", "snakemake", "--configfile", "small.yaml",
+    done = run_as_user(finished, sys.executable, "-m", "snakemake", "--configfile", "small.yaml",
                 "--report", "results/report.html")
     assert done.returncode == 0, done.stderr[-3000:]
     html = (finished / "results" / "report.html").read_text()

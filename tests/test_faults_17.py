@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, reduced
-from workspace import WORKFLOW, copy_repo
+from workspace import WORKFLOW, copy_repo, run_as_user
 
 CONFIG = "small.yaml"
 RUN = "results/runs/sentiment/lora_r8/seed0.json"
@@ -37,14 +37,8 @@ def small_config(params: dict) -> dict:
     return cfg
 
 
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LORAREPRO_MLFLOW_PARENT")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    return env
-
-
 def sh(cwd: Path, *cmd: str) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=_env())
+    return run_as_user(cwd, *cmd)
 
 
 def snakemake(cwd: Path, *args: str, config: str = CONFIG) -> subprocess.CompletedProcess:
@@ -461,3 +455,14 @@ def test_the_reliability_matrix_covers_every_item_and_its_record_passes():
     record = json.loads((ROOT / "results" / "benchmarks" / "reliability.json").read_text())
     assert [c["case"] for c in record["cases"]] == list(reliability.CASES)
     assert record["passed"] == record["total"] == len(reliability.CASES)
+
+
+def test_configfile_params_yaml_names_the_default_config(tmp_path, monkeypatch):
+    """`snakemake --configfile params.yaml` is the embedded default: its tables index, metrics and
+    audit keep the default's names (a second set beside them would go stale)."""
+    from lorarepro import paths
+
+    monkeypatch.chdir(tmp_path)
+    assert paths.config_id(["params.yaml"]) == paths.config_id() == ""
+    assert paths.config_id([str(tmp_path / "params.yaml"), "workflow/configs/paper.yaml"]) == "paper"
+    assert paths.config_id(["elsewhere/params.yaml"]) == "params"  # another directory's file is another config

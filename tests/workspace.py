@@ -4,7 +4,9 @@ Built once per session from the reduced config; tests chdir into it because ever
 lorarepro is relative to the working directory.
 """
 
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 from lorarepro import paths
@@ -44,3 +46,17 @@ def copy_repo(root: Path, items=WORKFLOW) -> Path:
             shutil.copy(src, dst)
     (root / "profiles").symlink_to("workflow/profiles")
     return root
+
+
+def user_env(src: bool = False) -> dict:
+    """The environment of a command as a user runs it: no tracking settings inherited from the test
+    process; with `src`, this checkout's package first on the path (for a copied repository)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LORAREPRO_MLFLOW_PARENT")}
+    if src:
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def run_as_user(cwd: Path, *cmd: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`cmd` in `cwd` with `user_env(src=True)`, its output captured."""
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=user_env(src=True))

@@ -6,6 +6,7 @@ Snakefile and the Python entry points agree on them without passing strings arou
 
 from pathlib import Path
 
+PARAMS = Path("params.yaml")  # the embedded default, the base every --configfile merges over
 DATA = Path("data")
 MODELS = Path("models")
 CHECKPOINTS = Path("checkpoints")
@@ -76,8 +77,9 @@ def config_id(configfiles=()) -> str:
     """The name a config's own tables index, metrics summary and audit carry: "" for params.yaml
     alone (the embedded default, whose files DVC tracks), else the stems of its --configfile files
     joined by "+" (`--configfile workflow/configs/paper.yaml` -> "paper"), so that a run with another
-    config never overwrites the default's."""
-    return "+".join(Path(f).stem for f in configfiles)
+    config never overwrites the default's. `--configfile params.yaml` names the default itself."""
+    base = Path(PARAMS).resolve()
+    return "+".join(Path(f).stem for f in configfiles if Path(f).resolve() != base)
 
 
 def _per_config(path: Path, config: str) -> Path:
