@@ -144,7 +144,9 @@ def finished_workdir(workdir: str | None, configfile: str, keep: Path) -> tuple[
 def noop_times(repo: Path, config: str, repeats: int) -> dict:
     times = []
     for _ in range(repeats):
-        seconds, done = _snakemake(repo, "--cores", "2", "--configfile", config)
+        # the pipeline's own invocation: params.yaml alone is no --configfile (the audit's params name them)
+        extra = ["--configfile", config] if config != "params.yaml" else []
+        seconds, done = _snakemake(repo, "--cores", "2", *extra)
         text = done.stdout + done.stderr
         if done.returncode != 0 or "Nothing to be done" not in text:
             raise RuntimeError(f"the rerun was not a no-op in {repo}:\n{text[-3000:]}")
