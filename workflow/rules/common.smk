@@ -63,7 +63,8 @@ def check_prepared_data():
             verify_dataset(paths.prepared_dir(task))
 
 
-check_prepared_data()
+if workflow.is_main_process:  # a cluster job parses this file again: its own job checks its own data
+    check_prepared_data()
 
 
 def ancient_unless_ran_here(path, log):
