@@ -74,3 +74,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class FakeResponse:
+    """What `requests.get` returns, for tests that monkeypatch it: the body and an HTTP status."""
+
+    def __init__(self, content: bytes, status: int = 200):
+        self.content, self.status = content, status
+
+    def raise_for_status(self):
+        if self.status != 200:
+            import requests  # deferred: only tests of downloads need it
+
+            raise requests.HTTPError(f"{self.status} Client Error")

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import FakeResponse
 from lorarepro.config import ConfigError
 from lorarepro.experiment import validate
 from lorarepro.data import load_manifest, load_split, prepare_task
@@ -347,15 +348,7 @@ def test_fastchat_files_are_downloaded_once_checked_and_cached(tmp_path, monkeyp
     by_url = {pins[name].url: data for name, data in files.items()}
     fetched = []
 
-    class Response:
-        def __init__(self, content: bytes, status: int = 200):
-            self.content, self.status = content, status
-
-        def raise_for_status(self):
-            if self.status != 200:
-                raise requests.HTTPError(f"{self.status} Client Error")
-
-    monkeypatch.setattr(requests, "get", lambda url, timeout: fetched.append(url) or Response(by_url[url]))
+    monkeypatch.setattr(requests, "get", lambda url, timeout: fetched.append(url) or FakeResponse(by_url[url]))
     task = fastchat_task(tmp_path / "src")
     manifest = prepare_task("chat", task, 0, tmp_path / "out")
     test = load_split(tmp_path / "out", "test")
@@ -367,7 +360,7 @@ def test_fastchat_files_are_downloaded_once_checked_and_cached(tmp_path, monkeyp
     prepare_task("chat", task, 0, tmp_path / "again")
     assert len(fetched) == 2  # both splits and the second preparation read the cache
     (paths.FASTCHAT / pins["questions"].path).write_text("stale")
-    monkeypatch.setattr(requests, "get", lambda url, timeout: fetched.append(url) or Response(b"<html>moved</html>"))
+    monkeypatch.setattr(requests, "get", lambda url, timeout: fetched.append(url) or FakeResponse(b"<html>moved</html>"))
     with pytest.raises(pinned.PinnedError, match=rf"task 'chat': FastChat's MT-Bench questions from {pins['questions'].url} "
                                                  r"\(or set config key 'tasks.chat.splits.validation.path' .*\): sha256"):
         prepare_task("chat", task, 0, tmp_path / "third")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import FakeResponse
 from lorarepro import paths
 from lorarepro.data import load_eval_splits
 from lorarepro.evaluation import NotRun, evaluate_splits, judge
@@ -189,17 +190,6 @@ def test_prompts_copy_must_have_the_pinned_sha256(prompts_file, tmp_path):
         judge.load_prompts({"kind": "python", "prompts": str(tmp_path / "missing.jsonl")})
 
 
-class Response:
-    def __init__(self, content: bytes, status: int = 200):
-        self.content, self.status = content, status
-
-    def raise_for_status(self):
-        if self.status != 200:
-            import requests
-
-            raise requests.HTTPError(f"{self.status} Client Error")
-
-
 def test_prompts_are_downloaded_once_checked_and_cached(prompts_file, tmp_path, monkeypatch):
     import requests
 
@@ -208,7 +198,7 @@ def test_prompts_are_downloaded_once_checked_and_cached(prompts_file, tmp_path, 
     fetched = []
 
     def serve(content: bytes, status: int = 200):
-        monkeypatch.setattr(requests, "get", lambda url, timeout: fetched.append(url) or Response(content, status))
+        monkeypatch.setattr(requests, "get", lambda url, timeout: fetched.append(url) or FakeResponse(content, status))
 
     serve(prompts_file.read_bytes())
     assert set(judge.load_prompts(spec)) >= set(judge.PROMPT_NAMES.values())
