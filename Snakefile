@@ -33,8 +33,14 @@ if workflow.config_settings.overwrite_config.get("standalone"):
 
 validate(config, "workflow/schemas/params.schema.yaml")
 
+from lorarepro import numerics
+
+# Before anything imports torch: this process's environment reaches every job, the warm server and
+# torchrun's ranks (a cluster job parses this file again and pins itself).
+numerics.pin(config["numerics"], config["threads"])
+
 from lorarepro import paths
-from lorarepro.config import claim_comparisons, reported_runs, resources, sharpness_runs, specs
+from lorarepro.config import backbone_seed, claim_comparisons, reported_runs, resources, sharpness_runs, specs
 from lorarepro.experiment import check, resolve_run
 from lorarepro.pipeline.checks import check_reporting
 

@@ -4,8 +4,15 @@ import copy
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
+
+from lorarepro import numerics
+
+# The suite computes as the default pipeline does (params.yaml: portable, one thread): pinned before
+# torch is first imported, so a test may call training code in this process.
+numerics.pin("portable", 1)
+
+import torch  # noqa: E402  (after the pinning, on purpose)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from lorarepro.pipeline.summary import closing_summary
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def write(path: str, data: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -44,3 +46,15 @@ def test_summary_says_what_is_missing_without_raising(tmp_path, monkeypatch):
 def test_summary_says_a_claims_file_is_missing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert "claims:  not found (results/claims.json)" in closing_summary({"claims": {"comparisons": []}}, "")
+
+
+def test_summary_shows_the_timing_verdicts_from_their_own_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    claims = {"reference": str(REPO / "workflow" / "configs" / "claims.yaml"),
+              "comparisons": [{"claim": "nlu_average"}, {"claim": "overhead_time"}]}
+    write("results/claims.json", {"design_ok": True, "claims": [{"verdict": "reproduced"}]})
+    write("results/claims_timing.json", {"design_ok": True, "claims": [{"verdict": "contradicted"}]})
+    text = closing_summary({"claims": claims}, "")
+    assert "claims:  1 reproduced; results/claims.md" in text
+    assert "timing:  1 contradicted; results/claims_timing.md" in text
+    assert "timing:" not in closing_summary({"claims": {**claims, "comparisons": claims["comparisons"][:1]}}, "")

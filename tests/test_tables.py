@@ -1,5 +1,6 @@
 """Tables: statistics, incomplete/failed runs, best marking, paper columns, files and index."""
 
+import fnmatch
 import json
 from pathlib import Path
 
@@ -457,7 +458,7 @@ def write_cost(task, method, seed, ms, mb):
     path.write_text(json.dumps(run))
 
 
-def test_cost_columns_relative_to_the_baseline(workdir):
+def test_cost_goes_to_its_companion_relative_to_the_baseline(workdir):
     config = make_config()
     config["tables"][0].update(cost=True, cost_baseline="lora_r8")
     write_grid(FULL_GRID)
@@ -465,21 +466,54 @@ def test_cost_columns_relative_to_the_baseline(workdir):
         for task in ("sentiment", "nli"):
             write_cost(task, "lora_r8", seed, 10.0, 4.0)
             write_cost(task, "flat_lora_r8", seed, 15.0, 4.5 if task == "nli" else 4.0)
-    _, _, md = build(config)
-    grid = md_grid(md)
+    entry, csv, md = build(config)
+    grid = md_grid(paths.cost_table("table_nlu", "md").read_text(encoding="utf-8"))
+    assert list(grid) == ["Full FT", "LoRA (r=8)", "Flat-LoRA (r=8)"]  # one row per method of the table
     assert grid["Flat-LoRA (r=8)"]["ms/step"] == "15.00"
+    assert grid["Flat-LoRA (r=8)"]["step peak MB"] == "4.25"
     assert grid["Flat-LoRA (r=8)"]["time vs lora_r8 (x)"] == "1.50"
     assert grid["Flat-LoRA (r=8)"]["extra MB vs lora_r8"] == "0.25"
     assert grid["LoRA (r=8)"]["extra MB vs lora_r8"] == "0.00"
     assert grid["Full FT"]["ms/step"] == ""  # no cost recorded: empty, not zero
-    assert "peak of the torch CPU bytes" in md
-    assert r"time vs\\lora\_r8 (x)" in paths.table("table_nlu", "tex").read_text()  # a long head on two lines
+    assert "peak of the torch CPU bytes" in paths.cost_table("table_nlu", "md").read_text(encoding="utf-8")
+    cost = pd.read_csv(paths.cost_table("table_nlu", "csv"), keep_default_na=False)
+    assert list(cost.columns) == ["method", "label", "ms/step", "step peak MB",
+                                  "time vs lora_r8 (x)", "extra MB vs lora_r8"]
+    assert cost.set_index("method").loc["flat_lora_r8", "ms/step"] == "15.0"  # empty for Full FT: read as text
+    assert "peak of the torch CPU bytes" in paths.cost_table("table_nlu", "html").read_text(encoding="utf-8")
+    # the table's own files hold nothing measured: they must repeat bit for bit
+    for ext in ("md", "tex", "html", "csv"):
+        text = paths.table("table_nlu", ext).read_text(encoding="utf-8")
+        assert "ms/step" not in text and "peak MB" not in text and "Cost columns" not in text
+    assert list(csv.columns) == tables.CSV_COLUMNS
+    assert [str(paths.cost_table("table_nlu", e)) for e in ("csv", "md", "html")] == entry["files"][-3:]
 
 
-def test_table_without_cost_has_no_cost_columns(workdir):
+def test_cost_companion_is_rebuilt_identically(workdir):
+    config = make_config()
+    config["tables"][0].update(cost=True)
     write_grid(FULL_GRID)
-    _, _, md = build()
+    write_cost("sentiment", "lora_r8", 0, 10.0, 4.0)
+    files, _ = tables.table_files("table_nlu", config, REFERENCE)
+    assert tables.table_files("table_nlu", config, REFERENCE)[0] == files
+    assert [p for p in files if "_cost" in p.name] == [paths.cost_table("table_nlu", e) for e in ("csv", "md", "html")]
+    assert "time vs" not in files[paths.cost_table("table_nlu", "md")]  # no cost_baseline: no relative columns
+
+
+def test_table_without_cost_has_no_cost_columns_nor_companion(workdir):
+    write_grid(FULL_GRID)
+    entry, _, md = build()
     assert "ms/step" not in md
+    assert not any("_cost" in f for f in entry["files"]) and not paths.cost_table("table_nlu", "csv").exists()
+
+
+def test_timing_outputs_cover_the_measured_files():
+    exempt = lambda path: any(fnmatch.fnmatch(path.as_posix(), p) for p in paths.timing_outputs())  # noqa: E731
+    assert all(map(exempt, [paths.claims_timing("json"), paths.cost_table("table_sam", "html"),
+                            paths.RESULTS / "benchmarks" / "default_run.json",
+                            paths.RESULTS / "screenshots" / "a" / "b.png"]))
+    assert not any(map(exempt, [paths.claims("json"), paths.table("table_sam", "md"),
+                                paths.table("table_sam_significance", "csv"), paths.tables_index()]))
 
 
 # ----------------------------------------------------------------------------- HTML pages, empty columns

@@ -49,9 +49,13 @@ def copy_repo(root: Path, items=WORKFLOW) -> Path:
 
 
 def user_env(src: bool = False) -> dict:
-    """The environment of a command as a user runs it: no tracking settings inherited from the test
-    process; with `src`, this checkout's package first on the path (for a copied repository)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LORAREPRO_MLFLOW_PARENT")}
+    """The environment of a command as a user runs it: no tracking or numerics settings inherited from
+    the test process (conftest pins its own); with `src`, this checkout's package first on the path."""
+    from lorarepro import numerics
+
+    inherited = ("MLFLOW_TRACKING_URI", "LORAREPRO_MLFLOW_PARENT", numerics.MODE_ENV, *numerics.PORTABLE_ENV,
+                 *numerics.THREAD_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in inherited}
     if src:
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
     return env

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from huggingface_hub import snapshot_download
 
-from lorarepro import families, paths
+from lorarepro import families, numerics, paths
 from lorarepro.atomic import atomic_dir, write_json
+from lorarepro.config import backbone_seed
 from lorarepro.data import load_split, vocabulary
 from lorarepro.families.common import quiet_transformers
 from lorarepro.hashing import sha256_dir
@@ -41,6 +42,7 @@ def pretrain(name: str, cfg: dict, pretext_dir: Path, out_dir: Path, seed: int) 
         "backbone": name, "arch": cfg["arch"], "source": "pretrain", "seed": seed,
         "parameters": sum(p.numel() for p in model.parameters()),
         "pretrain": pre, "seconds": round(time.perf_counter() - start, 2),
+        "numerics": numerics.fingerprint(), "cpu_model": numerics.cpu_model(),
         "first_loss": history.loss[0], "final_loss": float(np.mean(history.loss[-20:])),
     }
     with atomic_dir(out_dir) as tmp:
@@ -99,10 +101,10 @@ def _finish(tmp: Path, cfg: dict, info: dict) -> None:
 def build(name: str, config: dict) -> dict:
     """Make `models/<name>` from the config entry: pretrain it, or copy a local directory."""
     cfg = config["backbones"][name]
-    torch.set_num_threads(config.get("threads", 1))
+    numerics.apply(config.get("numerics", "portable"), config.get("threads", 1))
     out = paths.backbone_dir(name)
     if cfg["source"] == "local":
         return copy_local(name, cfg, out)
     if cfg["source"] == "hub":
         return download_hub(name, cfg, out)
-    return pretrain(name, cfg, paths.pretext_dir(name), out, config["data_seed"])
+    return pretrain(name, cfg, paths.pretext_dir(name), out, backbone_seed(config))

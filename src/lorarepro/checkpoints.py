@@ -24,7 +24,7 @@ import torch
 import yaml
 from safetensors import SafetensorError, safe_open
 
-from lorarepro import families, paths
+from lorarepro import families, numerics, paths
 from lorarepro.atomic import atomic_dir, write_text
 from lorarepro.data import load_eval_splits, load_manifest
 from lorarepro.evaluation import evaluate_splits
@@ -40,10 +40,12 @@ class UnsafeCheckpoint(ValueError):
     """A checkpoint whose weights are not (only) safetensors: it is never loaded."""
 
 
-def deterministic(threads: int) -> None:
-    """What every training or evaluating process sets first: results are then bit-identical on one machine."""
+def deterministic(run: dict) -> None:
+    """What every training or evaluating process sets first, from a resolved run (or a config): its
+    threads and numerics (lorarepro.numerics), deterministic algorithms. Results are then
+    bit-identical on one machine, and under portable numerics on any x86-64 CPU."""
     quiet_transformers()
-    torch.set_num_threads(threads)
+    numerics.apply(run.get("numerics", "portable"), run.get("threads", 1))
     torch.use_deterministic_algorithms(True)
 
 
@@ -218,7 +220,7 @@ def refuse_pickle(ckpt: Path, required: str | None = None) -> None:
 def evaluate_saved(run: dict, seed: int, evaluation: dict | None = None, details: dict | None = None):
     """A saved run evaluated again on every evaluation split, loaded and set up as training evaluated
     it (so the metrics come back bit-identical on the same machine): (metrics, not_run, model)."""
-    deterministic(run.get("threads", 1))
+    deterministic(run)
     model, tokenizer, manifest = load(run, seed)
     splits = load_eval_splits(paths.prepared_dir(run["task"]), manifest)
     metrics, not_run = evaluate_splits(families.get(run["family"]), model, tokenizer, splits, manifest,

@@ -7,6 +7,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from lorarepro import numerics
 from lorarepro.config import ConfigError, reported_runs
 from lorarepro.experiment import load
 from lorarepro.pipeline.checks import check_reporting
@@ -16,6 +17,7 @@ EXAMPLES = """examples:
   lorarepro audit                                  # audit the default pipeline's outputs
   lorarepro audit --configfile reduced.yaml        # a pipeline run with snakemake --configfile reduced.yaml
   lorarepro audit --retrain 2 --reevaluate 3       # more evidence, slower
+  lorarepro reference --check                      # results/ against the committed reference (as CI does)
   lorarepro evaluate --configfile workflow/configs/paper.yaml wizardlm_mtbench lora_r8
                                                    # evaluate saved checkpoints again (e.g. a judge is now set)
 
@@ -55,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("method", help="a method of the config's `methods:`")
     evaluate.add_argument("--seeds", type=int, nargs="+", help="default: every seed a table, figure or claim reads")
     _config_arguments(evaluate)
+    ref = commands.add_parser(
+        "reference", help="write or check results/reference.json (what the committed results are, and under which numerics)",
+        description="--write after regenerating results/ (commit both); --check exits 1, listing each file, when a "
+                    "deterministic file under results/ differs from the reference (timing files are exempt).",
+        formatter_class=raw)
+    action = ref.add_mutually_exclusive_group(required=True)
+    action.add_argument("--write", action="store_true", help="record the finished pipeline's results as the reference")
+    action.add_argument("--check", action="store_true", help="compare results/ with the reference")
+    _config_arguments(ref)
     return parser
 
 
@@ -91,6 +102,7 @@ def _load(command: str, args) -> dict | None:
     except ConfigError as err:
         print(f"lorarepro {command}: {err}", file=sys.stderr)
         return None
+    numerics.pin(config["numerics"], config["threads"])  # before the command imports torch
     return config
 
 
@@ -105,14 +117,13 @@ def _unknown_run(config: dict, args) -> str | None:
 
 
 def evaluate(args) -> int:
-    from safetensors import SafetensorError  # deferred: with the loaders below
-
-    from lorarepro.families.common import allow_remote_code  # deferred: torch, transformers
-    from lorarepro.reevaluate import evaluate_checkpoint  # deferred: torch, transformers, PEFT
-
     config = _load("evaluate", args)
     if config is None:
         return 2
+    from safetensors import SafetensorError  # deferred: with the loaders below
+
+    from lorarepro.families.common import allow_remote_code  # deferred: torch, transformers, after numerics.pin
+    from lorarepro.reevaluate import evaluate_checkpoint  # deferred: torch, transformers, PEFT
     unknown = _unknown_run(config, args)
     if unknown:
         print(f"lorarepro evaluate: {unknown}", file=sys.stderr)
@@ -132,11 +143,10 @@ def evaluate(args) -> int:
 
 
 def audit(args) -> int:
-    from lorarepro import audit as auditing  # deferred: torch, MLflow, DVC
-
     config = _load("audit", args)
     if config is None:
         return 2
+    from lorarepro import audit as auditing  # deferred: torch, MLflow, DVC, after numerics.pin
     try:
         options = auditing.Options.from_config(
             config, reevaluate=args.reevaluate, sample_seed=args.sample_seed, retrain=args.retrain,
@@ -152,6 +162,27 @@ def audit(args) -> int:
     return 0
 
 
+def check_reference(args) -> int:
+    config = _load("reference", args)
+    if config is None:
+        return 2
+    from lorarepro.audit import reference  # deferred: torch (the fingerprint), after numerics.pin
+
+    if args.write:
+        print(f"wrote {reference.write(config)}")
+        return 0
+    committed = reference.load()
+    if committed is None:
+        print(f"lorarepro reference: no {reference.REFERENCE}", file=sys.stderr)
+        return 1
+    problems = reference.compare_results(committed)
+    for line in problems:
+        print(line)
+    print(f"{len(problems)} of {len(committed['results'])} reference files differ" if problems
+          else f"results/ matches {reference.REFERENCE}: {len(committed['results'])} files (timing files exempt)")
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -159,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = (f" (--configfile takes one file; repeat the flag: --configfile {' --configfile '.join(extra)})"
                 if all(e.endswith(CONFIG_SUFFIXES) for e in extra) else "")
         parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
-    return {"audit": audit, "evaluate": evaluate}[args.command](args)
+    return {"audit": audit, "evaluate": evaluate, "reference": check_reference}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -187,3 +187,8 @@ def resources(config: dict, rule: str, task: str | None = None) -> dict:
     if rule == "train" and task is not None:
         out.update(config["tasks"][task].get("resources") or {})
     return out
+
+
+def backbone_seed(config: dict) -> int:
+    """The backbones' own draw; data_seed's value where a config does not set one (older configs)."""
+    return config.get("backbone_seed", config["data_seed"])

@@ -308,6 +308,7 @@ def resolve_run(config: dict, task: str, method: str) -> dict:
         **strategies,
         "training": training,
         "threads": config.get("threads", 1),
+        "numerics": config.get("numerics", "portable"),
     }
     dtype = config["backbones"][task_cfg["backbone"]].get("dtype", "float32")
     if dtype != "float32":  # only then: float32 runs keep their settings (and Snakemake params) unchanged

@@ -100,6 +100,22 @@ def claims(ext: str) -> Path:
     return RESULTS / f"claims.{ext}"
 
 
+def claims_timing(ext: str) -> Path:
+    """The claims measured in wall-clock time, apart from paths.claims (they vary between runs): md, csv or json."""
+    return RESULTS / f"claims_timing.{ext}"
+
+
+def cost_table(table_id: str, ext: str) -> Path:
+    """The measured cost (time, memory) of a `cost: true` table's methods, apart from the table itself."""
+    return table(f"{table_id}_cost", ext)
+
+
+def timing_outputs() -> list[str]:
+    """Glob patterns (from the repository root) of the results files holding measurements that vary between runs."""
+    return [claims_timing("*").as_posix(), cost_table("*", "*").as_posix(),
+            (RESULTS / "benchmarks" / "**").as_posix(), (RESULTS / "screenshots" / "**").as_posix()]
+
+
 def metrics_summary(config: str = "") -> Path:
     return _per_config(RESULTS / "metrics.json", config)
 

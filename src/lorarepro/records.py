@@ -19,6 +19,7 @@ from lorarepro import paths
 from lorarepro.atomic import write_json, write_text
 
 FINISHED = "FINISHED"
+# "resources" holds the CPU model too: information beside lineage.numerics, which is what results compare by
 VOLATILE = ("resources", "lineage.mlflow_run_id", "lineage.git_commit", "lineage.git_dirty", "versions")
 SHARPNESS_VOLATILE = ("seconds", "hessian_top.seconds")
 

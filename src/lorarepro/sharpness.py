@@ -30,11 +30,10 @@ import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lorarepro import checkpoints, families, paths, records, tracking
+from lorarepro import checkpoints, families, numerics, paths, records, tracking
 from lorarepro.atomic import write_json
 from lorarepro.config import sharpness_runs
 from lorarepro.data import load_split
-from lorarepro.families.common import quiet_transformers
 from lorarepro.methods.lora import linear_targets
 
 RADII = (0.01, 0.02, 0.05, 0.1)
@@ -288,7 +287,7 @@ def measure_run(config: dict, task: str, method: str, seed: int, *, n_eval: int 
         "hessian_top": hessian, "landscape": None if losses is None else {"alphas": list(alphas), "loss": losses},
         "n_eval": sum(len(next(iter(b.values()))) for b in batches), "draws": draws,
         "targets": len(weights), "target_params": sum(w.numel() for w in weights),
-        "seconds": round(time.perf_counter() - start, 3),
+        "numerics": numerics.fingerprint(), "seconds": round(time.perf_counter() - start, 3),
     }
     records.write_sharpness(out)
     return out
@@ -302,8 +301,7 @@ def measure_pair(config: dict, task: str, method: str, detail_seeds: list[int] |
     seeds = sharpness_runs(config).get((task, method))
     if seeds is None:
         raise KeyError(f"no table with sharpness: true has task {task!r} and method {method!r}")
-    quiet_transformers()
-    torch.set_num_threads(config.get("threads", 1))
+    checkpoints.deterministic(config)
     done, skipped = [], []
     for seed in seeds:
         result = records.finished(task, method, seed)

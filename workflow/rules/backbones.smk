@@ -13,6 +13,9 @@ rule backbone:
         directory(str(paths.backbone_dir("{backbone}"))),
     params:
         backbone=lambda w: config["backbones"][w.backbone],
+        # what else decides the weights: a changed draw or numerics mode rebuilds the backbone
+        seed=backbone_seed(config),
+        numerics=config["numerics"],
     threads: config["threads"]
     priority: 10  # on the critical path: every train job of its tasks waits for it
     log:

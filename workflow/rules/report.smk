@@ -1,10 +1,20 @@
 # What `snakemake --report results/report.html` shows, grouped as the paper groups it: one category
 # per paper table holding the table as a page (HTML, readable in the report), its CSV, Markdown and
-# LaTeX, and its significance companion; the flatness table and the claims; the figures, PNG with
-# the PDF beside it (a toggle). Each item's caption names its config and runs (rule report_captions;
-# caption paths are relative to this file).
+# LaTeX, and its significance and cost companions; the flatness table and the claims (those measured
+# in wall-clock time beside them); the figures, PNG with the PDF beside it (a toggle). Each item's
+# caption names its config and runs (rule report_captions; caption paths are relative to this file).
 FORMATS = {"html": "HTML", "csv": "CSV", "md": "Markdown", "tex": "LaTeX", "json": "JSON", "png": "PNG", "pdf": "PDF"}
-COMPANIONS = {"table_sharpness": "Flatness", "claims": "Claims"}
+COMPANIONS = {"table_sharpness": "Flatness", "claims": "Claims", "claims_timing": "Claims"}
+SUFFIXES = {"_significance": "Significance", "_cost": "Cost"}  # a paper table's companions, by their file's stem
+
+
+def table_of(stem):
+    """(the table a file's stem belongs to, which of its files it is): a paper table's own, or one of
+    its companions (a table may itself end in "_cost", the paper's table7_cost)."""
+    for suffix, kind in SUFFIXES.items():
+        if stem not in TABLES and stem.endswith(suffix) and stem.removesuffix(suffix) in TABLES:
+            return stem.removesuffix(suffix), kind
+    return stem, "Table"
 
 
 def report_group(path):
@@ -12,10 +22,9 @@ def report_group(path):
     stem, ext = Path(path).stem, Path(path).suffix[1:]
     if stem in FIGURES:
         return {"category": "Figures", "labels": {"figure": stem, "format": FORMATS[ext]}}
-    table = stem.removesuffix("_significance")
+    table, kind = table_of(stem)
     paper = TABLES[table].get("paper_table", "") if table in TABLES else ""
     category = COMPANIONS.get(stem) or (f"Table {paper[5:]}: {table}" if paper.startswith("table") else table)
-    kind = "Significance" if stem != table else "Table"
     return {"category": category, "subcategory": kind, "labels": {"table": stem, "format": FORMATS[ext]}}
 
 
@@ -26,12 +35,14 @@ def paper_report(files):
 
 def table_pages():
     """The HTML page the tables rule writes beside every table's CSV (lorarepro.reporting.tables; not the claims')."""
-    return [str(Path(f).with_suffix(".html")) for f in table_outputs() if f.endswith(".csv") and f != str(paths.claims("csv"))]
+    claims = {str(paths.claims("csv")), str(paths.claims_timing("csv"))}
+    return [str(Path(f).with_suffix(".html")) for f in table_outputs() if f.endswith(".csv") and f not in claims]
 
 
 rule tables:
-    """Every paper table (csv, md, tex, html) with the paper's numbers beside ours and its significance
-    companion, the sharpness table, index.json and the metrics summary."""
+    """Every paper table (csv, md, tex, html) with the paper's numbers beside ours, its significance
+    companion and (`cost: true`) its cost companion, the sharpness table, the claims, index.json and
+    the metrics summary."""
     input:
         runs=run_results(RUNS),
         sharpness=sharpness_outputs(),

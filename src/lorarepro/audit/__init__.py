@@ -26,7 +26,7 @@ import random
 from dataclasses import asdict, dataclass, fields
 
 from lorarepro import paths
-from lorarepro.audit import artifacts, dvc_outs, figures, mlflow_runs, rerun, tables
+from lorarepro.audit import artifacts, dvc_outs, figures, mlflow_runs, reference, rerun, tables
 from lorarepro.audit.report import STATUSES, summary, write
 from lorarepro.families.common import allow_remote_code
 
@@ -93,6 +93,8 @@ def run(config: dict, options: Options | None = None, configfiles=()) -> dict:
     records += dvc_outs.check(runs, consistent)
     by_table = artifacts.runs_by_table(config, runs)
     records += artifacts.check_metrics(runs)
+    made_under = next((r.result["lineage"].get("numerics") for r in runs if r.result and r.result.get("lineage")), None)
+    records += reference.check(config, made_under)
     unverified = artifacts.unverified(runs, content)
     sample = sample_runs(by_table, options.reevaluate, options.sample_seed)
     records += rerun.reevaluate(sample, config.get("evaluation"), unverified)

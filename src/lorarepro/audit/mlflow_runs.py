@@ -62,7 +62,9 @@ def _check_run(client, run) -> tuple[dict, bool]:
     metrics = tracked.data.metrics
     problems += [f"metric {k}: result {v}, MLflow {metrics.get(k)}" for k, v in sorted(expected.items())
                  if metrics.get(k) != v][:3]
-    tags = {k: str(v) for k, v in (result.get("lineage") or {}).items() if k != "mlflow_run_id"}
+    lineage = result.get("lineage") or {}
+    tags = {k: str(v) for k, v in lineage.items() if k not in ("mlflow_run_id", "numerics")}
+    tags.update({f"numerics.{k}": str(v) for k, v in (lineage.get("numerics") or {}).items()})  # one tag per setting
     tags.update({f"not_run.{split}": reason for split, reason in (result.get("not_run") or {}).items()})
     problems += [f"tag {k}: result {v}, MLflow {tracked.data.tags.get(k)}" for k, v in sorted(tags.items())
                  if tracked.data.tags.get(k) != v][:3]

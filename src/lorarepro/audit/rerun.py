@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from lorarepro import checkpoints, families, paths
+from lorarepro import checkpoints, families, numerics, paths
 from lorarepro.audit.artifacts import dict_diff
 from lorarepro.audit.report import record
 from lorarepro.data import load_manifest
@@ -58,8 +58,25 @@ def _skipped(check: str, run, why: str) -> dict:
                   "restore the files (`dvc checkout`) or retrain the run")
 
 
+def other_numerics(check: str, run) -> dict | None:
+    """A skip record when the run was made under other numerics than this process computes with:
+    exact agreement is promised only between equal fingerprints (lorarepro.numerics)."""
+    fix = "audit with the run's numerics (config key `numerics`, the same threads and pinned wheels)"
+    try:
+        checkpoints.deterministic(run.result["config"])  # the run's threads and numerics, where this process can
+    except numerics.NumericsError as err:
+        return record(check, "skip", run.path, f"not compared exactly: {err}", fix)
+    recorded = run.result.get("lineage", {}).get("numerics")
+    differ = numerics.differences(recorded, numerics.fingerprint())
+    if recorded is None or not differ:
+        return None
+    return record(check, "skip", run.path, f"not compared exactly: made under other numerics ({'; '.join(differ)})", fix)
+
+
 def _reevaluate_one(run, evaluation: dict | None) -> dict:
     cfg = run.result["config"]
+    if (skipped := other_numerics("reevaluate", run)) is not None:
+        return skipped
     try:
         metrics, not_run, model = checkpoints.evaluate_saved(cfg, run.seed, evaluation)
     except Exception as err:  # any failure is the finding (corrupt file, missing adapter, ...)
@@ -103,10 +120,14 @@ def retrain(config: dict, runs: list, gpu_tolerance: float, unverified: dict | N
             out.append(_skipped("retrain", run, unverified[run]))
             continue
         cfg = run.result["config"]
-        checkpoints.deterministic(cfg.get("threads", 1))
+        cpu = (run.result.get("resources") or {}).get("device", "cpu") == "cpu"
+        if not cpu:
+            checkpoints.deterministic(cfg)  # a GPU retrain compares within a tolerance, whatever the CPU numerics
+        elif (skipped := other_numerics("retrain", run)) is not None:
+            out.append(skipped)
+            continue
         with scratch_workspace():
             again = train_one(config, cfg, run.seed)
-        cpu = (run.result.get("resources") or {}).get("device", "cpu") == "cpu"
         if cpu:
             recorded = {"metrics": run.result["metrics"], "final_loss": run.result["train"]["final_loss"],
                         "checkpoint_sha256": run.result["lineage"]["checkpoint_sha256"]}

@@ -1,8 +1,9 @@
 """The few lines a successful pipeline run ends with (the Snakefile's `onsuccess`): the audit's
 verdict, the claims' verdicts, where the tables, figures and report are, and how to build the report.
 
-Reads only the files the run wrote (audit.json, claims.json); a file missing is said, never raised:
-a closing message must not turn a finished run into a failed one.
+Reads only the files the run wrote (audit.json, claims.json, claims_timing.json: the claims measured
+in wall-clock time live apart); a file missing is said, never raised: a closing message must not
+turn a finished run into a failed one.
 """
 
 import json
@@ -10,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from lorarepro import paths
+from lorarepro.reporting.claims import timing_claims
 
 
 def closing_summary(config: dict, config_id: str = "") -> str:
@@ -19,8 +21,10 @@ def closing_summary(config: dict, config_id: str = "") -> str:
         "lorarepro: pipeline finished.",
         f"  audit:   {_audit(paths.audit_json(config_id), paths.audit_report(config_id))}",
         f"  claims:  {_claims(paths.claims('json'), paths.claims('md')) if config.get('claims') else 'none in this config'}",
-        f"  tables:  {paths.table('*', 'md').parent}/ (which runs each used: {paths.tables_index(config_id)})",
     ]
+    if timing_claims(config):  # measured in wall-clock time: in a file of their own
+        lines.append(f"  timing:  {_claims(paths.claims_timing('json'), paths.claims_timing('md'))}")
+    lines.append(f"  tables:  {paths.table('*', 'md').parent}/ (which runs each used: {paths.tables_index(config_id)})")
     if config.get("figures"):
         lines.append(f"  figures: {paths.figure('*', 'png').parent}/")
     lines.append(f"  report:  snakemake --report results/report.html{flag}  (one HTML file of all of it)")
@@ -48,4 +52,4 @@ def _claims(document: Path, report: Path) -> str:
         return f"not found ({document})"
     verdicts = Counter(row.get("verdict") for row in analysis.get("claims", []))
     design = "" if analysis.get("design_ok", True) else "; positive control NOT detected: the design cannot judge"
-    return ", ".join(f"{n} {verdict}" for verdict, n in verdicts.most_common()) + f"{design}; {report}"
+    return (", ".join(f"{n} {verdict}" for verdict, n in verdicts.most_common()) or "none") + f"{design}; {report}"

@@ -13,7 +13,8 @@ from lorarepro import paths, records
 from lorarepro.atomic import write_text
 from lorarepro.config import column, spec_seeds, specs
 from lorarepro.experiment import resolve_run
-from lorarepro.reporting.claims import CLAIMS_ID
+from lorarepro.reporting import cost
+from lorarepro.reporting.claims import CLAIMS_ID, TIMING_ID
 from lorarepro.reporting.figures import caption_note
 from lorarepro.reporting.tables import SHARPNESS_CAPTION, SHARPNESS_ID
 
@@ -57,15 +58,34 @@ def _audit_line(audit: dict, files: list[str]) -> list[str]:
     return [verdict, ""]
 
 
+def _claims_caption(entry: dict, audit: dict) -> str:
+    """The caption of claims.csv or claims_timing.csv, from its index entry."""
+    md = next(f for f in entry["files"] if f.endswith(".md"))
+    return "\n".join([
+        f"{entry['caption']}: each claim's statement, the paper's number and source, our effect with its "
+        f"95% interval, n, the minimum detectable effect and the verdict (``{md}`` explains each comparison).",
+        "", *_runs_lines(entry["runs"]), *_audit_line(audit, entry["files"])])
+
+
+def _companion_captions(entry: dict, spec: dict, config_lines: list[str], audit: dict) -> dict[str, str]:
+    """The captions of a table's significance companion and, with `cost: true`, its cost companion."""
+    table_id = entry["id"]
+    heads = {paths.table(f"{table_id}_significance", "csv"):
+             f"Significance of each Flat variant against its base for ``{table_id}`` "
+             "(paired by seed; t-test, sign and permutation tests)."}
+    if spec.get("cost"):
+        heads[paths.cost_table(table_id, "csv")] = (
+            f"{cost.caption(table_id)}: time per optimizer step and the measured peak memory of one "
+            "training step, per method, means over its finished runs.")
+    return {csv.stem: "\n".join([head, "", *config_lines, *_runs_lines(entry["runs"]), *_audit_line(audit, [str(csv)])])
+            for csv, head in heads.items()}
+
+
 def table_captions(config: dict, index: dict, audit: dict) -> dict[str, str]:
     out = {}
     for entry in index["tables"]:
-        if entry["id"] == CLAIMS_ID:
-            files = [str(paths.claims(ext)) for ext in ("md", "csv", "json")]
-            out[CLAIMS_ID] = "\n".join([
-                f"{entry['caption']}: each claim's statement, the paper's number and source, our effect with its "
-                "95% interval, n, the minimum detectable effect and the verdict (``results/claims.md`` explains "
-                "each comparison).", "", *_runs_lines(entry["runs"]), *_audit_line(audit, files)])
+        if entry["id"] in (CLAIMS_ID, TIMING_ID):
+            out[entry["id"]] = _claims_caption(entry, audit)
             continue
         if entry["id"] == SHARPNESS_ID:
             head = [SHARPNESS_CAPTION, ""]
@@ -76,11 +96,7 @@ def table_captions(config: dict, index: dict, audit: dict) -> dict[str, str]:
             spec = specs(config, "tables")[entry["id"]]
             head = [entry["caption"], ""]
             config_lines = _config_lines(config, "tables", spec)
-            files = [str(paths.table(f"{entry['id']}_significance", "csv"))]
-            out[f"{entry['id']}_significance"] = "\n".join(
-                [f"Significance of each Flat variant against its base for ``{entry['id']}`` "
-                 "(paired by seed; t-test, sign and permutation tests).", "", *config_lines,
-                 *_runs_lines(entry["runs"]), *_audit_line(audit, files)])
+            out |= _companion_captions(entry, spec, config_lines, audit)
         files = [str(paths.table(entry["id"], "csv")), str(paths.tables_index())]
         out[entry["id"]] = "\n".join([*head, *config_lines, *_runs_lines(entry["runs"]), *_audit_line(audit, files)])
     return out

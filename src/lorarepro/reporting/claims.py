@@ -1,4 +1,6 @@
-"""The verdict on each claim of the paper: results/claims.md|csv|json, from the run records.
+"""The verdict on each claim of the paper: results/claims.md|csv|json, from the run records; the
+claims measured in wall-clock time (TIMING_MEASURES) in results/claims_timing.md|csv|json, because a
+wall time differs between runs and machines and claims.* must repeat bit for bit (paths.timing_outputs).
 
 A claim (workflow/configs/claims.yaml) says what the paper asserts, the paper's number and where it
 comes from, what is measured (`measure`) and how the number is read (`kind`: a gain, a bound, a
@@ -30,6 +32,8 @@ from lorarepro.config import claim_comparisons, entry, read_claims, spec_seeds
 from lorarepro.reporting.stats import ALPHA, POWER, claim_verdict, holm, paired_test
 
 CLAIMS_ID = "claims"
+TIMING_ID = "claims_timing"
+TIMING_MEASURES = ("time_overhead", "time_saving")  # time per step: measured, so it varies from run to run
 MIN_PRIMARY_SEEDS = 20
 SEVERITIES = ("test", "ood_s1", "ood_s2", "ood_s3", "ood_s4", "ood_s5")  # severity 0 (clean) .. 5
 UNITS = {"accuracy": "points", "severity_slope": "points per severity level", "sharpness": "loss",
@@ -192,13 +196,20 @@ def _pairs_text(config: dict, row: dict) -> str:
     return f"{pairs} on {', '.join(row['comparison']['tasks'])}"
 
 
-def render_markdown(config: dict, analysis: dict) -> str:
+TITLE = ("**Claims.** Each claim of the paper against this profile's runs (workflow/configs/claims.yaml; the "
+         "comparisons are the config's `claims:`).")
+TIMING_TITLE = (f"**Claims on training time.** The claims of the paper whose measure is a wall time per step, against "
+                f"this profile's runs: they rest on wall-clock time, which varies between runs and machines, so they "
+                f"are kept here, out of `{paths.claims('md')}` and its siblings (files that must repeat bit for bit).")
+TIMING_POINTER = f" The claims measured in wall-clock time are in `{paths.claims_timing('md')}`."
+
+
+def render_markdown(config: dict, analysis: dict, title: str = TITLE) -> str:
     rows = analysis["claims"]
     table = [[r["claim"], r["role"], r["statement"], _paper_text(r), _effect_text(r), r["n"], _num(r["mde"], ".3g"),
               f"**{r['verdict']}**"] for r in rows]
     lines = [
-        "**Claims.** Each claim of the paper against this profile's runs (workflow/configs/claims.yaml; the "
-        "comparisons are the config's `claims:`).", "",
+        title, "",
         tabulate(table, headers=["claim", "role", "statement", "paper", "ours: effect [95% CI]", "n", "MDE", "verdict"],
                  tablefmt="pipe", disable_numparse=True), "",
         f"The effect of one seed is treatment minus control in the claim's unit, averaged over its pairs and tasks; "
@@ -239,15 +250,47 @@ def render_json(analysis: dict) -> str:
     return json.dumps({k: v for k, v in analysis.items()}, indent=2, sort_keys=True) + "\n"
 
 
-def claims_files(config: dict) -> tuple[dict[Path, str], dict] | None:
-    """results/claims.md|csv|json as {path: text} and their tables-index entry (the runs read); None
-    for a config without claims."""
+def is_timing(claim: dict) -> bool:
+    """Whether a claim (or its analysed row) is measured in wall-clock time: its files are claims_timing.*."""
+    return claim["measure"] in TIMING_MEASURES
+
+
+def timing_claims(config: dict) -> list[str]:
+    """The claims this config compares that are measured in wall-clock time (none: no claims_timing.*)."""
+    comparisons = claim_comparisons(config)
+    claims = read_claims(config["claims"]["reference"]) if comparisons else {}
+    return [name for name in comparisons if is_timing(claims[name])]
+
+
+def _parts(analysis: dict) -> dict[str, dict]:
+    """The analysis split as the files hold it, each part with the design check made over every claim."""
+    timing = [r for r in analysis["claims"] if is_timing(r)]
+    parts = {CLAIMS_ID: {**analysis, "claims": [r for r in analysis["claims"] if not is_timing(r)]}}
+    return parts | ({TIMING_ID: {**analysis, "claims": timing}} if timing else {})
+
+
+_CAPTIONS = {CLAIMS_ID: "The verdict on each claim of the paper",
+             TIMING_ID: "The verdict on each claim of the paper measured in wall-clock time"}
+_PATHS = {CLAIMS_ID: paths.claims, TIMING_ID: paths.claims_timing}
+
+
+def _part_files(config: dict, part_id: str, part: dict, title: str) -> tuple[dict[Path, str], dict]:
+    """One part's md|csv|json as {path: text} and its tables-index entry (the runs its claims read)."""
+    files = {_PATHS[part_id](ext): render(part) for ext, render in
+             (("md", lambda a: render_markdown(config, a, title)), ("csv", render_csv), ("json", render_json))}
+    return files, {"id": part_id, "caption": _CAPTIONS[part_id], "rows": [r["claim"] for r in part["claims"]],
+                   "columns": CSV_COLUMNS[7:], "runs": sorted({run for row in part["claims"] for run in row["runs"]}),
+                   "files": [str(p) for p in files]}
+
+
+def claims_files(config: dict) -> tuple[dict[Path, str], list[dict]]:
+    """results/claims.md|csv|json and, when some claim is measured in wall-clock time,
+    results/claims_timing.md|csv|json, as {path: text}, with their tables-index entries; nothing for
+    a config without claims."""
     analysis = analyse_all(config)
     if not analysis:
-        return None
-    files = {paths.claims(ext): render(analysis) for ext, render in
-             (("md", lambda a: render_markdown(config, a)), ("csv", render_csv), ("json", render_json))}
-    runs = sorted({run for row in analysis["claims"] for run in row["runs"]})
-    return files, {"id": CLAIMS_ID, "caption": "The verdict on each claim of the paper",
-                   "rows": [r["claim"] for r in analysis["claims"]], "columns": CSV_COLUMNS[7:],
-                   "runs": runs, "files": [str(p) for p in files]}
+        return {}, []
+    parts = _parts(analysis)
+    titles = {CLAIMS_ID: TITLE + (TIMING_POINTER if TIMING_ID in parts else ""), TIMING_ID: TIMING_TITLE}
+    built = [_part_files(config, part_id, part, titles[part_id]) for part_id, part in parts.items()]
+    return {path: text for files, _ in built for path, text in files.items()}, [entry for _, entry in built]

@@ -31,7 +31,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from lorarepro import checkpoints, device, families, methods, paths, records, tracking
+from lorarepro import checkpoints, device, families, methods, numerics, paths, records, tracking
 from lorarepro.atomic import atomic_dir, write_json
 from lorarepro.data import load_eval_splits, load_manifest, load_split, verify_dataset
 from lorarepro.evaluation import evaluate_splits, judge
@@ -206,7 +206,7 @@ def train_one(config: dict, run: dict, seed: int, tracker=None, ranks=None) -> d
         "resources": {
             "seconds": round(seconds, 3), "seconds_per_step": round(seconds / len(session.plan), 5),
             "step_peak_mb": session.probe.peak_mb, "peak_rss_mb": round(peak_rss_mb(), 1),
-            "device": session.device.type,
+            "device": session.device.type, "cpu_model": numerics.cpu_model(),
         },
         "lineage": {**_lineage(session.manifest, run, tracker), "checkpoint_sha256": ckpt},
         "versions": versions(),
@@ -236,6 +236,7 @@ def _print_summary(label: str, started: str, seconds: float, result: dict) -> No
 
 def _lineage(manifest: dict, run: dict, tracker) -> dict:
     return {"data_sha256": manifest["sha256"], "backbone_sha256": _backbone_sha(run["backbone"]),
+            "numerics": numerics.fingerprint(),
             "mlflow_run_id": tracker.run_id if tracker else None, **{f"git_{k}": v for k, v in git_state().items()}}
 
 
@@ -276,13 +277,15 @@ def train_task_method(config: dict, task: str, method: str, seeds: list[int] | N
     state are tagged when the run starts, so a run that fails still says what it ran on. Started by
     torch.distributed.run (lorarepro.pipeline.launcher), this process is one data-parallel rank
     (lorarepro.training.ranks.join); only rank 0 tracks and returns results."""
-    checkpoints.deterministic(config.get("threads", 1))
+    checkpoints.deterministic(config)
     run = resolve_run(config, task, method)
     ranks = data_parallel.join(run)
     main = ranks is None or ranks.is_main
     inputs = {"data_sha256": load_manifest(paths.prepared_dir(task))["sha256"],
               "backbone_sha256": _backbone_sha(run["backbone"]),
-              **{f"git_{k}": v for k, v in git_state().items()}}
+              **{f"git_{k}": v for k, v in git_state().items()},
+              # what the run computes under (lorarepro.numerics), and on which CPU (information only)
+              **{f"numerics.{k}": v for k, v in numerics.fingerprint().items()}, "cpu_model": numerics.cpu_model()}
     job_tags = {f"snakemake_{k}": v for k, v in (job or {}).items()}
     results = []
     for seed in config["seeds"] if seeds is None else seeds:
@@ -299,7 +302,7 @@ def train_task_method(config: dict, task: str, method: str, seeds: list[int] | N
                 if tracker is not None:
                     tracker.metrics(tracking.run_metrics(result))
                     # a split not run is a tag with its reason, never a number
-                    tracker.tags({**{k: v for k, v in result["lineage"].items() if k != "mlflow_run_id"},
+                    tracker.tags({**{k: v for k, v in result["lineage"].items() if k not in ("mlflow_run_id", "numerics")},
                                   **{f"not_run.{split}": reason for split, reason in (result.get("not_run") or {}).items()}})
                     tracker.artifact(paths.run_result(task, method, seed))
         except NonFiniteLoss as exc:

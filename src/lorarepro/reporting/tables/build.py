@@ -1,6 +1,8 @@
 """Entry points: every configured table's files (plus the sharpness table and the claims), the
 tables index and the metrics summary, as {path: text} for the audit, or written (atomically) for the tables rule.
-Every table's CSV gets an HTML page beside it (`<id>.html`), the table as `snakemake --report` shows it."""
+Every table's CSV gets an HTML page beside it (`<id>.html`), the table as `snakemake --report` shows it.
+Measured wall times (a table's cost, the timing claims) go to files of their own (paths.timing_outputs),
+so that every other file repeats bit for bit."""
 
 from __future__ import annotations
 
@@ -19,23 +21,24 @@ from lorarepro.reporting.tables.sharpness import sharpness_files
 
 
 def table_files(table_id: str, config: dict, reference: dict | None) -> tuple[dict[Path, str], dict]:
-    """The table's CSV/MD/TeX and significance files as {path: text}, and its index entry with the
+    """The table's CSV/MD/TeX/HTML, its significance files and, with `cost: true`, its cost companion
+    (measured, so kept out of the table's own files) as {path: text}, and its index entry with the
     exact runs it read; nothing is written (the audit recomputes with this too)."""
     spec = table_spec(config, table_id)
     sig = significance(table_id, config, reference)
     cells = attach_marks(table_cells(table_id, config, reference), sig)
-    extra = cost.cost_columns(spec, spec_seeds(config, spec)) if spec.get("cost") else None
-    md = render_markdown(cells, spec["caption"], config, extra) + (f"\n{cost.COST_NOTE}\n" if extra else "")
     files = {
         paths.table(table_id, "csv"): render_csv(cells),
-        paths.table(table_id, "md"): md,
-        paths.table(table_id, "tex"): render_latex(cells, spec["caption"], config, extra),
-        paths.table(table_id, "html"): render_html(cells, spec["caption"], config, extra, [cost.COST_NOTE] if extra else []),
+        paths.table(table_id, "md"): render_markdown(cells, spec["caption"], config),
+        paths.table(table_id, "tex"): render_latex(cells, spec["caption"], config),
+        paths.table(table_id, "html"): render_html(cells, spec["caption"], config),
     }
     files |= _with_pages({
         paths.table(f"{table_id}_significance", "csv"): render_significance_csv(sig),
         paths.table(f"{table_id}_significance", "md"): render_significance_md(sig, table_id, config),
     }, f"Flat variants of {table_id} against their base, per task, paired by seed")
+    if spec.get("cost"):
+        files |= _with_pages(cost.cost_files(table_id, spec, config, spec_seeds(config, spec)), cost.caption(table_id))
     entry = {
         "id": table_id, "caption": spec["caption"],
         "rows": list(spec["methods"]), "columns": list(spec["tasks"]),
@@ -110,10 +113,9 @@ def all_files(config: dict, reference: dict | None, config_id: str = "") -> dict
         texts, entry = _paged(*sharpness_files(config))
         files.update(texts)
         entries.append(entry)
-    claims = claims_files(config)
-    if claims is not None:
-        files.update(claims[0])
-        entries.append(claims[1])
+    claims, claim_entries = claims_files(config)
+    files.update(claims)
+    entries += claim_entries
     files[paths.tables_index(config_id)] = index_text(entries)
     files[paths.metrics_summary(config_id)] = metrics_text(config)
     return files

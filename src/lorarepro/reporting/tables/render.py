@@ -1,11 +1,12 @@
 """Rendering of a table's cells as Markdown, LaTeX, HTML and CSV: the display grid (each task beside
-its paper column, Avg, optional cost columns), the cell text, and the notes under the table.
+its paper column, Avg), the cell text, and the notes under the table. Nothing measured (a table's
+cost) is rendered here: these files must repeat bit for bit (lorarepro.reporting.cost has its own).
 
-A number column that is empty in every row (a paper column the paper has no number for, the cost of
-runs that recorded none) is left out of every rendering but the CSV. The LaTeX compiles as it is in
-a plain `article` with booktabs and graphicx: mean and std sit in two columns joined by ±, a table of
-more than `_TEX_NARROW` columns is a `table*` (both page columns of a two-column paper), and a table
-still wider than the line is scaled down to it (never up)."""
+A paper column that is empty in every row (the paper has no number for it) is left out of every
+rendering but the CSV. The LaTeX compiles as it is in a plain `article` with booktabs and graphicx:
+mean and std sit in two columns joined by ±, a table of more than `_TEX_NARROW` columns is a
+`table*` (both page columns of a two-column paper), and a table still wider than the line is
+scaled down to it (never up)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ _HTML_STYLE = [  # booktabs' look: rules above and below the header and at the b
 @dataclass(frozen=True)
 class _Column:
     header: str  # as Markdown and HTML show it
-    kind: str  # "cell" (a task's mean ± std), "paper", "avg" or "extra" (plain numbers)
+    kind: str  # "cell" (a task's mean ± std), "paper" or "avg" (plain numbers)
     task: str | None = None  # the task a cell or paper column belongs to
     mirrors: str | None = None  # a cell column's paper task (LaTeX heads the task with it)
 
@@ -94,18 +95,16 @@ def _empty(value) -> bool:
     return value is None or pd.isna(value)
 
 
-def _grid(cells: pd.DataFrame, extra=None) -> tuple[list[_Column], list[tuple[str, list]]]:
+def _grid(cells: pd.DataFrame) -> tuple[list[_Column], list[tuple[str, list]]]:
     """The display grid, format-free: columns, and rows of (label, values). Each task's cells (the
-    cell tuples) then its paper numbers, Avg, then any `extra` (header, {method: values}) columns such
-    as cost.cost_columns; number columns empty in every row are left out."""
+    cell tuples) then its paper numbers, then Avg; number columns empty in every row are left out."""
     tasks = list(dict.fromkeys(cells["task"]))
     first = cells.drop_duplicates("task").set_index("task")
     columns = []
     for task in tasks:
         mirrors = first.loc[task, "mirrors"] or None
         columns += [_Column(task, "cell", task, mirrors), _Column(f"paper: {mirrors or '?'}", "paper", task)]
-    extra_header, extra_values = extra or ([], {})
-    columns += [_Column("Avg", "avg")] + [_Column(header, "extra") for header in extra_header]
+    columns.append(_Column("Avg", "avg"))
     avg = row_averages(cells)
     rows = []
     for method, group in cells.groupby("method", sort=False):
@@ -114,8 +113,7 @@ def _grid(cells: pd.DataFrame, extra=None) -> tuple[list[_Column], list[tuple[st
         for task in tasks:
             cell = next(by_task.loc[[task]].itertuples())
             values += [cell, cell.paper]
-        own = list(extra_values.get(method, []))
-        values += [avg[method]] + own + [None] * (len(extra_header) - len(own))
+        values.append(avg[method])
         rows.append((by_task["label"].iloc[0], values))
     keep = [i for i, column in enumerate(columns)
             if column.kind == "cell" or not all(_empty(values[i]) for _, values in rows)]
@@ -186,8 +184,8 @@ def _notes(cells: pd.DataFrame, config: dict) -> list[str]:
     ]
 
 
-def render_markdown(cells: pd.DataFrame, caption: str, config: dict, extra=None) -> str:
-    columns, rows = _grid(cells, extra)
+def render_markdown(cells: pd.DataFrame, caption: str, config: dict) -> str:
+    columns, rows = _grid(cells)
     table = tabulate(_texts(columns, rows, "md"), headers=["Method"] + [c.header for c in columns],
                      tablefmt="pipe", disable_numparse=True)
     lines = [f"**{cells['table'].iloc[0]}.** {caption}", "", table, ""]
@@ -196,19 +194,19 @@ def render_markdown(cells: pd.DataFrame, caption: str, config: dict, extra=None)
     return "\n".join(lines) + "\n"
 
 
-def render_html(cells: pd.DataFrame, caption: str, config: dict, extra=None, notes: list[str] = ()) -> str:
+def render_html(cells: pd.DataFrame, caption: str, config: dict) -> str:
     """A standalone page (the table readable in `snakemake --report`): pandas' Styler, with the
-    Markdown's notes and any further `notes` (Markdown paragraphs) under it."""
+    Markdown's notes under it."""
     table_id = cells["table"].iloc[0]
-    columns, rows = _grid(cells, extra)
+    columns, rows = _grid(cells)
     body = [[html.escape(row[0]), *row[1:]] for row in _texts(columns, rows, "html")]
     frame = pd.DataFrame(body, columns=["Method"] + [html.escape(c.header) for c in columns])
-    paragraphs = _notes(cells, config) + [f"Not run: {note}." for note in not_run_notes(cells)] + list(notes)
+    paragraphs = _notes(cells, config) + [f"Not run: {note}." for note in not_run_notes(cells)]
     return _page(table_id, f"{table_id}. {caption}", frame, paragraphs)
 
 
 def html_from_csv(table_id: str, caption: str, csv_text: str, notes: list[str] = ()) -> str:
-    """A CSV table (significance, sharpness, claims) as a page, its cells as the CSV has them, with
+    """A CSV table (significance, cost, sharpness) as a page, its cells as the CSV has them, with
     `notes` (Markdown paragraphs) under it."""
     frame = pd.read_csv(io.StringIO(csv_text), dtype=str, keep_default_na=False).map(html.escape)
     return _page(table_id, f"{table_id}. {caption}", frame.rename(columns=html.escape), list(notes))
@@ -228,7 +226,7 @@ def _page(table_id: str, caption: str, frame: pd.DataFrame, paragraphs: list[str
 def _tex_header(columns: list[_Column]) -> tuple[str, list[str]]:
     """The tabular's column spec and header lines. A task heads its mean, ± and std columns (and its
     paper column); with a paper column anywhere, a second row names ours and the paper's, and the
-    Method, Avg and extra heads sit on it, as booktabs sets column heads."""
+    Method and Avg heads sit on it, as booktabs sets column heads."""
     papers = {column.task for column in columns if column.kind == "paper"}
     spec, heads, rules, at = "l", [], [], 2
     for column in columns:
@@ -242,23 +240,12 @@ def _tex_header(columns: list[_Column]) -> tuple[str, list[str]]:
             heads.append((None, "paper"))  # under its task's \multicolumn
             spec += "r"
         else:
-            heads.append(("", _tex_stacked(column.header)))
+            heads.append(("", _tex_escape(column.header)))
             spec, at = spec + "r", at + 1
     if not papers:
         return spec, [" & ".join(["Method"] + [top or bottom for top, bottom in heads]) + r" \\"]
     top = " & ".join([""] + [top for top, _ in heads if top is not None]) + r" \\"
     return spec, [top, " ".join(rules), " & ".join(["Method"] + [bottom for _, bottom in heads]) + r" \\"]
-
-
-def _tex_stacked(header: str) -> str:
-    """A head of several words on two lines (a nested tabular), so a long head does not widen a
-    column of short numbers."""
-    words = header.split()
-    if len(words) < 2:
-        return _tex_escape(header)
-    cut = min(range(1, len(words)), key=lambda i: abs(len(" ".join(words[:i])) - len(" ".join(words[i:]))))
-    lines = [_tex_escape(" ".join(words[:cut])), _tex_escape(" ".join(words[cut:]))]
-    return rf"\begin{{tabular}}[b]{{@{{}}r@{{}}}}{lines[0]}\\{lines[1]}\end{{tabular}}"
 
 
 def _tex_cell(cell) -> str:
@@ -269,9 +256,9 @@ def _tex_cell(cell) -> str:
     return f"{_bold(mean, 'tex')} & {_bold(spread, 'tex')}{mark}" if cell.best else f"{mean} & {spread}{mark}"
 
 
-def render_latex(cells: pd.DataFrame, caption: str, config: dict, extra=None) -> str:
+def render_latex(cells: pd.DataFrame, caption: str, config: dict) -> str:
     table_id = cells["table"].iloc[0]
-    columns, rows = _grid(cells, extra)
+    columns, rows = _grid(cells)
     spec, header = _tex_header(columns)
     n_seeds = len(spec_seeds(config, table_spec(config, table_id)))
     full_caption = (f"{_tex_escape(caption.rstrip('. '))}. Mean $\\pm$ std over {n_seeds} seeds; "
