@@ -6,7 +6,8 @@
 The command is read from the README (the first fenced block), so what is timed is what a new user
 runs: a new virtual environment, `pip install` of the pinned dependencies, and `snakemake --cores 2`.
 Writes results/benchmarks/default_run.json: the whole command's wall seconds, the pipeline's own
-(Snakemake's "Elapsed time"), the number of jobs, the commit, and the machine. The budget is 600 s on
+(Snakemake's "Elapsed time"), the number of jobs, the commit, the machine (its CPU model) and the
+numerics fingerprint the results were made under. The budget is 600 s on
 2 cores (issue #13).
 """
 
@@ -64,7 +65,15 @@ def run(clone: Path) -> dict:
             "pipeline_seconds": None if pipeline is None else round(pipeline, 1),
             "install_seconds": None if pipeline is None else round(wall - pipeline, 1),
             "jobs": int(steps[-1][1]) if steps else None, "budget_seconds": BUDGET_S,
-            "within_budget": wall <= BUDGET_S, "machine": machine()}
+            "within_budget": wall <= BUDGET_S, "machine": machine(), "numerics": numerics_of(clone)}
+
+
+def numerics_of(clone: Path) -> dict | None:
+    """The numerics fingerprint the run's records were made under (lorarepro.numerics)."""
+    for path in sorted((clone / "results" / "runs").rglob("seed*.json")):
+        if not path.name.endswith(".sharpness.json"):
+            return json.loads(path.read_text()).get("lineage", {}).get("numerics")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
