@@ -40,11 +40,13 @@ from lorarepro import numerics
 numerics.pin(config["numerics"], config["threads"])
 
 from lorarepro import paths
-from lorarepro.config import backbone_seed, claim_comparisons, reported_runs, resources, sharpness_runs, specs
-from lorarepro.experiment import check, resolve_run
+from lorarepro.config import backbone_seed, claim_comparisons, jobs_mode, reported_runs, resources, sharpness_runs, specs
+from lorarepro.experiment import check
 from lorarepro.pipeline.checks import check_reporting
 
-check(config)  # cross-references (unknown task in a table, rank above a layer's size) before any job
+# cross-references (unknown task in a table, rank above a layer's size) before any job; every run's
+# settings resolved once, here, and handed to its train job (workflow/rules/train.smk)
+RUN_SPECS = check(config)
 check_reporting(config)  # every figure's drawer exists, before any job trains
 
 

@@ -8,7 +8,7 @@ runs: a new virtual environment, `pip install` of the pinned dependencies, and `
 Writes results/benchmarks/default_run.json: the whole command's wall seconds, the pipeline's own
 (Snakemake's "Elapsed time"), the number of jobs, the commit, the machine (its CPU model) and the
 numerics fingerprint the results were made under. The budget is 600 s on
-2 cores (issue #13).
+2 cores.
 """
 
 from __future__ import annotations

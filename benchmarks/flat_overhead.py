@@ -1,6 +1,6 @@
 """Step-time and memory overhead of Flat-LoRA (exact, in-place) and SAM-W over LoRA.
 
-Cost model (DESIGN.md): one noise draw is O(m*n) random numbers; a pass through the layer is
+Cost model (lorarepro.methods.flat): one noise draw is O(m*n) random numbers; a pass through the layer is
 O(tokens*m*n) FLOPs. So the overhead depends on the tokens per micro-batch and, for the in-place mode
 (two draws per optimizer step, not per micro-batch), on gradient accumulation. This script measures
 that dependence with the real implementations (lorarepro.methods.flat.FlatLoRA, lorarepro.methods.sam.SAM)
@@ -65,7 +65,7 @@ MODELS = ("stack", *LLAMA)
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 OUT_NAME = {"stack": "flat_overhead", "llama-2-7b": "flat_overhead_7b", "tiny": "flat_overhead_tiny"}
 # Targets at 2,048 tokens per micro-batch: (method, accumulation, limit on time_ratio); the stack's are
-# CPU limits (issue #3), the 7B's GPU limits (issue #15), with its limit on extra peak memory.
+# CPU limits, the 7B's GPU limits (the cost model in lorarepro.methods.flat), with its limit on extra peak memory.
 TARGETS = {"stack": (("flat_exact", 1, 1.25), ("flat_inplace", 16, 1.05)),
            "llama-2-7b": (("flat_exact", 1, 1.10), ("flat_inplace", 8, 1.02))}
 MEMORY_LIMIT_GB = {"llama-2-7b": 0.12}

@@ -56,7 +56,10 @@ def probe_job(args: dict) -> None:
             raise SystemExit(0)
 
         train.train_steps = first_step
-        train.train_task_method(yaml.safe_load(open(args["config"])), "sentiment", "lora_r8")
+        from lorarepro.experiment import resolve_run
+
+        config = yaml.safe_load(open(args["config"]))
+        train.train_task_method(config, resolve_run(config, "sentiment", "lora_r8"))
 
 
 # The job's adapter process, as Snakemake's `script:` starts it: its preamble imports snakemake.script.

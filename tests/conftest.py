@@ -16,6 +16,38 @@ import torch  # noqa: E402  (after the pinning, on purpose)
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# A local copy of FastChat's llm_judge data files at the pinned commit (lorarepro.pinned.FASTCHAT_COMMIT),
+# for the tests that compare with them verbatim: judge_prompts.jsonl, question.jsonl and
+# reference_answer/gpt-4.jsonl (or the flattened reference_answer_gpt-4.jsonl). Without it those tests skip.
+FASTCHAT_ENV = "LORAREPRO_FASTCHAT_DATA"
+FASTCHAT_FILES = {  # name -> (its paths in the copy, the pinned sha256)
+    "judge_prompts": (("judge_prompts.jsonl",), "fd283293406d024f44c174b094ef48031d0687a4682fd3a56b29b138f80281b6"),
+    "questions": (("question.jsonl", "mt_bench/question.jsonl"),
+                  "119565adbab82227089cefdb44c8d7e2cf04dc0a0ec233634c82e7d4e2a944f7"),
+    "references": (("reference_answer_gpt-4.jsonl", "reference_answer/gpt-4.jsonl", "mt_bench/reference_answer/gpt-4.jsonl"),
+                   "f957a5bc977badb66885ec970e6cd08527845780313f0995764260e5777b9b3f"),
+}
+FASTCHAT_SKIP = (f"set {FASTCHAT_ENV} to a local copy of FastChat's fastchat/llm_judge/data/ folder at commit "
+                 "0e6d3e4beaab66f4d3f93db72541a4abab8af28d to run the verbatim comparisons")
+
+
+def fastchat_file(name: str) -> Path | None:
+    """FastChat's file `name` (a key of FASTCHAT_FILES) from $LORAREPRO_FASTCHAT_DATA, its sha256 checked
+    against the pin; None when the variable is unset. A copy with other bytes is an error, never a skip."""
+    import hashlib
+    import os
+
+    folder = os.environ.get(FASTCHAT_ENV)
+    if not folder:
+        return None
+    candidates, sha256 = FASTCHAT_FILES[name]
+    found = next((Path(folder) / c for c in candidates if (Path(folder) / c).is_file()), None)
+    if found is None:
+        raise FileNotFoundError(f"{FASTCHAT_ENV}={folder}: none of {list(candidates)} there")
+    if hashlib.sha256(found.read_bytes()).hexdigest() != sha256:
+        raise ValueError(f"{found}: not the pinned bytes of FastChat's file (sha256 {sha256[:12]}…)")
+    return found
+
 
 @pytest.fixture(scope="session")
 def params() -> dict:

@@ -82,7 +82,7 @@ def test_no_torch_load_without_weights_only():
 @pytest.mark.parametrize("entry, expected", [({}, False), ({"trust_remote_code": True}, True)])
 def test_trust_remote_code_only_when_the_backbone_entry_says_so(workspace, tmp_path, monkeypatch, entry, expected):
     """The config's entry alone decides: the backbone's own marker claims trust either way
-    (tests/test_faults_17.py plants code behind such a claim)."""
+    (tests/test_faults.py plants code behind such a claim)."""
     from transformers import AutoTokenizer
 
     from lorarepro.backbone import copy_local

@@ -196,3 +196,12 @@ def test_the_claims_file_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="measure 'loss'"):
         read_claims(claims_file)
     assert "positive_control" in read_claims(REFERENCE)
+
+
+def test_every_claim_measure_the_claims_file_accepts_is_registered():
+    """A claims file's `measure` is checked against config.CLAIM_MEASURES before any run (the
+    foundation cannot import reporting); each must have its registered function and its unit."""
+    from lorarepro.config import CLAIM_MEASURES
+    from lorarepro.reporting.claims import MEASURES, UNITS
+
+    assert set(MEASURES) == set(CLAIM_MEASURES) == set(UNITS)

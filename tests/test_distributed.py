@@ -63,14 +63,16 @@ def _mlflow_runs(uri: str) -> list:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora_r8", "flat_lora_r8"])
 def test_two_ranks_match_one_process(ddp_workspace, tmp_path, monkeypatch, method):
+    from lorarepro.experiment import resolve_run
     from lorarepro.pipeline.launcher import train_job
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'one.db'}")
-    train_job(_config(ddp_workspace, 1), TASK, method, [0])
+    one_cfg, two_cfg = _config(ddp_workspace, 1), _config(ddp_workspace, 2)
+    train_job(one_cfg, resolve_run(one_cfg, TASK, method), [0])
     one = _outputs(method)
     uri = f"sqlite:///{tmp_path / 'two.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    [returned] = train_job(_config(ddp_workspace, 2), TASK, method, [0])
+    [returned] = train_job(two_cfg, resolve_run(two_cfg, TASK, method), [0])
     two = _outputs(method)
 
     assert returned == two["result"]

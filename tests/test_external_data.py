@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import FakeResponse
+from conftest import FASTCHAT_SKIP, FakeResponse, fastchat_file
 from lorarepro.config import ConfigError
 from lorarepro.experiment import validate
 from lorarepro.data import load_manifest, load_split, prepare_task
@@ -240,10 +240,9 @@ def test_exclude_and_alpacas_two_templates(tmp_path):
         prepare_task("alpaca", task, 0, tmp_path / "again")
 
 
-# FastChat's MT-Bench files at the pinned commit (read-only reference copies; note the flattened name there)
-SHARED_MT_BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mt_bench"
-needs_shared_mt_bench = pytest.mark.skipif(not (SHARED_MT_BENCH / "question.jsonl").is_file(),
-                                           reason=f"no reference copy of FastChat's MT-Bench files at {SHARED_MT_BENCH}")
+# FastChat's MT-Bench files at the pinned commit, where $LORAREPRO_FASTCHAT_DATA names a local copy (conftest)
+QUESTIONS, REFERENCES = fastchat_file("questions"), fastchat_file("references")
+needs_fastchat_copy = pytest.mark.skipif(QUESTIONS is None, reason=FASTCHAT_SKIP)
 
 
 @pytest.fixture
@@ -277,7 +276,7 @@ def fastchat_task(root: Path, **split) -> dict:
             "prompt": "### Instruction:\n{question}\n\n### Response:\n", "splits": {"train": "train.jsonl", "validation": mt, "test": mt}}
 
 
-@needs_shared_mt_bench
+@needs_fastchat_copy
 def test_fastchat_mt_bench_has_gpt4_references_for_every_graded_question(tmp_path, no_download):
     """The pinned copies give FastChat's 80 questions; every math, reasoning and coding question carries
     GPT-4's reference answers for both turns (question 123 too, which has no `reference` of its own), so
@@ -285,15 +284,14 @@ def test_fastchat_mt_bench_has_gpt4_references_for_every_graded_question(tmp_pat
     from lorarepro import pinned
     from lorarepro.evaluation import judge
 
-    copy = fastchat_copy(tmp_path / "FastChat", SHARED_MT_BENCH / "question.jsonl",
-                         SHARED_MT_BENCH / "reference_answer_gpt-4.jsonl")
+    copy = fastchat_copy(tmp_path / "FastChat", QUESTIONS, REFERENCES)
     manifest = prepare_task("chat", fastchat_task(tmp_path / "src", path=str(copy)), 0, tmp_path / "out")
     test = load_split(tmp_path / "out", "test")
     assert len(test) == manifest["splits"]["test"]["rows"] == 80 and test["question_id"].tolist() == list(range(81, 161))
     graded = test[test["category"].isin(judge.REFERENCE_CATEGORIES)]
     assert len(graded) == 30 and all(len(r) == 2 and all(r) for r in graded["reference"])
     gpt4 = {r["question_id"]: r["choices"][0]["turns"]
-            for r in map(json.loads, (SHARED_MT_BENCH / "reference_answer_gpt-4.jsonl").read_text().splitlines())}
+            for r in map(json.loads, REFERENCES.read_text().splitlines())}
     q123 = test[test["question_id"] == 123].iloc[0]
     assert q123["category"] == "coding" and list(q123["reference"]) == gpt4[123]
     assert list(q123["turns"])[0].startswith("Write a simple website in HTML.")
@@ -430,10 +428,11 @@ def test_metric_outside_its_family_or_on_generated_data_is_refused(params, famil
 def test_classification_metrics_are_scikit_learns_in_percent():
     from sklearn import metrics
 
-    from lorarepro.experiment import CLASSIFICATION_METRICS
+    from lorarepro.families import FAMILIES
     from lorarepro.families.nlu import METRICS, score
 
-    assert sorted(METRICS) == sorted(CLASSIFICATION_METRICS)
+    for family in ("nlu", "vision"):  # what their task rules accept, nlu's scorers compute
+        assert sorted(METRICS) == sorted(FAMILIES[family].load_rules().METRICS)
     gold, majority = [1] * 8 + [0] * 2, [1] * 10
     assert score({}, gold, majority) == 80.0  # accuracy by default: a majority-class model looks fine ...
     assert score({"metric": "matthews_corrcoef"}, gold, majority) == 0.0  # ... and is not

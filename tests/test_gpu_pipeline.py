@@ -1,5 +1,5 @@
 """benchmarks/gpu_pipeline.py on this CPU, up to the device check: the GPU run itself needs a GPU
-machine (issue 19); here the same two from-scratch runs with the gpu-local profile must be
+machine; here the same two from-scratch runs with the gpu-local profile must be
 bit-identical, and no GPU JSON may be written from a CPU run."""
 
 import importlib.util

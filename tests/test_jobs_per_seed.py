@@ -1,6 +1,7 @@
-"""`jobs: per_seed` (one training job per (task, method, seed), the default) and `jobs: per_method`
-(one job trains every seed of a (task, method) in turn) give the same runs: a seed's result depends
-neither on the process that trained it nor on the seeds trained before it in that process.
+"""`jobs: per_seed` (one training job per (task, method, seed)) and `jobs: per_method` (one job trains
+every seed of a (task, method) in turn; `auto`, the default, picks it for local CPU runs) give the
+same runs: a seed's result depends neither on the process that trained it nor on the seeds trained
+before it in that process.
 
 Both run through Snakemake in one temporary copy of the repository (data and backbone built once).
 """
@@ -37,12 +38,15 @@ def _config(params: dict, jobs: str) -> dict:
 
 
 def _train(root: Path, jobs: str) -> list[str]:
-    """Snakemake up to the train jobs under `jobs`; the (task, method[, seed]) of each train job it ran."""
+    """Snakemake up to the train jobs under `jobs`; each train job it ran: per seed, its wildcards;
+    per method, its rule (one per (task, method))."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LORAREPRO_MLFLOW_PARENT")}
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", f"{jobs}.yaml", "--until", "train"]
     done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-5000:]
-    return re.findall(r"^(?:local)?rule train:(?:\n    .*)*?\n    wildcards: (.+)$", done.stdout + done.stderr, flags=re.M)
+    log = done.stdout + done.stderr
+    return (re.findall(r"^(?:local)?rule train:(?:\n    .*)*?\n    wildcards: (.+)$", log, flags=re.M)
+            + re.findall(r"^(?:local)?rule (train__\S+):", log, flags=re.M))
 
 
 def _runs(root: Path) -> dict:
@@ -60,6 +64,6 @@ def test_per_seed_and_per_method_jobs_give_identical_runs(tmp_path, params):
     shutil.rmtree(root / "results" / "runs")
     per_method_jobs = _train(root, "per_method")  # the results are gone: every train job reruns
     assert sorted(per_seed_jobs) == [f"task={TASK}, method={m}, seed={s}" for m in ("flat_lora_r8", "lora_r8") for s in (0, 1)]
-    assert sorted(per_method_jobs) == [f"task={TASK}, method={m}" for m in ("flat_lora_r8", "lora_r8")]
+    assert sorted(per_method_jobs) == [f"train__{TASK}__{m}" for m in ("flat_lora_r8", "lora_r8")]
     assert len(per_seed) == 2 * 2 * 2  # result JSON and history of 2 methods x 2 seeds
     assert _runs(root) == per_seed

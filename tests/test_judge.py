@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FakeResponse
+from conftest import FASTCHAT_SKIP, FakeResponse, fastchat_file
 from lorarepro import paths
 from lorarepro.data import load_eval_splits
 from lorarepro.evaluation import NotRun, evaluate_splits, judge
 from lorarepro.reevaluate import evaluate_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-# FastChat's judge_prompts.jsonl at the pinned commit (read-only; ../shared/data/README.md)
-REFERENCE_PROMPTS = REPO.parent / "shared" / "data" / "mt_bench" / "judge_prompts.jsonl"
+# FastChat's judge_prompts.jsonl at the pinned commit, where $LORAREPRO_FASTCHAT_DATA names a local copy
+REFERENCE_PROMPTS = fastchat_file("judge_prompts")
 # Where the reference copy is absent: the four single-answer entries with FastChat's field names, so
 # every test but the verbatim one still runs (turn-2 prompts hold "### User:", as FastChat's do).
 STAND_IN = {
@@ -76,7 +76,7 @@ def no_network(monkeypatch):
 def prompts_file(tmp_path_factory, monkeypatch) -> Path:
     """FastChat's judge prompts as `evaluation.judge.prompts` takes them: the reference copy, else the
     stand-in with its sha256 pinned for the test."""
-    if REFERENCE_PROMPTS.is_file():
+    if REFERENCE_PROMPTS is not None:
         return REFERENCE_PROMPTS
     path = tmp_path_factory.mktemp("prompts") / "judge_prompts.jsonl"
     path.write_text("".join(json.dumps({"name": name, "type": "single", "system_prompt": system, "prompt_template": template,
@@ -154,7 +154,7 @@ def test_rating_is_fastchats(reply, value):
     assert judge.rating(reply) == value
 
 
-@pytest.mark.skipif(not REFERENCE_PROMPTS.is_file(), reason=f"no reference copy of FastChat's prompts at {REFERENCE_PROMPTS}")
+@pytest.mark.skipif(REFERENCE_PROMPTS is None, reason=FASTCHAT_SKIP)
 @pytest.mark.parametrize("category", ["math", "reasoning", "coding", "writing"])
 def test_grading_messages_are_fastchats_verbatim(category):
     """Each of the four cases equals, character for character, FastChat's run_judge_single on its own prompts."""
@@ -346,10 +346,11 @@ def test_run_without_judge_finishes_with_not_run_and_the_table_says_so(chat_work
     from lorarepro import tracking
     from lorarepro.reporting import tables
     from lorarepro.audit import artifacts, mlflow_runs, rerun
+    from lorarepro.experiment import resolve_run
     from lorarepro.training.train import train_task_method
 
     cfg = chat_workspace
-    (result,) = train_task_method(cfg, "chat_tiny", "lora_r8")
+    (result,) = train_task_method(cfg, resolve_run(cfg, "chat_tiny", "lora_r8"))
     assert result["status"] == "FINISHED" and result["metric"] == "mt_bench"
     assert result["metrics"] == {"validation": None, "test": None}
     assert set(result["not_run"]) == {"validation", "test"} and result["judge"] is None

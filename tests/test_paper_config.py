@@ -56,7 +56,7 @@ ALPACA = ("Below is an instruction that describes a task. Write a response that 
 
 
 def test_paper_grid_follows_the_official_protocol():
-    """Each deviation issue #14 named, fixed: the settings as the paper and the official code give them."""
+    """The settings as the paper and the official code give them, where an earlier version deviated."""
     cfg = load(PAPER)
     tasks, methods = cfg["tasks"], cfg["methods"]
     for task, (prompt, words) in GLUE_INPUTS.items():

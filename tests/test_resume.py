@@ -117,7 +117,7 @@ def _diverging(workspace: dict) -> dict:
 
 def test_diverged_run_is_recorded_failed_with_task_method_seed_step(workspace, capfd):
     cfg = _diverging(workspace)
-    results = train_task_method(cfg, "sentiment", "lora_r8")
+    results = train_task_method(cfg, resolve_run(cfg, "sentiment", "lora_r8"))
     assert [r["status"] for r in results] == ["FAILED", "FAILED"]  # every seed still ran
     for seed, result in zip(cfg["seeds"], results):
         assert json.loads(paths.run_result("sentiment", "lora_r8", seed).read_text()) == result

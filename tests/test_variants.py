@@ -137,10 +137,12 @@ def test_plain_lora_init_leaves_a_plain_checkpoint(workspace):
 def test_loraplus_gives_b_a_larger_learning_rate():
     from peft import LoraConfig, get_peft_model
 
+    from lorarepro.methods import lora
     from lorarepro.training.loop import make_optimizer
 
     model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(r=2, target_modules=["0"]))
-    optimizer, _ = make_optimizer(model, 1e-3, 0.0, 10, 0.0, loraplus_lr_ratio=16)
+    groups = lora.kind(VARIANTS["loraplus"]).param_groups(model, 1e-3, 0.0)
+    optimizer, _ = make_optimizer(model, 1e-3, 0.0, 10, 0.0, groups)
     lr_of = {id(p): g["initial_lr"] for g in optimizer.param_groups for p in g["params"]}
     for name, p in model.named_parameters():
         if "lora_A" in name:

@@ -55,9 +55,7 @@ def _snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 def _finished_train_jobs(log: Path) -> set[str]:
     """Methods whose train job Snakemake reported finished (it writes outputs before it says so)."""
-    text = log.read_text()
-    method_of = dict(re.findall(r"rule train:(?:\n    .*)*?\n    jobid: (\d+)(?:\n    .*)*?\n    wildcards: task=\w+, method=(\w+)", text))
-    return {method_of[j] for j in re.findall(r"Finished jobid: (\d+) \(Rule: train\)", text) if j in method_of}
+    return set(re.findall(rf"Finished jobid: \d+ \(Rule: train__{TASK}__(\w+)\)", log.read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +88,7 @@ def test_rerun_after_kill_completes_without_redoing_finished_jobs(killed_then_re
     assert unlock.returncode == 0
     assert rerun.returncode == 0, rerun.stderr[-5000:]
     done_methods = {p.parent.name for p in finished}
-    rerun_methods = set(re.findall(r"rule train:(?:\n    .*)*?\n    wildcards: task=\w+, method=(\w+)", rerun.stdout + rerun.stderr))
+    rerun_methods = set(re.findall(rf"rule train__{TASK}__(\w+):", rerun.stdout + rerun.stderr))
     assert not done_methods & rerun_methods  # finished train jobs are not redone ...
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
     assert rerun_methods  # ... the rest are

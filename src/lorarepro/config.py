@@ -192,3 +192,13 @@ def resources(config: dict, rule: str, task: str | None = None) -> dict:
 def backbone_seed(config: dict) -> int:
     """The backbones' own draw; data_seed's value where a config does not set one (older configs)."""
     return config.get("backbone_seed", config["data_seed"])
+
+
+def jobs_mode(config: dict, local: bool) -> str:
+    """How training is split into jobs: `jobs: auto` (the default) is per_method for local execution
+    without GPUs, per_seed on a cluster or with GPUs (where seeds run in parallel on their own)."""
+    mode = config.get("jobs", "auto")
+    if mode != "auto":
+        return mode
+    gpus = any(resources(config, "train", task)["gpu"] for task in config["tasks"])
+    return "per_method" if local and not gpus else "per_seed"

@@ -3,8 +3,9 @@ generators, adapters, step strategies, the judge), and one run's resolved settin
 
 `lorarepro.config` reads and schema-validates the files; the cross-references here need the domain
 (a table naming an unknown method, a rank larger than the layer, a family without training
-defaults). Snakemake runs `check` when it builds the DAG and `resolve_run` for each train job's
-params; every other entry point calls `load`, so a job never trusts an unchecked file.
+defaults). Snakemake runs `check` when it builds the DAG, which resolves every run once
+(`run_specs`) and hands each train job its own; every other entry point calls `load`, so a job
+never trusts an unchecked file.
 """
 
 import copy
@@ -21,7 +22,6 @@ from lorarepro.families import FAMILIES
 from lorarepro.methods.lora import LORA_TYPES, MUTATING_INITS, max_rank, tuner_config
 
 DISTRIBUTED = {"processes": 1, "backend": "auto", "timeout_minutes": 60}  # training.<family>.distributed
-CLASSIFICATION_METRICS = ("accuracy", "f1", "f1_macro", "matthews_corrcoef")  # nlu, vision: lorarepro.families.nlu.METRICS
 
 
 def load(*paths) -> dict:
@@ -37,8 +37,10 @@ def validate(config: dict) -> None:
     check(config)
 
 
-def check(config: dict) -> None:
-    """Cross-references the schema cannot express."""
+def check(config: dict) -> dict[tuple[str, str], dict]:
+    """Cross-references the schema cannot express; returns the resolved run spec of every (task,
+    method) some table, figure or claim reads, each resolved once here (`run_specs`) and handed on:
+    Snakemake gives each train job its own as a param, and nothing downstream resolves it again."""
     for kind in ("tables", "figures"):
         ids = [spec["id"] for spec in config.get(kind) or []]
         if len(ids) != len(set(ids)):
@@ -55,14 +57,15 @@ def check(config: dict) -> None:
             raise ConfigError(f"config key 'tables.{spec['id']}.cost_baseline': '{baseline}' needs cost: true and must be one of the table's methods")
     _check_families(config)
     _check_claims(config)
-    _check_jobs(config)
     _check_tasks(config)
-    _check_methods(config)
-    _check_distributed(config)
+    runs = run_specs(config)
+    _check_methods(config, runs)
+    _check_distributed(config, runs)
     try:
         judge.check((config.get("evaluation") or {}).get("judge"))
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    return runs
 
 
 def _check_claims(config: dict) -> None:
@@ -92,18 +95,6 @@ def _check_claims(config: dict) -> None:
             if lacking:
                 raise ConfigError(f"config key '{key}': measure sharpness needs these runs in a table with sharpness "
                                   f"true (and a `sharpness:` section), with the comparison's seeds: {lacking[:4]}")
-
-
-def _check_jobs(config: dict) -> None:
-    """One job per (task, method) trains the config's `seeds`: no spec may ask for others."""
-    if config.get("jobs", "per_seed") != "per_method":
-        return
-    for kind, named in (("tables", specs(config, "tables")), ("figures", specs(config, "figures")),
-                        ("claims.comparisons", claim_comparisons(config))):
-        for name, spec in named.items():
-            if spec_seeds(config, spec) != list(config["seeds"]):
-                raise ConfigError(f"config key '{kind}.{name}.seeds': jobs per_method trains every seed of `seeds` "
-                                  "in one job; seeds of its own need jobs: per_seed")
 
 
 def _check_column(config: dict, key: str, name: str, split_ok: bool) -> None:
@@ -167,16 +158,16 @@ def _check_tasks(config: dict) -> None:
 
 
 def _check_metric(name: str, task: dict) -> None:
-    """nlu and vision score a classification metric, generation its own; any but the family's default
-    reaches the scorer through the manifest of hub or local data (lorarepro.data.external)."""
+    """A task scores one of its family's metrics (its rules' METRICS, lorarepro.families.rules); any but
+    the family's default reaches the scorer through the manifest of hub or local data (lorarepro.data.external)."""
     metric = task.get("metric")
     if metric is None:
         return
-    classifies = task["family"] != "generation"
-    if (metric in CLASSIFICATION_METRICS) != classifies:
-        kind = f"classification metric ({', '.join(CLASSIFICATION_METRICS)})" if classifies else "generation metric"
-        raise ConfigError(f"config key 'tasks.{name}.metric': family {task['family']} scores a {kind}, not '{metric}'")
-    if metric not in ("exact_match", "accuracy") and task["source"] in GENERATED_SOURCES:
+    rules = FAMILIES[task["family"]].load_rules()
+    if metric not in rules.METRICS:
+        raise ConfigError(f"config key 'tasks.{name}.metric': family {task['family']} scores one of "
+                          f"{', '.join(rules.METRICS)}, not '{metric}'")
+    if metric != rules.METRIC and task["source"] in GENERATED_SOURCES:
         raise ConfigError(f"config key 'tasks.{name}.metric': '{metric}' is for tasks with hub or local data "
                           "(a generated task scores its family's default)")
 
@@ -199,7 +190,7 @@ def _check_lm_eval(name: str, task: dict, config: dict) -> None:
                          "validation metric (best_validation_loss uses the validation split)")
 
 
-def _check_methods(config: dict) -> None:
+def _check_methods(config: dict, runs: dict) -> None:
     for name, method in config["methods"].items():
         if method["adapter"] is not None:
             _check_adapter(name, method["adapter"])
@@ -221,7 +212,7 @@ def _check_methods(config: dict) -> None:
                 f"config key 'methods.{name}.{key}': rank {max_rank(adapter)} exceeds the smallest "
                 f"linear dimension {smallest} of backbone '{task['backbone']}' (task '{task_name}')"
             )
-        flat = resolve_run(config, task_name, name)["flat"]
+        flat = runs[(task_name, name)]["flat"]
         if adapter.get("init") in MUTATING_INITS and flat is not None and flat["mode"] == "inplace":
             raise ConfigError(
                 f"config key 'methods.{name}.flat.mode': inplace restores W from the saved backbone, which "
@@ -229,10 +220,10 @@ def _check_methods(config: dict) -> None:
             )
 
 
-def _check_distributed(config: dict) -> None:
+def _check_distributed(config: dict, runs: dict) -> None:
     """Data-parallel ranks need one GPU each (or none at all: CPU ranks with gloo)."""
-    for task, method in reported_pairs(config):
-        dp = distributed(resolve_run(config, task, method))
+    for (task, method), run in runs.items():
+        dp = distributed(run)
         processes, backend = dp["processes"], dp["backend"]
         gpu = resources(config, "train", task)["gpu"]
         where = f"tasks.{task}.resources.gpu" if "gpu" in (config["tasks"][task].get("resources") or {}) else "resources.train.gpu"
@@ -282,6 +273,11 @@ def _smallest_linear_dim(backbone: dict) -> int | None:
     if "d_kv" in size:
         dims.append(size["d_kv"] * size["num_heads"])
     return min(dims) if dims else None
+
+
+def run_specs(config: dict) -> dict[tuple[str, str], dict]:
+    """{(task, method): resolved run} of every run some table, figure or claim reads."""
+    return {pair: resolve_run(config, *pair) for pair in reported_pairs(config)}
 
 
 def resolve_run(config: dict, task: str, method: str) -> dict:

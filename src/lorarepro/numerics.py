@@ -87,7 +87,7 @@ def _check_capability(mode: str) -> None:
 
 def fingerprint() -> dict:
     """The settings this process computes under: equal fingerprints promise equal bits."""
-    import numpy
+    import numpy  # deferred: its dispatch reads NPY_DISABLE_CPU_FEATURES when first imported
     import torch  # deferred, as above
 
     return {

@@ -12,8 +12,15 @@ wildcard_constraints:
     seed="[0-9]+",
 
 
-SEEDS = config["seeds"]
 RUNS = reported_runs(config)  # {(task, method): the seeds some table, figure or claim reads}
+# auto: one job per (task, method) locally (one process trains its seeds: start-up, model and data
+# loading, MLflow set-up paid once); per seed on a cluster or with GPUs, where seeds run in parallel
+JOBS = jobs_mode(config, workflow.local_exec)
+
+
+def train_rule(task, method):
+    """The name of the per_method train rule of (task, method)."""
+    return f"train__{task}__{method}"
 # This invocation's --configfile files: its tables index, metrics summary and audit carry their
 # names (lorarepro.paths.config_id), so that another config's run never overwrites the default's.
 CONFIGFILES = [os.path.relpath(f) for f in workflow.overwrite_configfiles]

@@ -1,27 +1,25 @@
-def train_inputs(w):
+def train_inputs(task, log):
     """The task's data and backbone; `ancient` where this checkout never ran the job (see common.smk)."""
-    log = train_log(w)
-    backbone = paths.backbone_dir(config["tasks"][w.task]["backbone"])
-    return {"data": ancient_unless_ran_here(str(paths.prepared_dir(w.task)), log),
+    backbone = paths.backbone_dir(config["tasks"][task]["backbone"])
+    return {"data": ancient_unless_ran_here(str(paths.prepared_dir(task)), log),
             "backbone": ancient_unless_ran_here(str(backbone), log)}
 
 
-if config["jobs"] == "per_seed":
-
-    def train_log(w):
-        return paths.log("train", w.task, w.method, f"seed{w.seed}")
+# Each job gets its resolved run spec (RUN_SPECS, resolved once when the Snakefile was read) as a
+# param: the job trains from it, and a changed spec reruns only that method's jobs (params trigger).
+if JOBS == "per_seed":
 
     rule train:
         """Fine-tune one (task, method) for one seed: its checkpoint, result JSON and loss history."""
         input:
-            unpack(train_inputs),
+            unpack(lambda w: train_inputs(w.task, paths.log("train", w.task, w.method, f"seed{w.seed}"))),
         output:
             result=str(paths.run_result("{task}", "{method}", "{seed}")),
             history=str(paths.run_history("{task}", "{method}", "{seed}")),
             checkpoint=directory(str(paths.checkpoint_dir("{task}", "{method}", "{seed}"))),
         params:
-            # The resolved settings of this run: changing a method's entry reruns only its jobs.
-            run=lambda w: resolve_run(config, w.task, w.method),
+            run=lambda w: RUN_SPECS[(w.task, w.method)],
+            seeds=lambda w: [int(w.seed)],
         threads: config["threads"]
         log:
             str(paths.log("train", "{task}", "{method}", "seed{seed}")),
@@ -30,25 +28,31 @@ if config["jobs"] == "per_seed":
         script:
             "../scripts/job.py"
 
-else:  # per_method: every seed of `seeds` in one job (experiment.check: no table, figure or claim has its own)
+else:  # per_method: one job trains the union of the seeds its tables, figures and claims read, in one process
 
-    def train_log(w):
-        return paths.log("train", w.task, w.method)
+    for (task, method), seeds in RUNS.items():
+
+        rule:
+            name: train_rule(task, method)
+            input:
+                **train_inputs(task, paths.log("train", task, method)),
+            output:
+                results=[str(paths.run_result(task, method, s)) for s in seeds],
+                histories=[str(paths.run_history(task, method, s)) for s in seeds],
+                checkpoints=[directory(str(paths.checkpoint_dir(task, method, s))) for s in seeds],
+            params:
+                run=RUN_SPECS[(task, method)],
+                seeds=seeds,
+            threads: config["threads"]
+            log:
+                str(paths.log("train", task, method)),
+            resources:
+                **resources(config, "train", task),
+            script:
+                "../scripts/job.py"
 
     rule train:
-        """Fine-tune one (task, method) for every seed: checkpoints, result JSONs, loss histories."""
+        """Every per_method train job (`snakemake --until train` works in either mode); runs nothing itself."""
         input:
-            unpack(train_inputs),
-        output:
-            results=[str(paths.run_result("{task}", "{method}", s)) for s in SEEDS],
-            histories=[str(paths.run_history("{task}", "{method}", s)) for s in SEEDS],
-            checkpoints=[directory(str(paths.checkpoint_dir("{task}", "{method}", s))) for s in SEEDS],
-        params:
-            run=lambda w: resolve_run(config, w.task, w.method),
-        threads: config["threads"]
-        log:
-            str(paths.log("train", "{task}", "{method}")),
-        resources:
-            **rule_resources("train"),
-        script:
-            "../scripts/job.py"
+            run_results(RUNS),
+        localrule: True

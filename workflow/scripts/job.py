@@ -3,4 +3,4 @@
 from lorarepro.pipeline import jobs
 from lorarepro.pipeline.warm import run_job
 
-run_job(snakemake, getattr(jobs, snakemake.rule))  # noqa: F821  (Snakemake defines `snakemake`)
+run_job(snakemake, jobs.for_rule(snakemake.rule))  # noqa: F821  (Snakemake defines `snakemake`)

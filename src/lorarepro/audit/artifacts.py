@@ -118,13 +118,16 @@ def dict_diff(recorded: dict, expected: dict, limit: int = 6) -> list[str]:
 
 def check_params(config: dict, runs: list[Run]) -> list[dict]:
     """The settings each run trained with (its `config`) equal what the current params resolve to."""
-    out = []
+    out, expected_of = [], {}
     for run in runs:
-        try:
-            expected = resolve_run(config, run.task, run.method)
+        key = (run.task, run.method)
+        try:  # resolved once per (task, method), as the DAG does
+            if key not in expected_of:
+                expected_of[key] = resolve_run(config, *key)
         except ConfigError as err:
             out.append(record("params", "fail", run.path, f"stale: {err}", RERUN))
             continue
+        expected = expected_of[key]
         diff = dict_diff(run.result.get("config") or {}, expected)
         out.append(record("params", "fail", run.path, "stale, ran with vs params now: " + "; ".join(diff), RERUN)
                    if diff else record("params", "pass", run.path, "ran with the current params"))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
-from lorarepro.evaluation import NotRun, Score
+from lorarepro.evaluation.outcome import NotRun, Score
 
 KEYS = {"task", "metric", "num_fewshot", "limit", "batch_size", "include_path", "mirrors"}
 NO_CODE = ("lm-eval task {task!r} executes model-written code: set evaluation.execute_generated_code: true "

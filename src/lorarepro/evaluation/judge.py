@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from lorarepro import paths, pinned
 from lorarepro.atomic import write_json
-from lorarepro.evaluation import NotRun, Score
+from lorarepro.evaluation.outcome import NotRun, Score
 
 FASTCHAT_COMMIT = pinned.FASTCHAT_COMMIT  # the MT-Bench questions and reference answers come from it too
 PROMPTS_URL = pinned.fastchat_url("fastchat/llm_judge/data/judge_prompts.jsonl")

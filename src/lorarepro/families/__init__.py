@@ -1,8 +1,12 @@
 """Task families: how a family's backbone is built and pretrained, how its data becomes batches,
-and how its metric is computed. One module per family; its facts are registered here, once.
+and how its metric is computed. One module per family (the model side), its task rules beside it in
+lorarepro.families.rules (the metrics its tasks may score, what an external task configures, how
+source rows become its prepared columns; light, for the config check and the data jobs); its facts
+are registered here, once.
 
 Each family module provides:
-    METRIC                                         metric name (a task's `metric` may choose another)
+    METRIC                                         default metric name (its rules' METRIC; a task's
+                                                   `metric` may choose another)
     TEXT                                           has a tokenizer
     build_backbone(size, vocab) -> (model, tokenizer | None)
     pretext_batch(tokenizer, rows, rng, max_length) -> dict   one pretraining batch from pretext rows
@@ -32,14 +36,20 @@ class Family:
     data: str  # the data side: generators, pretext corpus (`pretext`), vocabulary (lorarepro.data)
     key: str  # the prepared column that identifies an example (no two splits may share one)
     pretext_source: str  # where its pretext corpus comes from (recorded in the pretext manifest)
+    rules: str  # its task rules: metrics, external data's fields, keys and conversion (lorarepro.families.rules)
+
+    def load_rules(self):
+        """The rules module (imported on first use; pandas, no torch)."""
+        return import_module(self.rules)
 
 
 FAMILIES = Registry("task family")
-FAMILIES.register("nlu", Family(("t5", "encoder"), "lorarepro.families.nlu", "lorarepro.data.nlu", "text", "synthetic"))
+FAMILIES.register("nlu", Family(("t5", "encoder"), "lorarepro.families.nlu", "lorarepro.data.nlu", "text", "synthetic",
+                                "lorarepro.families.rules.nlu"))
 FAMILIES.register("vision", Family(("vit", "clip"), "lorarepro.families.vision", "lorarepro.data.vision", "pixels",
-                                   "sklearn_digits"))
+                                   "sklearn_digits", "lorarepro.families.rules.vision"))
 FAMILIES.register("generation", Family(("llama",), "lorarepro.families.generation", "lorarepro.data.generation",
-                                       "question", "synthetic"))
+                                       "question", "synthetic", "lorarepro.families.rules.generation"))
 
 
 def get(name: str):

@@ -16,10 +16,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lorarepro import device, paths
 from lorarepro.evaluation import humaneval, judge
 from lorarepro.families.common import Encoded, build_tokenizer, ids, load_tokenizer, pad, quiet_transformers
+from lorarepro.families.rules.generation import METRIC  # the default metric, declared with the task rules
 from lorarepro.registry import Registry
 
 TEXT = True  # has a tokenizer built from the family vocabulary
-METRIC = "exact_match"
 MAX_NEW_TOKENS = 32  # the tiny tasks' solutions; a task's `max_new_tokens` (manifest) overrides it
 
 

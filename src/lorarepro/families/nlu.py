@@ -28,10 +28,10 @@ from transformers import AutoModelForSequenceClassification, T5Config, T5ForCond
 
 from lorarepro import device
 from lorarepro.families.common import SENTINELS, Encoded, build_tokenizer, ids, load_tokenizer, pad, quiet_transformers
+from lorarepro.families.rules.nlu import METRIC  # the default metric, declared with the task rules
 from lorarepro.registry import Registry
 
 TEXT = True  # has a tokenizer built from the family vocabulary
-METRIC = "accuracy"
 
 # A classification task's `metric` -> its score (%) of (gold, predicted) labels. Accuracy as a count
 # over the examples: the same float as before the metrics were configurable.

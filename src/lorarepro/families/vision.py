@@ -21,9 +21,9 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from lorarepro import device
 from lorarepro.families.common import Encoded, quiet_transformers
 from lorarepro.families.nlu import score
+from lorarepro.families.rules.vision import METRIC  # noqa: F401  (the default metric, declared with the task rules)
 
 TEXT = False  # no tokenizer: images
-METRIC = "accuracy"
 
 
 def _pixels(df) -> torch.Tensor:

@@ -1,5 +1,7 @@
-"""Fine-tuning methods: the PEFT adapters (`lora`) and the step strategies that change how one
-optimizer step is taken (`flat`: Flat-LoRA's random full-weight noise; `sam`: the SAM baselines).
+"""Fine-tuning methods: the PEFT adapters (`lora`: a run's `adapter:` entry picks one adapter kind
+through `lora.ADAPTERS`, which answers how it is wrapped, initialised, optimised, called and saved)
+and the step strategies that change how one optimizer step is taken (`flat`: Flat-LoRA's random
+full-weight noise; `sam`: the SAM baselines).
 
 A method's config entry turns a strategy on by its key (`flat: {...}` or `sam: {...}`); STRATEGIES
 maps the key to the strategy's defaults and its builder, so the trainer builds whichever strategy a

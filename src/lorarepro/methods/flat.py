@@ -42,7 +42,8 @@ Usage (one optimizer step, with gradient accumulation)::
         optimizer.step(); optimizer.zero_grad()
     flat.close()
 
-Cost (DESIGN.md, cost model). sigma needs no m x n temporary: ``||W_i + s(BA)_i||^2 = ||W_i||^2 +
+Cost. One noise draw is O(m*n) random numbers and a pass through the layer O(tokens*m*n) FLOPs,
+so the overhead falls as the tokens per micro-batch grow. sigma needs no m x n temporary: ``||W_i + s(BA)_i||^2 = ||W_i||^2 +
 2s B_i.(W A^T)_i + s^2 B_i (A A^T) B_i^T``, from one read of W, accumulated in fp32 (every device).
 On CUDA with Triton (shipped with torch's CUDA wheels) ``W + eps`` is one fused pass
 (:mod:`lorarepro.methods.flat_kernels`): Philox noise in registers, scaled, added, written once in

@@ -5,7 +5,7 @@ it; the CPU wheels, and so CI, do not: there every path is plain torch). The ker
 tensors, and on any tensor under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the test
 suite checks them without a GPU.
 
-Why (DESIGN.md, cost model): in plain torch, ``W + eps`` for a bf16 weight costs an fp32 ``randn``, a
+Why (the cost model in lorarepro.methods.flat): in plain torch, ``W + eps`` for a bf16 weight costs an fp32 ``randn``, a
 scale, an add and a cast -- about 28 bytes of memory traffic per element against 4 to read and write W
 once. Here each element is read once, its noise made in registers (Philox, four normals per counter),
 scaled by sigma_i, added in fp32, rounded once to the output's dtype and written once.

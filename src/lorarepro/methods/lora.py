@@ -1,12 +1,31 @@
 """PEFT adapters: the LoRA family (LoRA, rsLoRA, DoRA, PiSSA, LoRA-GA, AdaLoRA, and LoRA+'s optimizer)
 field by field, and any other PEFT tuner (VeRA, LoHa, LoKr, IA3, ...) by its name.
 
-A method's `adapter:` entry (documented in workflow/schemas/params.schema.yaml) maps onto PEFT's own
-config: for `type` lora and adalora, `use_rslora`, `use_dora`, `init` -> `init_lora_weights` ("pissa",
-"lora_ga" with PEFT's `preprocess_loraga`), `type: adalora` -> `AdaLoraConfig`, `loraplus_lr_ratio` ->
-`peft.optimizers.create_loraplus_optimizer` (see `lorarepro.training.loop.make_optimizer`). Any other
-`type` is a PEFT method name (`peft.PeftType`, lower case) whose config class takes the entry's other
-keys as its own fields, checked by PEFT (`tuner_config`). Nothing here re-implements a method PEFT has.
+A method's `adapter:` entry (documented in workflow/schemas/params.schema.yaml) picks one adapter
+*kind* (`kind`, through the registry ADAPTERS), an object that answers everything the trainer and
+the config checks ask about that adapter, as PEFT's `LoraVariant` does for a layer: so nothing
+outside this module names a variant. Its protocol:
+
+    max_rank                           the largest rank it allocates (config checks, `wrap`)
+    gradient_steps                     how many of the run's first optimizer steps feed its init
+    resumable                          whether a step checkpoint holds all of its training state
+    wrap(model, heads, train_heads, total_steps, gradient_batches)   `model` with the adapter
+    initial_state(model)               what saving needs from the freshly initialised adapter
+    param_groups(model, lr, weight_decay)  its optimizer's parameter groups (torch's)
+    callbacks(model)                   loop callbacks (on_step_start / on_step_end)
+    training_module(model)             the module the training loop calls
+
+The entry selects a kind by its `init` when not default (pissa, lora_ga), else by its `type`
+(lora: with `use_rslora`, `use_dora` and LoRA+'s `loraplus_lr_ratio`, which only regroups the
+optimizer and so combines with any init; adalora); any other `type` is a PEFT method name
+(`peft.PeftType`, lower case) whose config class takes the entry's other keys as its own fields,
+checked by PEFT (`tuner_config`). No entry (full fine-tuning) is the base `Kind`: every weight
+trains. Nothing here re-implements a method PEFT has.
+
+Adding a LoRA-family variant: subclass the kind it differs least from, override only what differs
+(its PEFT init fields, `prepare`, `param_groups`, `callbacks`, `resumable`, ...), register it under
+the name an entry selects it by (a new `init` value; a new `type` also joins LORA_TYPES), and add
+its keys to the adapter schema. The trainer, the loop and the checkpoints need no change.
 
 Targets are derived from the model, not hard-coded, because module names differ per architecture
 (T5 q/k/v/o/wi/wo, Llama q_proj…down_proj, ViT its own): every nn.Linear but the family's heads,
@@ -30,10 +49,10 @@ import tempfile
 import warnings
 from pathlib import Path
 
-LORA_TYPES = ("lora", "adalora")  # mapped field by field (peft_config); any other type is PEFT's config as given
-MUTATING_INITS = ("pissa", "lora_ga")  # inits that rewrite the base weights (W_res = W - s·B0A0)
+from lorarepro.registry import Registry
+
+LORA_TYPES = ("lora", "adalora")  # mapped field by field (their kinds); any other type is PEFT's config as given
 GA_BATCHES = 8  # LoRA-GA: default number of training steps whose batches estimate the gradient
-_INIT = {"default": True, "pissa": "pissa", "lora_ga": "lora_ga"}
 
 
 def linear_targets(model: torch.nn.Module, heads: list[str]) -> list[str]:
@@ -85,27 +104,6 @@ def smallest_dim(model: torch.nn.Module, targets: list[str]) -> int | None:
     return min(dims, default=None)
 
 
-def max_rank(adapter: dict) -> int | None:
-    """The largest rank the adapter allocates (AdaLoRA starts at init_r and prunes down to r); None
-    for other tuners, whose `r` is not a factor's size (VeRA's shared projections, LoHa's Hadamard
-    product) or absent (IA3)."""
-    if adapter["type"] == "adalora":
-        return adapter.get("adalora", {}).get("init_r", default_init_r(adapter["r"]))
-    return adapter["r"] if adapter["type"] == "lora" else None
-
-
-def default_init_r(r: int) -> int:
-    """AdaLoRA's starting rank when not given: 1.5 x the target (PEFT's default 12 for 8)."""
-    return (3 * r + 1) // 2
-
-
-def gradient_steps(adapter: dict | None) -> int:
-    """How many of the run's first optimizer steps feed LoRA-GA's gradient estimate (0: not LoRA-GA)."""
-    if adapter is None or adapter.get("init") != "lora_ga":
-        return 0
-    return adapter.get("init_batches", GA_BATCHES)
-
-
 def config_class(adapter_type: str):
     """PEFT's config class of a method name (`peft.PeftType`, lower case: vera, loha, lokr, ia3, ...)."""
     from peft import PEFT_TYPE_TO_CONFIG_MAPPING, PeftType, PromptLearningConfig  # deferred (module docstring)
@@ -144,49 +142,142 @@ def tuner_config(adapter: dict, targets: str | list[str] | None, modules_to_save
         raise ValueError(f"adapter: PEFT's {cls.__name__} refuses it: {err}") from None
 
 
-def peft_config(adapter: dict, targets: str | list[str], modules_to_save: list[str] | None, total_steps: int):
-    """The PEFT config of one `adapter:` entry (LoraConfig, AdaLoraConfig, or another tuner's own)."""
-    if adapter["type"] not in LORA_TYPES:
-        return tuner_config(adapter, targets, modules_to_save)
-    from peft import AdaLoraConfig, LoraConfig, LoraGAConfig  # deferred (module docstring)
+class Kind:
+    """Full fine-tuning (no adapter entry): every weight trains. Its answers are the defaults every
+    adapter kind overrides where it differs."""
 
-    common = dict(
-        lora_alpha=adapter.get("alpha", adapter["r"]),
-        lora_dropout=adapter.get("dropout", 0.0),
-        target_modules=targets,
-        modules_to_save=modules_to_save or None,
-        use_rslora=adapter.get("use_rslora", False),
-    )
-    if adapter["type"] == "adalora":
-        ada = adapter.get("adalora", {})
-        return AdaLoraConfig(
-            target_r=adapter["r"], init_r=max_rank(adapter), total_step=total_steps,
-            tinit=int(ada.get("tinit", 0.0) * total_steps), tfinal=int(ada.get("tfinal", 0.0) * total_steps),
-            deltaT=ada.get("delta_t", 1), orth_reg_weight=ada.get("orth_reg_weight", 0.5), **common,
-        )
-    init = adapter.get("init", "default")
-    return LoraConfig(
-        r=adapter["r"], use_dora=adapter.get("use_dora", False), init_lora_weights=_INIT[init],
-        lora_ga_config=LoraGAConfig() if init == "lora_ga" else None, **common,
-    )
+    max_rank: int | None = None
+    gradient_steps = 0
+    resumable = True  # model, optimizer, scheduler and RNG states (a step checkpoint) are all it holds
+
+    def __init__(self, adapter: dict | None = None) -> None:
+        self.adapter = adapter
+
+    def wrap(self, model, heads: list[str], train_heads: list[str], total_steps: int, gradient_batches):
+        return model
+
+    def initial_state(self, model) -> dict | None:
+        return None
+
+    def param_groups(self, model, lr: float, weight_decay: float) -> list[dict]:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    def callbacks(self, model) -> list:
+        return []
+
+    def training_module(self, model):
+        return model
 
 
-def apply(model: torch.nn.Module, adapter: dict, heads: list[str], train_heads: list[str], *,
-          total_steps: int = 1, gradient_batches=None):
-    """Wrap `model` with the PEFT adapter; `train_heads` are trained in full and saved with it.
+class PeftKind(Kind):
+    """An adapter PEFT builds from a config around the backbone's target layers."""
 
-    `total_steps` is AdaLoRA's rank-budget horizon; `gradient_batches()` yields the training batches
-    whose averaged gradient LoRA-GA's init decomposes (PEFT's `preprocess_loraga`).
-    """
-    from peft import get_peft_model, preprocess_loraga  # deferred (module docstring)
+    def peft_config(self, targets: str | list[str], train_heads: list[str], total_steps: int):
+        raise NotImplementedError
 
-    targets = target_names(model, heads, adapter.get("target_modules"))
-    smallest = smallest_dim(model, targets)
-    if max_rank(adapter) is not None and smallest is not None and max_rank(adapter) > smallest:
-        raise ValueError(f"adapter.r = {max_rank(adapter)} exceeds the smallest target layer dimension {smallest}")
-    # PEFT matches the entry's own target_modules (other fields may name them, e.g. IA3's feedforward_modules)
-    config = peft_config(adapter, adapter.get("target_modules") or targets, train_heads, total_steps)
-    if adapter.get("init") == "lora_ga":
+    def prepare(self, model, config, gradient_batches) -> None:
+        """What runs on the bare backbone before PEFT wraps it (LoRA-GA's gradient); nothing by default."""
+
+    def wrap(self, model, heads, train_heads, total_steps, gradient_batches):
+        from peft import get_peft_model  # deferred (module docstring)
+
+        wanted = self.adapter.get("target_modules")
+        targets = target_names(model, heads, wanted)
+        smallest = smallest_dim(model, targets)
+        if self.max_rank is not None and smallest is not None and self.max_rank > smallest:
+            raise ValueError(f"adapter.r = {self.max_rank} exceeds the smallest target layer dimension {smallest}")
+        # PEFT matches the entry's own target_modules (other fields may name them, e.g. IA3's feedforward_modules)
+        config = self.peft_config(wanted or targets, train_heads, total_steps)
+        self.prepare(model, config, gradient_batches)
+        with peft_quietly():
+            return get_peft_model(model, config)
+
+
+class PeftTuner(PeftKind):
+    """Any PEFT tuner outside the LoRA family, by PEFT's name: its config is the entry as given."""
+
+    def __init__(self, adapter: dict) -> None:
+        config_class(adapter["type"])  # an unknown type is refused when the kind is chosen, naming it
+        super().__init__(adapter)
+
+    def peft_config(self, targets, train_heads, total_steps):
+        return tuner_config(self.adapter, targets, train_heads)
+
+
+class Lora(PeftKind):
+    """LoRA, with rsLoRA (`use_rslora`), DoRA (`use_dora`) and LoRA+ (`loraplus_lr_ratio`) as fields."""
+
+    @property
+    def max_rank(self) -> int:
+        return self.adapter["r"]
+
+    def init_fields(self) -> dict:
+        """LoraConfig's fields of the kind's init (PEFT's default: A random, B = 0)."""
+        return {"init_lora_weights": True}
+
+    def shared_fields(self, targets, train_heads) -> dict:
+        """The fields LoraConfig and AdaLoraConfig share."""
+        adapter = self.adapter
+        return dict(lora_alpha=adapter.get("alpha", adapter["r"]), lora_dropout=adapter.get("dropout", 0.0),
+                    target_modules=targets, modules_to_save=train_heads or None,
+                    use_rslora=adapter.get("use_rslora", False))
+
+    def peft_config(self, targets, train_heads, total_steps):
+        from peft import LoraConfig  # deferred (module docstring)
+
+        return LoraConfig(r=self.adapter["r"], use_dora=self.adapter.get("use_dora", False), **self.init_fields(),
+                          **self.shared_fields(targets, train_heads))
+
+    def param_groups(self, model, lr, weight_decay):
+        ratio = self.adapter.get("loraplus_lr_ratio")
+        if ratio is None:
+            return super().param_groups(model, lr, weight_decay)
+        from peft.optimizers import create_loraplus_optimizer  # deferred (module docstring)
+
+        # PEFT's LoRA+ grouping (lora_B and every 1-D parameter, e.g. DoRA's magnitude or a head's
+        # bias, at lr x ratio), without its optimizer: the training loop builds the one for every kind.
+        return create_loraplus_optimizer(model, _groups_only, lr=lr, loraplus_lr_ratio=ratio,
+                                         loraplus_weight_decay=weight_decay)
+
+
+def _groups_only(param_groups: list[dict], **_) -> list[dict]:
+    """An "optimizer class" for create_loraplus_optimizer that keeps the groups it is given."""
+    return param_groups
+
+
+class RewritingInit(Lora):
+    """An init that moves part of W into the adapter (W_res = W - s·B0A0): saved as a LoRA delta
+    against the original backbone, for which `save` needs the adapter as initialised."""
+
+    def initial_state(self, model):
+        from peft import get_peft_model_state_dict  # deferred (module docstring)
+
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
+class Pissa(RewritingInit):
+    """PiSSA: A and B from the principal singular vectors of W."""
+
+    def init_fields(self):
+        return {"init_lora_weights": "pissa"}
+
+
+class LoraGA(RewritingInit):
+    """LoRA-GA: A and B from the SVD of W's gradient, averaged over the batches of the run's first
+    `init_batches` optimizer steps (PEFT's `preprocess_loraga`)."""
+
+    @property
+    def gradient_steps(self) -> int:
+        return self.adapter.get("init_batches", GA_BATCHES)
+
+    def init_fields(self):
+        from peft import LoraGAConfig  # deferred (module docstring)
+
+        return {"init_lora_weights": "lora_ga", "lora_ga_config": LoraGAConfig()}
+
+    def prepare(self, model, config, gradient_batches):
+        from peft import preprocess_loraga  # deferred (module docstring)
+
         if gradient_batches is None:
             raise ValueError("adapter.init = lora_ga needs training batches to estimate the gradient")
 
@@ -196,25 +287,38 @@ def apply(model: torch.nn.Module, adapter: dict, heads: list[str], train_heads: 
                 (model(**batch).loss / len(batches)).backward()
 
         preprocess_loraga(model, config, train_step)
-    with peft_quietly():
-        return get_peft_model(model, config)
 
 
-@contextlib.contextmanager
-def peft_quietly():
-    """PeftModel.__init__ reads transformers' deprecated `is_gradient_checkpointing` (PEFT 0.21,
-    transformers 5): a FutureWarning per adapter in every job log, about PEFT's code, not ours."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        yield
+class AdaLora(Lora):
+    """AdaLoRA: every layer starts at `init_r` and is pruned to an average `r` on a budget schedule
+    (fractions of the run's optimizer steps)."""
 
+    # Its rank allocator keeps importance averages outside the model and optimizer, which a step
+    # checkpoint does not hold: it always trains from the start.
+    resumable = False
 
-def training_module(model, adapter: dict | None):
-    """The module the training loop calls. AdaLoRA adds its orthogonality penalty to the loss in
-    AdaLoraModel.forward, which a plain PeftModel (no task_type) bypasses: call that one directly."""
-    if adapter is not None and adapter["type"] == "adalora":
+    @property
+    def max_rank(self) -> int:
+        return self.adapter.get("adalora", {}).get("init_r", (3 * self.adapter["r"] + 1) // 2)  # PEFT's 12 for r 8
+
+    def peft_config(self, targets, train_heads, total_steps):
+        from peft import AdaLoraConfig  # deferred (module docstring)
+
+        ada = self.adapter.get("adalora", {})
+        return AdaLoraConfig(
+            target_r=self.adapter["r"], init_r=self.max_rank, total_step=total_steps,
+            tinit=int(ada.get("tinit", 0.0) * total_steps), tfinal=int(ada.get("tfinal", 0.0) * total_steps),
+            deltaT=ada.get("delta_t", 1), orth_reg_weight=ada.get("orth_reg_weight", 0.5),
+            **self.shared_fields(targets, train_heads),
+        )
+
+    def callbacks(self, model):
+        return [AdaLoraBudget(model)]
+
+    def training_module(self, model):
+        """AdaLoraModel.forward adds the orthogonality penalty to the loss, which a plain PeftModel
+        (no task_type) bypasses: the loop calls that one directly."""
         return model.base_model
-    return model
 
 
 class AdaLoraBudget:
@@ -231,18 +335,58 @@ class AdaLoraBudget:
         self.model.base_model.update_and_allocate(step)
 
 
-def callbacks(model, adapter: dict | None) -> list:
-    return [AdaLoraBudget(model)] if adapter is not None and adapter["type"] == "adalora" else []
+ADAPTERS = Registry("adapter kind")
+ADAPTERS.register("full", Kind)
+ADAPTERS.register("lora", Lora)
+ADAPTERS.register("pissa", Pissa)
+ADAPTERS.register("lora_ga", LoraGA)
+ADAPTERS.register("adalora", AdaLora)
+ADAPTERS.register("tuner", PeftTuner)
+MUTATING_INITS = tuple(name for name, cls in ADAPTERS.items() if issubclass(cls, RewritingInit))  # rewrite W at init
 
 
-def initial_state(model, adapter: dict | None) -> dict | None:
-    """A copy of the freshly initialised adapter when its init rewrote the base weights (needed to
-    save a delta against the original backbone); None otherwise."""
-    if adapter is None or adapter.get("init", "default") not in MUTATING_INITS:
-        return None
-    from peft import get_peft_model_state_dict  # deferred (module docstring)
+def kind_name(adapter: dict | None) -> str:
+    """The ADAPTERS name an `adapter:` entry selects (module docstring)."""
+    if adapter is None:
+        return "full"
+    if adapter["type"] not in LORA_TYPES:
+        return "tuner"
+    init = adapter.get("init", "default")
+    return adapter["type"] if init == "default" else init
 
-    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+def kind(adapter: dict | None) -> Kind:
+    """The kind object of a run's `adapter:` entry (None: full fine-tuning)."""
+    return ADAPTERS[kind_name(adapter)](adapter)
+
+
+def max_rank(adapter: dict) -> int | None:
+    """The largest rank the adapter allocates (AdaLoRA starts at init_r and prunes down to r); None
+    for other tuners, whose `r` is not a factor's size (VeRA's shared projections, LoHa's Hadamard
+    product) or absent (IA3)."""
+    return kind(adapter).max_rank
+
+
+def apply(model: torch.nn.Module, adapter: dict | None, heads: list[str], train_heads: list[str], *,
+          total_steps: int = 1, gradient_batches=None, device=None):
+    """`model` with the entry's adapter (as it is for full fine-tuning), then on `device`.
+
+    `train_heads` are trained in full and saved with the adapter; `total_steps` is AdaLoRA's
+    rank-budget horizon; `gradient_batches()` yields the training batches whose averaged gradient
+    LoRA-GA's init decomposes. The init runs on the host, where the backbone was loaded and the
+    batches are built, and only the initialised model moves to `device`.
+    """
+    model = kind(adapter).wrap(model, heads, train_heads, total_steps, gradient_batches)
+    return model if device is None else model.to(device)
+
+
+@contextlib.contextmanager
+def peft_quietly():
+    """PeftModel.__init__ reads transformers' deprecated `is_gradient_checkpointing` (PEFT 0.21,
+    transformers 5): a FutureWarning per adapter in every job log, about PEFT's code, not ours."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def save(model, out_dir: Path, initial: dict | None) -> None:

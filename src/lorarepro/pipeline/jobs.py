@@ -12,7 +12,6 @@ import sys
 import warnings
 from pathlib import Path
 
-from lorarepro.config import reported_runs
 from lorarepro.families import of_arch
 from lorarepro.pipeline.gpus import claim
 
@@ -26,6 +25,12 @@ PRELOAD = (
     "transformers:ViTForImageClassification", "transformers:PreTrainedTokenizerFast",
     "transformers:get_cosine_schedule_with_warmup",
 )
+
+
+def for_rule(rule: str):
+    """The job function of a rule, named as the rule; the per_method train rules, one per (task,
+    method) and named `train__<task>__<method>`, run `train`."""
+    return globals()[rule.split("__")[0]]
 
 
 def preload() -> None:
@@ -81,9 +86,7 @@ def train(smk):
         from lorarepro.pipeline.launcher import train_job  # deferred: torch, transformers, PEFT
 
         allow_remote_code(smk.config)
-        task, method = smk.wildcards.task, smk.wildcards.method
-        seeds = [int(smk.wildcards.seed)] if "seed" in smk.wildcards.keys() else reported_runs(smk.config)[(task, method)]
-        train_job(smk.config, task, method, seeds, job_tags(smk))
+        train_job(smk.config, smk.params.run, smk.params.seeds, job_tags(smk))  # the run as the DAG resolved it
 
 
 def sharpness(smk):

@@ -26,7 +26,7 @@ from pathlib import Path
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from lorarepro import records
-from lorarepro.experiment import distributed, resolve_run
+from lorarepro.experiment import distributed
 from lorarepro.families.common import allow_remote_code
 from lorarepro.training.train import train_task_method
 
@@ -56,29 +56,30 @@ def _fd(stream):
         return None
 
 
-def train_job(config: dict, task: str, method: str, seeds: list[int], job: dict | None = None) -> list[dict]:
-    """The train job's body: these seeds of (task, method), here or on the ranks the run asks for;
+def train_job(config: dict, run: dict, seeds: list[int], job: dict | None = None) -> list[dict]:
+    """The train job's body: these seeds of the resolved `run`, here or on the ranks it asks for;
     returns the result records."""
-    processes = distributed(resolve_run(config, task, method))["processes"]
+    task, method = run["task"], run["method"]
+    processes = distributed(run)["processes"]
     if processes == 1:
-        return train_task_method(config, task, method, seeds, job)
+        return train_task_method(config, run, seeds, job)
     with tempfile.TemporaryDirectory(prefix="lorarepro-ranks-") as tmp:
-        cfg = Path(tmp) / "config.json"
-        cfg.write_text(json.dumps(config))
-        run_ranks(["-m", "lorarepro.pipeline.launcher", str(cfg), task, method, json.dumps(seeds), json.dumps(job or {})],
+        handed = Path(tmp) / "job.json"
+        handed.write_text(json.dumps({"config": config, "run": run}))
+        run_ranks(["-m", "lorarepro.pipeline.launcher", str(handed), json.dumps(seeds), json.dumps(job or {})],
                   processes, what=f"training of task={task} method={method}")
     return [records.read(task, method, seed) for seed in seeds]
 
 
 def main(argv: list[str]) -> None:
-    """One rank: `python -m lorarepro.pipeline.launcher <config.json> <task> <method> <seeds json> <job tags json>`."""
-    config_path, task, method, seeds, job = argv
+    """One rank: `python -m lorarepro.pipeline.launcher <job.json: config and run> <seeds json> <job tags json>`."""
+    handed, seeds, job = argv
 
     @record  # the launcher's failure summary then names the rank and its exception
     def rank_main() -> None:
-        config = json.loads(Path(config_path).read_text())
-        allow_remote_code(config)  # each rank is a new process: the config alone decides again
-        train_task_method(config, task, method, json.loads(seeds), json.loads(job))
+        given = json.loads(Path(handed).read_text())
+        allow_remote_code(given["config"])  # each rank is a new process: the config alone decides again
+        train_task_method(given["config"], given["run"], json.loads(seeds), json.loads(job))
 
     rank_main()
 

@@ -12,15 +12,18 @@ from pathlib import Path
 from lorarepro import paths, records
 from lorarepro.atomic import write_text
 from lorarepro.config import column, spec_seeds, specs
-from lorarepro.experiment import resolve_run
 from lorarepro.reporting import cost
 from lorarepro.reporting.claims import CLAIMS_ID, TIMING_ID
 from lorarepro.reporting.figures import caption_note
 from lorarepro.reporting.tables import SHARPNESS_CAPTION, SHARPNESS_ID
 
 
-def _settings(config: dict, name: str, method: str) -> str:
-    run = resolve_run(config, column(name)[0], method)
+def _settings(name: str, method: str, seeds: list[int]) -> str:
+    """The settings (task, method) trained with, as its run record holds them (never resolved again)."""
+    found = next((r for s in seeds if (r := records.finished(column(name)[0], method, s)) is not None), None)
+    if found is None:
+        return "no finished run"
+    run = found["config"]
     adapter = run["adapter"]
     adapter = adapter and adapter.get("type", "lora") + (f" r={adapter['r']}" if "r" in adapter else "")
     flat = run["flat"] and f"flat rho={run['flat']['rho']} ({run['flat']['mode']})"
@@ -34,7 +37,7 @@ def _config_lines(config: dict, kind: str, spec: dict) -> list[str]:
              f"``--configfile``); seeds {', '.join(map(str, spec_seeds(config, spec)))}; data_seed {config['data_seed']}.", ""]
     for method in spec["methods"]:
         for task in spec["tasks"]:
-            lines.append(f"- ``{method}`` on ``{task}``: {_settings(config, task, method)}")
+            lines.append(f"- ``{method}`` on ``{task}``: {_settings(task, method, spec_seeds(config, spec))}")
     return lines + [""]
 
 

@@ -29,6 +29,7 @@ from tabulate import tabulate
 
 from lorarepro import paths, records
 from lorarepro.config import claim_comparisons, entry, read_claims, spec_seeds
+from lorarepro.registry import Registry
 from lorarepro.reporting.stats import ALPHA, POWER, claim_verdict, holm, paired_test
 
 CLAIMS_ID = "claims"
@@ -71,25 +72,53 @@ def _difference(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
+# A claim's `measure` names one of these: fn(claim, task, treatment, control, seed) -> the measure of
+# treatment against control on one task and seed, oriented so that a positive value is what the
+# claim asserts (None when a run or a value is missing). A new measure is one registered function
+# (and its unit in UNITS).
+MEASURES = Registry("claim measure")
+
+
+@MEASURES.register("accuracy")
+def _accuracy(claim: dict, task: str, treatment: str, control: str, seed: int) -> float | None:
+    return _difference(_metric(task, treatment, seed), _metric(task, control, seed))
+
+
+@MEASURES.register("severity_slope")
+def _severity_slope(claim: dict, task: str, treatment: str, control: str, seed: int) -> float | None:
+    """Slope of the gain over severity 0..5 (least squares)."""
+    gains = [_difference(_metric(task, treatment, seed, s), _metric(task, control, seed, s)) for s in SEVERITIES]
+    return None if None in gains else float(np.polyfit(np.arange(len(gains)), gains, 1)[0])
+
+
+@MEASURES.register("sharpness")
+def _flatter(claim: dict, task: str, treatment: str, control: str, seed: int) -> float | None:
+    """Positive: the treatment is flatter (lower expected sharpness at the claim's radius)."""
+    rho = claim.get("rho", 0.05)
+    return _difference(_sharpness(task, control, seed, rho), _sharpness(task, treatment, seed, rho))
+
+
+@MEASURES.register("time_overhead")
+def _time_overhead(claim: dict, task: str, treatment: str, control: str, seed: int) -> float | None:
+    ratio = _ratio(_cost(task, treatment, seed, "seconds_per_step"), _cost(task, control, seed, "seconds_per_step"))
+    return None if ratio is None else ratio - 1
+
+
+@MEASURES.register("time_saving")
+def _time_saving(claim: dict, task: str, treatment: str, control: str, seed: int) -> float | None:
+    ratio = _ratio(_cost(task, treatment, seed, "seconds_per_step"), _cost(task, control, seed, "seconds_per_step"))
+    return None if ratio is None else 1 - ratio
+
+
+@MEASURES.register("memory_overhead")
+def _memory_overhead(claim: dict, task: str, treatment: str, control: str, seed: int) -> float | None:
+    ratio = _ratio(_cost(task, treatment, seed, "step_peak_mb"), _cost(task, control, seed, "step_peak_mb"))
+    return None if ratio is None else ratio - 1
+
+
 def measure(claim: dict, task: str, treatment: str, control: str, seed: int) -> float | None:
-    """The claim's measure of treatment against control on one task and seed, oriented so that a
-    positive value is what the claim asserts (None when a run or a value is missing)."""
-    kind = claim["measure"]
-    if kind == "accuracy":
-        return _difference(_metric(task, treatment, seed), _metric(task, control, seed))
-    if kind == "severity_slope":  # slope of the gain over severity 0..5 (least squares)
-        gains = [_difference(_metric(task, treatment, seed, s), _metric(task, control, seed, s)) for s in SEVERITIES]
-        return None if None in gains else float(np.polyfit(np.arange(len(gains)), gains, 1)[0])
-    if kind == "sharpness":  # positive: the treatment is flatter
-        rho = claim.get("rho", 0.05)
-        return _difference(_sharpness(task, control, seed, rho), _sharpness(task, treatment, seed, rho))
-    if kind in ("time_overhead", "time_saving"):
-        ratio = _ratio(_cost(task, treatment, seed, "seconds_per_step"), _cost(task, control, seed, "seconds_per_step"))
-        return None if ratio is None else (ratio - 1 if kind == "time_overhead" else 1 - ratio)
-    if kind == "memory_overhead":
-        ratio = _ratio(_cost(task, treatment, seed, "step_peak_mb"), _cost(task, control, seed, "step_peak_mb"))
-        return None if ratio is None else ratio - 1
-    raise ValueError(f"unknown claim measure {kind!r}")
+    """The claim's registered measure (MEASURES) of treatment against control on one task and seed."""
+    return MEASURES[claim["measure"]](claim, task, treatment, control, seed)
 
 
 # ----------------------------------------------------------------------------- one claim

@@ -9,7 +9,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from peft.optimizers import create_loraplus_optimizer
 from transformers import get_cosine_schedule_with_warmup
 
 
@@ -46,18 +45,11 @@ def step_plan(n_examples: int, batch_size: int, grad_accum: int, epochs: int, se
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, total_steps: int, warmup_ratio: float,
-                   loraplus_lr_ratio: float | None = None):
-    """AdamW over trainable parameters with linear warm-up then cosine decay to zero.
-
-    With `loraplus_lr_ratio`, PEFT's LoRA+ helper groups the parameters: lora_B (and every 1-D
-    parameter, e.g. DoRA's magnitude or a head's bias) gets lr x ratio, the rest lr.
-    """
-    if loraplus_lr_ratio is None:
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    else:
-        optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=loraplus_lr_ratio,
-                                              loraplus_weight_decay=weight_decay)
+                   param_groups: list[dict] | None = None):
+    """AdamW with linear warm-up then cosine decay to zero, over every trainable parameter or over
+    `param_groups` (torch's; an adapter kind's own, whose groups may set their own lr and decay)."""
+    params = [p for p in model.parameters() if p.requires_grad] if param_groups is None else param_groups
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
     return optimizer, scheduler
 
@@ -72,7 +64,7 @@ def train_steps(model, plan, batch_fn, optimizer, scheduler, *, hook=None, callb
     with `ascend()` (SAM, methods/sam.py) gets it after the step's micro-batches, which then run a
     second time at the perturbed weights; the recorded loss is the first (unperturbed) pass's.
     `callbacks` get `on_step_start(step)` first and `on_step_end(step)` after the optimizer step,
-    before the gradients are cleared (AdaLoRA's rank allocation reads them; the cost probe).
+    before the gradients are cleared (an adapter's rank allocation reads them; the cost probe).
     A resumed run passes `start_step` and the `history` so far; `on_step_end(steps_done, history)` runs
     after each complete step, outside the hook's window (step checkpoints, lorarepro.training.resume).
     `ranks` (data-parallel training, lorarepro.training.ranks.Ranks): each rank runs its shard of every

@@ -9,7 +9,9 @@ A run killed mid-way resumes from its last step checkpoint (lorarepro.training.r
 result. An evaluation deliberately not run (lorarepro.evaluation.NotRun: code execution not enabled,
 no judge configured) is recorded as a null metric with the reason under `not_run`; the run is still
 FINISHED and its checkpoint saved. The method's step strategy (Flat-LoRA, SAM) comes from the run's
-settings through lorarepro.methods; nothing here names a method.
+settings through lorarepro.methods and its adapter kind (how the adapter is wrapped, initialised,
+optimised and saved) from lorarepro.methods.lora; what the record says of how a metric was scored
+(a judge) comes from lorarepro.evaluation. Nothing here names a method or an adapter.
 
 With `training.<family>.distributed.processes` N > 1 the launcher (lorarepro.pipeline.launcher)
 starts N processes that each run `train_task_method` as one rank (lorarepro.training.ranks); rank 0
@@ -34,8 +36,7 @@ from tqdm import tqdm
 from lorarepro import checkpoints, device, families, methods, numerics, paths, records, tracking
 from lorarepro.atomic import atomic_dir, write_json
 from lorarepro.data import load_eval_splits, load_manifest, load_split, verify_dataset
-from lorarepro.evaluation import evaluate_splits, judge
-from lorarepro.experiment import resolve_run
+from lorarepro.evaluation import evaluate_splits, record_entries
 from lorarepro.methods import lora
 from lorarepro.runinfo import git_state, peak_rss_mb, versions
 from lorarepro.training import ranks as data_parallel
@@ -55,14 +56,11 @@ def load_model(run: dict, manifest: dict, seed: int):
     return model, tokenizer
 
 
-def wrap_adapter(model, run: dict, total_steps: int, gradient_batches=None):
-    """The method's PEFT adapter around `model` (unchanged for full fine-tuning)."""
-    if run["adapter"] is None:
-        return model
+def wrap_adapter(model, run: dict, total_steps: int, gradient_batches=None, device=None):
+    """The method's PEFT adapter around `model` (unchanged for full fine-tuning), on `device`."""
     family = families.get(run["family"])
-    train_heads = family.trained_heads(model)
-    return lora.apply(model, run["adapter"], family.head_modules(), train_heads,
-                      total_steps=total_steps, gradient_batches=gradient_batches)
+    return lora.apply(model, run["adapter"], family.head_modules(), family.trained_heads(model),
+                      total_steps=total_steps, gradient_batches=gradient_batches, device=device)
 
 
 class _Session:
@@ -80,21 +78,19 @@ class _Session:
         self.encoded = self.family.encode(_training_rows(self.task_dir, tcfg), self.tokenizer, self.manifest,
                                           tcfg["max_length"])
         self.plan = step_plan(len(self.encoded), tcfg["batch_size"], tcfg["grad_accum"], tcfg["epochs"], seed)
-        adapter = run["adapter"]
-        ga_steps = self.plan[: lora.gradient_steps(adapter)]  # LoRA-GA's gradient: the first steps' batches
-        self.model = wrap_adapter(model, run, len(self.plan),
-                                  lambda: (self.encoded.batch(mb) for step in ga_steps for mb in step))
+        self.adapter = lora.kind(run["adapter"])
+        init_steps = self.plan[: self.adapter.gradient_steps]  # an init from gradients reads the first steps' batches
         self.device = device.pick() if ranks is None else ranks.device
-        self.model.to(self.device)  # after the adapter exists (LoRA-GA/PiSSA initialise on the host)
-        self.initial = lora.initial_state(self.model, adapter)
-        self.optimizer, self.scheduler = make_optimizer(
-            self.model, tcfg["lr"], tcfg["weight_decay"], len(self.plan), tcfg["warmup_ratio"],
-            loraplus_lr_ratio=(adapter or {}).get("loraplus_lr_ratio"))
+        self.model = wrap_adapter(model, run, len(self.plan),
+                                  lambda: (self.encoded.batch(mb) for step in init_steps for mb in step), self.device)
+        self.initial = self.adapter.initial_state(self.model)
+        lr, decay = tcfg["lr"], tcfg["weight_decay"]
+        self.optimizer, self.scheduler = make_optimizer(self.model, lr, decay, len(self.plan), tcfg["warmup_ratio"],
+                                                        self.adapter.param_groups(self.model, lr, decay))
         self.strategy = methods.build(self.model, run, len(self.plan), seed)
         self.probe = StepMemoryProbe(len(self.plan) // 2)  # ~10 ms: the warm server imported the profiler
-        # AdaLoRA's rank allocator keeps importance averages outside the model and optimizer, which a
-        # step checkpoint does not hold: it always trains from the start.
-        every = 0 if (adapter or {}).get("type") == "adalora" else config.get("checkpoint_every", 50)
+        # an adapter whose training state a step checkpoint cannot hold always trains from the start
+        every = config.get("checkpoint_every", 50) if self.adapter.resumable else 0
         self.resume = StepCheckpoints(paths.resume_dir(task, method, seed),
                                       fingerprint(run, seed, self.manifest["sha256"], _backbone_sha(run["backbone"])), every)
         self.selection = Selection(tcfg.get("checkpoint_selection", "last"), self.model,
@@ -117,9 +113,9 @@ class _Session:
                                  self.strategy.resume_weights() if self.strategy else None,
                                  {"selection": self.selection.state_dict()} if self.selection.active else None)
 
-        module = lora.training_module(self.model, self.run["adapter"])
+        module = self.adapter.training_module(self.model)
         module = module if self.ranks is None else self.ranks.wrap(module)
-        callbacks = [self.probe, *lora.callbacks(self.model, self.run["adapter"])]
+        callbacks = [self.probe, *self.adapter.callbacks(self.model)]
         start = time.perf_counter()
         with tqdm(total=len(self.plan), desc=self.label, mininterval=2.0, disable=not self.main) as progress:
             try:
@@ -165,6 +161,7 @@ def train_one(config: dict, run: dict, seed: int, tracker=None, ranks=None) -> d
     `ranks` (lorarepro.training.ranks.Ranks): this process is one data-parallel rank; all ranks train,
     rank 0 alone saves step checkpoints, evaluates and writes (the others return None)."""
     started = _now()
+    checkpoints.deterministic(run)  # the run's threads and numerics, whoever calls (a job, the audit, a test)
     session = _Session(config, run, seed, ranks)
     try:
         seconds = session.fit()
@@ -192,7 +189,7 @@ def train_one(config: dict, run: dict, seed: int, tracker=None, ranks=None) -> d
         # present only when some split was deliberately not run, was scored by a judge or carries
         # details (HumanEval's outcomes): other results keep their keys
         **({"not_run": not_run} if not_run else {}),
-        **({"judge": judge.describe((evaluation or {}).get("judge"), metrics)} if metric == "mt_bench" else {}),
+        **record_entries(metric, evaluation, metrics),
         **({"evaluation": details} if details else {}),
         "config": run,
         "train": {
@@ -268,8 +265,7 @@ def _backbone_sha(backbone: str) -> str:
     return checkpoints.backbone_marker(backbone)["sha256"]
 
 
-def train_task_method(config: dict, task: str, method: str, seeds: list[int] | None = None,
-                      job: dict | None = None) -> list[dict]:
+def train_task_method(config: dict, run: dict, seeds: list[int] | None = None, job: dict | None = None) -> list[dict]:
     """These seeds (default: the config's) of one (task, method), each tracked as its own MLflow run
     (a child of the pipeline's).
 
@@ -277,8 +273,8 @@ def train_task_method(config: dict, task: str, method: str, seeds: list[int] | N
     state are tagged when the run starts, so a run that fails still says what it ran on. Started by
     torch.distributed.run (lorarepro.pipeline.launcher), this process is one data-parallel rank
     (lorarepro.training.ranks.join); only rank 0 tracks and returns results."""
-    checkpoints.deterministic(config)
-    run = resolve_run(config, task, method)
+    checkpoints.deterministic(run)
+    task, method = run["task"], run["method"]
     ranks = data_parallel.join(run)
     main = ranks is None or ranks.is_main
     inputs = {"data_sha256": load_manifest(paths.prepared_dir(task))["sha256"],

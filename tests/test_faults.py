@@ -1,5 +1,6 @@
-"""Issue 17: the faults and attacks that got past the audit and the pipeline, one test (or more) per
-item, each failing on the code before the fix. The slow ones share one finished pipeline run (a
+"""Faults and attacks on the pipeline and its audit: planted code never runs, pickles are refused,
+reports survive failures, killed runs end, corrupt inputs stop before any result is deleted, edits of
+records, histories and figures are caught, errors name their file. The slow ones share one finished pipeline run (a
 reduced config: the sentiment task on the tiny T5, full fine-tuning and LoRA, two seeds, a figure)
 in a temporary DVC project, and tamper with a copy of it."""
 
@@ -102,7 +103,7 @@ def plant_tokenizer_code(model_dir: Path, flag: Path) -> None:
 
 
 @pytest.mark.slow
-def test_1_code_planted_in_the_backbone_never_runs_in_the_audit(tree):
+def test_code_planted_in_the_backbone_never_runs_in_the_audit(tree):
     plant_tokenizer_code(tree / "models" / "t5-tiny", tree / "PLANTED")
     records = audit_records("--reevaluate", "10")
     assert not (tree / "PLANTED").exists()
@@ -111,7 +112,7 @@ def test_1_code_planted_in_the_backbone_never_runs_in_the_audit(tree):
     assert skipped and all("not loaded" in r["detail"] for r in skipped)
 
 
-def test_1_the_marker_cannot_turn_remote_code_on(workspace, tmp_path, monkeypatch):
+def test_the_marker_cannot_turn_remote_code_on(workspace, tmp_path, monkeypatch):
     """Only the config's backbone entry allows a model directory's code, never a file inside it."""
     from lorarepro import paths
     from lorarepro.families import common
@@ -133,7 +134,7 @@ class _Planted:
 
 
 @pytest.mark.slow
-def test_1_a_pickle_beside_the_adapter_is_refused_by_evaluate_with_a_clear_error(tree, capsys):
+def test_a_pickle_beside_the_adapter_is_refused_by_evaluate_with_a_clear_error(tree, capsys):
     ckpt = tree / "checkpoints" / "sentiment" / "lora_r8" / "seed0"
     (ckpt / "adapter_model.bin").write_bytes(pickle.dumps(_Planted()))
     assert cli("evaluate", "sentiment", "lora_r8", "--configfile", CONFIG, "--seeds", "0") == 1
@@ -147,7 +148,7 @@ def test_1_a_pickle_beside_the_adapter_is_refused_by_evaluate_with_a_clear_error
 WORDS = ["the", "cat", "dog", "sat", "ran", "a", "mat", "park"]
 
 
-def test_2_encoder_saved_without_the_class_prefix_reevaluates_bit_identical(params, tmp_path, monkeypatch, one_thread):
+def test_encoder_saved_without_the_class_prefix_reevaluates_bit_identical(params, tmp_path, monkeypatch, one_thread):
     """A bare BertModel save (as sentence-transformers saves encoders: `encoder.layer.0…`, no `bert.`)."""
     from transformers import BertConfig, BertModel
 
@@ -186,7 +187,7 @@ def test_2_encoder_saved_without_the_class_prefix_reevaluates_bit_identical(para
 # ---------------------------------------------------------------- 3. the report of a failed audit
 
 @pytest.mark.slow
-def test_3_a_failed_audit_keeps_the_report_its_message_points_to(tree):
+def test_a_failed_audit_keeps_the_report_its_message_points_to(tree):
     flip = tree / "checkpoints" / "sentiment" / "lora_r8" / "seed0" / "adapter_model.safetensors"
     data = bytearray(flip.read_bytes())
     data[-9] ^= 1
@@ -201,7 +202,7 @@ def test_3_a_failed_audit_keeps_the_report_its_message_points_to(tree):
 # ---------------------------------------------------------------- 4. one config's run and another's audit
 
 @pytest.mark.slow
-def test_4_another_configs_run_leaves_this_configs_audit_alone(tree, params):
+def test_another_configs_run_leaves_this_configs_audit_alone(tree, params):
     other = small_config(params)
     other["tables"][0]["id"] = "table_other"
     (tree / "other.yaml").write_text(yaml.safe_dump(other))
@@ -235,7 +236,7 @@ def _trainer_killed_mid_run(client, parent: str) -> str:
     return client.create_run(experiment, run_name="sentiment/lora_r8/seed0", tags={"mlflow.parentRunId": parent}).info.run_id
 
 
-def test_5_a_training_run_killed_alone_ends_killed_with_its_pipeline(store):
+def test_a_training_run_killed_alone_ends_killed_with_its_pipeline(store):
     from lorarepro import tracking
 
     config, client = store
@@ -246,7 +247,7 @@ def test_5_a_training_run_killed_alone_ends_killed_with_its_pipeline(store):
     assert client.get_run(parent).info.status == "FAILED"
 
 
-def test_5_the_next_invocation_ends_what_an_ended_pipeline_left_running(store, tmp_path, monkeypatch):
+def test_the_next_invocation_ends_what_an_ended_pipeline_left_running(store, tmp_path, monkeypatch):
     from lorarepro import tracking
 
     config, client = store
@@ -266,7 +267,7 @@ def test_5_the_next_invocation_ends_what_an_ended_pipeline_left_running(store, t
 # ---------------------------------------------------------------- 6. a corrupt prepared data file
 
 @pytest.mark.slow
-def test_6_a_corrupt_data_file_stops_snakemake_before_any_job_deletes_results(tree):
+def test_a_corrupt_data_file_stops_snakemake_before_any_job_deletes_results(tree):
     path = tree / "data" / "prepared" / "sentiment" / "test.parquet"
     data = bytearray(path.read_bytes())
     data[100] ^= 1
@@ -302,14 +303,14 @@ def _rewrite_metric(value_shift: float) -> None:
 
 
 @pytest.mark.slow
-def test_7_a_metric_rewritten_in_mlflow_after_training_is_caught(tree):
+def test_a_metric_rewritten_in_mlflow_after_training_is_caught(tree):
     _rewrite_metric(3.0)
     [found] = with_status(audit_records("--reevaluate", "0"), "fail")
     assert found["check"] == "mlflow" and found["file"] == RUN and "changed after training" in found["detail"]
 
 
 @pytest.mark.slow
-def test_7_an_edited_loss_history_is_caught(tree):
+def test_an_edited_loss_history_is_caught(tree):
     path = tree / "results" / "runs" / "sentiment" / "lora_r8" / "seed0.history.csv"
     lines = path.read_text().splitlines()
     step, loss, lr = lines[2].split(",")
@@ -323,7 +324,7 @@ def test_7_an_edited_loss_history_is_caught(tree):
 
 
 @pytest.mark.slow
-def test_7_an_edited_figure_is_caught(tree):
+def test_an_edited_figure_is_caught(tree):
     path = tree / "results" / "figures" / "training_curves.png"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 1
@@ -335,7 +336,7 @@ def test_7_an_edited_figure_is_caught(tree):
 # ---------------------------------------------------------------- 8. a fresh clone's audit
 
 @pytest.mark.slow
-def test_8_snakemake_timestamps_and_a_clone_without_dvcs_cache_raise_no_dvc_warning(tree):
+def test_snakemake_timestamps_and_a_clone_without_dvcs_cache_raise_no_dvc_warning(tree):
     (tree / "checkpoints" / "sentiment" / "lora_r8" / "seed0" / ".snakemake_timestamp").unlink()  # Snakemake's, not a result
     records = audit_records("--reevaluate", "0", "--strict")
     assert not with_status(records, "warn") and not with_status(records, "fail")
@@ -347,7 +348,7 @@ def test_8_snakemake_timestamps_and_a_clone_without_dvcs_cache_raise_no_dvc_warn
 
 # ---------------------------------------------------------------- 9. the MLflow store moves with its project
 
-def test_9_a_copied_project_writes_and_shows_its_own_artifacts(store, tmp_path, monkeypatch):
+def test_a_copied_project_writes_and_shows_its_own_artifacts(store, tmp_path, monkeypatch):
     from lorarepro import tracking
 
     config, client = store
@@ -371,7 +372,7 @@ def test_9_a_copied_project_writes_and_shows_its_own_artifacts(store, tmp_path, 
 
 # ---------------------------------------------------------------- 10. config errors
 
-def test_10_yaml_errors_name_the_file_and_line(tmp_path, capsys):
+def test_yaml_errors_name_the_file_and_line(tmp_path, capsys):
     from lorarepro.config import ConfigError, read
 
     bad = tmp_path / "broken.yaml"
@@ -384,7 +385,7 @@ def test_10_yaml_errors_name_the_file_and_line(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_10_snakemake_names_a_broken_params_file_and_an_unknown_figure_before_any_job(tmp_path, params):
+def test_snakemake_names_a_broken_params_file_and_an_unknown_figure_before_any_job(tmp_path, params):
     root = copy_repo(tmp_path)
     (root / "params.yaml").write_text((ROOT / "params.yaml").read_text() + "\n  oops: [1\n")
     done = sh(root, sys.executable, "-m", "snakemake", "-n")
@@ -396,7 +397,7 @@ def test_10_snakemake_names_a_broken_params_file_and_an_unknown_figure_before_an
     assert done.returncode != 0 and "config key 'figures.no_such_figure'" in done.stdout + done.stderr
 
 
-def test_10_a_headerless_glue_tsv_named_by_header_says_to_use_positions(tmp_path):
+def test_a_headerless_glue_tsv_named_by_header_says_to_use_positions(tmp_path):
     from lorarepro.data import prepare_task
 
     (tmp_path / "CoLA").mkdir()
@@ -408,7 +409,7 @@ def test_10_a_headerless_glue_tsv_named_by_header_says_to_use_positions(tmp_path
         prepare_task("cola", cfg, 0, tmp_path / "out")
 
 
-def test_10_text_outside_the_tokenizers_vocabulary_warns(workspace):
+def test_text_outside_the_tokenizers_vocabulary_warns(workspace):
     from lorarepro import paths
     from lorarepro.families.common import ids, load_tokenizer
 

@@ -1,0 +1,59 @@
+"""Resolve once, hand on: building the DAG resolves each (task, method) run exactly once, every train
+job gets its spec as a param, and the job trains from that spec without resolving it again."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lorarepro import experiment
+from lorarepro.config import reported_runs
+from workspace import copy_repo, user_env
+
+# Snakemake's dry run of the default, in one process, with resolve_run counted.
+COUNTING_DRY_RUN = """
+import collections, json, sys
+import lorarepro.experiment as experiment
+calls = collections.Counter()
+resolve = experiment.resolve_run
+def counted(config, task, method):
+    calls[f"{task}/{method}"] += 1
+    return resolve(config, task, method)
+experiment.resolve_run = counted
+from snakemake.cli import main
+try:
+    main(["--dry-run", "--cores", "1", "--quiet", "all"])
+except SystemExit as done:
+    status = done.code
+print("CALLS", json.dumps({"status": status, "calls": calls}))
+"""
+
+
+def test_building_the_dag_resolves_each_run_once(tmp_path, params):
+    root = copy_repo(tmp_path)
+    done = subprocess.run([sys.executable, "-c", COUNTING_DRY_RUN], cwd=root, capture_output=True, text=True,
+                          timeout=300, env=user_env(src=True))
+    line = next(line for line in done.stdout.splitlines() if line.startswith("CALLS "))
+    outcome = json.loads(line.removeprefix("CALLS "))
+    assert outcome["status"] in (0, None), done.stderr[-3000:]
+    expected = {f"{t}/{m}" for t, m in reported_runs(params)}
+    assert set(outcome["calls"]) == expected and set(outcome["calls"].values()) == {1}
+
+
+def test_the_train_job_trains_the_spec_it_is_handed(monkeypatch):
+    """jobs.train passes the DAG's spec and seeds on; nothing on its way resolves the run again."""
+    from lorarepro.pipeline import jobs, launcher
+
+    handed = {}
+    monkeypatch.setattr(experiment, "resolve_run", lambda *a: pytest.fail("resolved again in the job"))
+    monkeypatch.setattr(launcher, "train_task_method", lambda config, run, seeds, job: handed.update(run=run, seeds=seeds))
+
+    class Smk:  # the parts of Snakemake's script object the job reads
+        rule, log, config = "train__sentiment__lora_r8", [str(__import__("os").devnull)], {"tasks": {}, "backbones": {}}
+        wildcards = {}
+        params = type("P", (), {"run": {"task": "sentiment", "method": "lora_r8", "training": {}}, "seeds": [3, 5]})()
+        resources = {}
+
+    jobs.for_rule(Smk.rule)(Smk)
+    assert handed == {"run": Smk.params.run, "seeds": [3, 5]}
