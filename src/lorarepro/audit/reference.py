@@ -138,7 +138,7 @@ def check(config: dict, current: dict | None) -> list[dict]:
     run's numerics fingerprint, e.g. of its run records). Only entries whose config is unchanged compare."""
     reference = load()
     if reference is None:
-        return [record("reference", "skip", REFERENCE, "no committed reference: nothing to hold a fresh run against",
+        return [record("reference", "info", REFERENCE, "no committed reference: nothing to hold a fresh run against",
                        "after regenerating the results: lorarepro reference --write")]
     out = []
     items = [("data", task, paths.prepared_dir(task), data_config(config, task)) for task in sorted(config["tasks"])]

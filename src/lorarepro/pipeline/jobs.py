@@ -75,9 +75,11 @@ def allow_remote_code(config: dict) -> None:
 
 
 def job_tags(smk) -> dict:
-    """The Snakemake job behind a tracked run: its rule and wildcards (the script object has no job id)."""
-    wildcards = ",".join(f"{k}={v}" for k, v in smk.wildcards.items())
-    return {"rule": smk.rule, "job": f"{smk.rule}[{wildcards}]"}
+    """The Snakemake job behind a tracked run: its rule and what it trains (the script object has no
+    job id). A per_method train rule (train__<task>__<method>) is tagged as rule train, like a per-seed one."""
+    rule = smk.rule.split("__")[0]
+    named = dict(smk.wildcards.items()) or {"task": smk.params.run["task"], "method": smk.params.run["method"]}
+    return {"rule": rule, "job": f"{rule}[{','.join(f'{k}={v}' for k, v in named.items())}]"}
 
 
 def train(smk):
