@@ -50,9 +50,9 @@ OVERRIDES = "stability.yaml"
 DEFAULT_BACKBONE_SEEDS = [1235]
 BACKBONE_MARKER = "lorarepro_backbone.json"  # lorarepro.paths.BACKBONE_MARKER (the clone's own package is not importable here)
 CLAIM_FIELDS = ("verdict", "effect", "ci95", "p", "mde", "role")
-# lorarepro.reporting.claims.TIMING_MEASURES, for a claims.json from before claims_timing.json: verdicts on
-# wall time, which can move with the machine's load, not only its numerics
-TIME_MEASURES = ("time_overhead", "time_saving")
+# lorarepro.reporting.claims.COST_MEASURES, for a claims.json from before claims_cost.json: verdicts on
+# a measured cost, which can move with the run, not only with the numerics
+TIME_MEASURES = ("time_overhead", "time_saving", "memory_overhead")
 # Variables lorarepro.numerics sets or the libraries it pins read: inherited ones must not leak into a condition
 NUMERICS_ENV = ("LORAREPRO_NUMERICS", "ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA",
                 "NPY_DISABLE_CPU_FEATURES", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -127,7 +127,7 @@ def settings(params: dict, condition: Condition) -> dict:
 
 
 def parse_claims(claims: dict | list, timing: dict | list | None = None) -> dict[str, dict]:
-    """{claim id: its verdict and numbers} from claims.json and claims_timing.json (the latter wins
+    """{claim id: its verdict and numbers} from claims.json and claims_cost.json (the latter wins
     for a claim in both: it is where the timing claims live once split off)."""
     def records(doc):
         return doc.get("claims", []) if isinstance(doc, dict) else doc
@@ -144,7 +144,7 @@ def parse_claims(claims: dict | list, timing: dict | list | None = None) -> dict
 
 def read_claims(results: Path) -> dict[str, dict] | None:
     """The claims of a finished pipeline's results/ (None when it wrote none)."""
-    main, timing = results / "claims.json", results / "claims_timing.json"
+    main, timing = results / "claims.json", results / "claims_cost.json"
     if not main.is_file():
         return None
     return parse_claims(json.loads(main.read_text()), json.loads(timing.read_text()) if timing.is_file() else None)
@@ -267,7 +267,7 @@ def compare(records: dict[str, dict], reference: str = REFERENCE) -> dict:
         "verdicts_differing": sum(len(c["differs_in"]) for c in per_claim.values()),
         "claims_flipping": [claim for claim, c in per_claim.items() if c["differs_in"]],
         "differing_by_condition": {name: sum(name in c["differs_in"] for c in per_claim.values()) for name in compared},
-        "timing_claims": [claim for claim in ids if any((records[n]["claims"].get(claim) or {}).get("timing")
+        "cost_claims": [claim for claim in ids if any((records[n]["claims"].get(claim) or {}).get("timing")
                                                         for n in [reference, *compared])],
         # a flip without another backbone is numerics inside training; with one, it may be the backbone alone
         "backbones_changed": {name: sorted(b for b, sha in (records[name].get("backbones") or {}).items()
@@ -279,7 +279,7 @@ def compare(records: dict[str, dict], reference: str = REFERENCE) -> dict:
 def markdown(records: dict[str, dict], summary: dict) -> str:
     """claim x condition -> verdict (a verdict unlike the reference's in bold), then each condition's count of such."""
     names, reference = list(records), summary["reference"]
-    timing = set(summary["timing_claims"])
+    timing = set(summary["cost_claims"])
 
     def cell(name: str, claim: str) -> str:
         if name in summary["not_compared"]:
@@ -296,7 +296,7 @@ def markdown(records: dict[str, dict], summary: dict) -> str:
     lines.append(f"{summary['verdicts_differing']} (claim, condition) pairs differ from the reference; claims flipping: "
                  f"{', '.join(summary['claims_flipping']) or 'none'}.")
     if timing:
-        lines.append("† rests on wall time: its verdict can also move with the machine's load.")
+        lines.append("† rests on a measured cost (wall time, peak step memory): its verdict can also move with the run, not only with the numerics.")
     lines += [f"Not compared: {name}, {why['status']} ({why['reason']})." for name, why in summary["not_compared"].items()]
     return "\n".join(lines) + "\n"
 

@@ -132,10 +132,10 @@ def test_claims_files_index_and_audit(workdir):
     paths.claims("md").write_text(paths.claims("md").read_text().replace("**", "__"), encoding="utf-8")
     failed = [r for r in check_tables(cfg, REPO / "workflow/configs/paper_reference.yaml") if r["status"] == "fail"]
     assert [r["file"] for r in failed] == [str(paths.claims("md"))]
-    assert not paths.claims_timing("md").exists() and "claims_timing" not in paths.claims("md").read_text()
+    assert not paths.claims_cost("md").exists() and "claims_cost" not in paths.claims("md").read_text()
 
 
-def test_timing_claims_have_files_of_their_own(workdir):
+def test_cost_claims_have_files_of_their_own(workdir):
     for s in SEEDS:
         for task in ("a", "b"):
             write_run(task, "lora", s, {"test": 70.0 + (s % 3)},
@@ -148,13 +148,13 @@ def test_timing_claims_have_files_of_their_own(workdir):
         "overhead_time": {"role": "secondary", "pairs": [["flat", "lora"]], "tasks": ["a"]},
         "overhead_memory": {"role": "secondary", "pairs": [["flat", "lora"]], "tasks": ["a"]},
         "sam_cost": {"role": "secondary", "pairs": [["flat", "lora"]], "tasks": ["b"]}})
-    assert claims.timing_claims(cfg) == ["overhead_time", "sam_cost"]
+    assert claims.cost_claims(cfg) == ["overhead_time", "overhead_memory", "sam_cost"]
     files = tables.all_files(cfg, {})
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    kept = {"positive_control", "nlu_average", "overhead_memory"}
-    for where, names in ((paths.claims, kept), (paths.claims_timing, {"overhead_time", "sam_cost"})):
+    kept = {"positive_control", "nlu_average"}
+    for where, names in ((paths.claims, kept), (paths.claims_cost, {"overhead_time", "overhead_memory", "sam_cost"})):
         document = json.loads(where("json").read_text())
         assert {r["claim"] for r in document["claims"]} == names
         assert document["design_ok"] is True and document["positive_controls"] == ["positive_control"]
@@ -164,16 +164,16 @@ def test_timing_claims_have_files_of_their_own(workdir):
         assert all(f"`{name}`" in md for name in names) and "Design check.** Positive control" in md
         assert not any(f"`{name}`" in md for name in {"positive_control", "nlu_average", "overhead_memory",
                                                       "overhead_time", "sam_cost"} - names)
-    assert "wall-clock time, which varies between runs and machines" in paths.claims_timing("md").read_text()
-    assert str(paths.claims_timing("md")) in paths.claims("md").read_text()  # where the timing claims went
+    assert "measurements vary between runs and machines" in paths.claims_cost("md").read_text()
+    assert str(paths.claims_cost("md")) in paths.claims("md").read_text()  # where the cost claims went
     index = {e["id"]: e for e in json.loads(paths.tables_index().read_text())["tables"]}
-    assert index["claims_timing"]["files"] == [str(paths.claims_timing(e)) for e in ("md", "csv", "json")]
-    assert index["claims_timing"]["rows"] == ["overhead_time", "sam_cost"]
+    assert index["claims_cost"]["files"] == [str(paths.claims_cost(e)) for e in ("md", "csv", "json")]
+    assert index["claims_cost"]["rows"] == ["overhead_time", "overhead_memory", "sam_cost"]
     assert all(r["status"] == "pass" for r in check_tables(cfg, REPO / "workflow/configs/paper_reference.yaml")
                if r["check"] == "tables")
 
 
-def test_a_failed_control_marks_the_timing_claims_too(workdir):
+def test_a_failed_control_marks_the_cost_claims_too(workdir):
     for s in SEEDS:
         write_run("a", "lora", s, {"test": 60.0 + (s % 3)}, {"seconds_per_step": 0.010 + 0.001 * (s % 3)})
         write_run("a", "lora_small", s, {"test": 60.0 + ((s + 1) % 3)})
@@ -181,10 +181,10 @@ def test_a_failed_control_marks_the_timing_claims_too(workdir):
     cfg = config({"positive_control": {"role": "control", "pairs": [["lora", "lora_small"]], "tasks": ["a"]},
                   "overhead_time": {"role": "primary", "pairs": [["flat", "lora"]], "tasks": ["a"]}})
     files, entries = claims.claims_files(cfg)
-    timing = json.loads(files[paths.claims_timing("json")])
+    timing = json.loads(files[paths.claims_cost("json")])
     assert timing["design_ok"] is False and "design is too weak" in timing["claims"][0]["note"]
-    assert "NOT reproduced" in files[paths.claims_timing("md")]
-    assert [e["id"] for e in entries] == ["claims", "claims_timing"]
+    assert "NOT reproduced" in files[paths.claims_cost("md")]
+    assert [e["id"] for e in entries] == ["claims", "claims_cost"]
 
 
 def test_the_claims_file_is_checked(tmp_path):

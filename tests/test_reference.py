@@ -22,7 +22,7 @@ def project(tmp_path, monkeypatch, params):
     paths.run_result("sentiment", "lora_r8", 0).write_text(json.dumps(run))
     paths.table("table_nlu", "md").parent.mkdir(parents=True)
     paths.table("table_nlu", "md").write_text("| a |\n")
-    paths.claims_timing("md").write_text("overhead +25%\n")
+    paths.claims_cost("md").write_text("overhead +25%\n")
     backbone = paths.backbone_dir("t5-tiny")
     backbone.mkdir(parents=True)
     (backbone / paths.BACKBONE_MARKER).write_text(json.dumps({"sha256": "aaaa" * 16, "cpu_model": "CPU A"}))
@@ -35,9 +35,9 @@ def project(tmp_path, monkeypatch, params):
 
 def test_a_changed_deterministic_file_is_listed_and_timing_or_volatile_keys_are_not(project):
     committed = reference.load()
-    assert "results/claims_timing.md" not in committed["results"] and committed["numerics"] == FINGERPRINT
+    assert "results/claims_cost.md" not in committed["results"] and committed["numerics"] == FINGERPRINT
     assert reference.compare_results(committed) == []
-    paths.claims_timing("md").write_text("overhead +31%\n")  # measured time: exempt
+    paths.claims_cost("md").write_text("overhead +31%\n")  # measured time: exempt
     record = json.loads(paths.run_result("sentiment", "lora_r8", 0).read_text())
     record["resources"]["seconds"] = 9.9  # a volatile key
     paths.run_result("sentiment", "lora_r8", 0).write_text(json.dumps(record))

@@ -53,8 +53,8 @@ def test_summary_shows_the_timing_verdicts_from_their_own_file(tmp_path, monkeyp
     claims = {"reference": str(REPO / "workflow" / "configs" / "claims.yaml"),
               "comparisons": [{"claim": "nlu_average"}, {"claim": "overhead_time"}]}
     write("results/claims.json", {"design_ok": True, "claims": [{"verdict": "reproduced"}]})
-    write("results/claims_timing.json", {"design_ok": True, "claims": [{"verdict": "contradicted"}]})
+    write("results/claims_cost.json", {"design_ok": True, "claims": [{"verdict": "contradicted"}]})
     text = closing_summary({"claims": claims}, "")
     assert "claims:  1 reproduced; results/claims.md" in text
-    assert "timing:  1 contradicted; results/claims_timing.md" in text
-    assert "timing:" not in closing_summary({"claims": {**claims, "comparisons": claims["comparisons"][:1]}}, "")
+    assert "cost:    1 contradicted; results/claims_cost.md" in text
+    assert "cost:" not in closing_summary({"claims": {**claims, "comparisons": claims["comparisons"][:1]}}, "")

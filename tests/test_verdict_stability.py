@@ -56,7 +56,7 @@ def test_compare_counts_flips_against_the_reference(vs, records):
                                     "portable-backbone-seed-1235": "inconclusive"},
                        "agree": False, "differs_in": ["native-avx2"]}
     assert summary["claims"]["nlu_average"]["agree"] is True
-    assert summary["timing_claims"] == ["overhead_time"]
+    assert summary["cost_claims"] == ["overhead_time"]
     assert summary["backbones_changed"] == {"native-avx2": ["vit-tiny"], "portable-backbone-seed-1235": []}
 
 
@@ -89,7 +89,7 @@ def test_a_claim_missing_on_one_side_differs(vs):
 def test_read_claims_merges_the_timing_file(vs, tmp_path):
     (tmp_path / "claims.json").write_text(json.dumps({"alpha": 0.05, "claims": [
         claim("nlu_average", "smaller than claimed"), claim("overhead_memory", "reproduced", "memory_overhead")]}))
-    (tmp_path / "claims_timing.json").write_text(json.dumps({"claims": [
+    (tmp_path / "claims_cost.json").write_text(json.dumps({"claims": [
         claim("overhead_time", "contradicted", "time_overhead", ci95=None)]}))
     claims = vs.read_claims(tmp_path)
     assert list(claims) == ["nlu_average", "overhead_memory", "overhead_time"]
@@ -98,9 +98,9 @@ def test_read_claims_merges_the_timing_file(vs, tmp_path):
     assert claims["overhead_time"]["timing"] is True and claims["overhead_time"]["ci95"] is None
 
 
-def test_read_claims_timing_file_wins_and_a_list_is_accepted(vs, tmp_path):
+def test_read_claims_cost_file_wins_and_a_list_is_accepted(vs, tmp_path):
     (tmp_path / "claims.json").write_text(json.dumps({"claims": [claim("sam_cost", "reproduced", "time_saving")]}))
-    (tmp_path / "claims_timing.json").write_text(json.dumps([claim("sam_cost", "smaller than claimed", "time_saving")]))
+    (tmp_path / "claims_cost.json").write_text(json.dumps([claim("sam_cost", "smaller than claimed", "time_saving")]))
     assert vs.read_claims(tmp_path)["sam_cost"]["verdict"] == "smaller than claimed"
 
 
@@ -209,7 +209,7 @@ def test_markdown_table(vs, records):
     assert "1 (claim, condition) pairs differ from the reference; claims flipping: flatter." in table
     assert "Not compared: native-avx512, skipped (this CPU lacks avx512f)." in table
     assert "Not compared: portable-backbone-seed-1236, failed (snakemake exited with status 1)." in table
-    assert "† rests on wall time" in table
+    assert "† rests on a measured cost" in table
 
 
 

@@ -100,9 +100,9 @@ def claims(ext: str) -> Path:
     return RESULTS / f"claims.{ext}"
 
 
-def claims_timing(ext: str) -> Path:
-    """The claims measured in wall-clock time, apart from paths.claims (they vary between runs): md, csv or json."""
-    return RESULTS / f"claims_timing.{ext}"
+def claims_cost(ext: str) -> Path:
+    """The claims on a measured cost (time, memory), apart from paths.claims (they vary between runs): md, csv or json."""
+    return RESULTS / f"claims_cost.{ext}"
 
 
 def cost_table(table_id: str, ext: str) -> Path:
@@ -110,9 +110,9 @@ def cost_table(table_id: str, ext: str) -> Path:
     return table(f"{table_id}_cost", ext)
 
 
-def timing_outputs() -> list[str]:
+def measured_outputs() -> list[str]:
     """Glob patterns (from the repository root) of the results files holding measurements that vary between runs."""
-    return [claims_timing("*").as_posix(), cost_table("*", "*").as_posix(),
+    return [claims_cost("*").as_posix(), cost_table("*", "*").as_posix(),
             (RESULTS / "benchmarks" / "**").as_posix(), (RESULTS / "screenshots" / "**").as_posix()]
 
 

@@ -107,7 +107,7 @@ def reported(files, category):
 def table_outputs():
     """The tables rule's files but the HTML pages (report.smk's table_pages): measured wall times
     (cost companions, timing claims) in files of their own, apart from those that must repeat bit for bit."""
-    from lorarepro.reporting.claims import timing_claims
+    from lorarepro.reporting.claims import cost_claims
 
     tables = [str(paths.table(t, ext)) for t in TABLES for ext in ("csv", "md", "tex")]
     tables += [str(paths.table(f"{t}_significance", ext)) for t in TABLES for ext in ("csv", "md")]
@@ -116,8 +116,8 @@ def table_outputs():
         tables += [str(paths.table("table_sharpness", ext)) for ext in ("csv", "md")]
     if claim_comparisons(config):
         tables += [str(paths.claims(ext)) for ext in ("md", "csv", "json")]
-    if timing_claims(config):
-        tables += [str(paths.claims_timing(ext)) for ext in ("md", "csv", "json")]
+    if cost_claims(config):
+        tables += [str(paths.claims_cost(ext)) for ext in ("md", "csv", "json")]
     return tables
 
 

@@ -4,7 +4,7 @@
 # in wall-clock time beside them); the figures, PNG with the PDF beside it (a toggle). Each item's
 # caption names its config and runs (rule report_captions; caption paths are relative to this file).
 FORMATS = {"html": "HTML", "csv": "CSV", "md": "Markdown", "tex": "LaTeX", "json": "JSON", "png": "PNG", "pdf": "PDF"}
-COMPANIONS = {"table_sharpness": "Flatness", "claims": "Claims", "claims_timing": "Claims"}
+COMPANIONS = {"table_sharpness": "Flatness", "claims": "Claims", "claims_cost": "Claims"}
 SUFFIXES = {"_significance": "Significance", "_cost": "Cost"}  # a paper table's companions, by their file's stem
 
 
@@ -35,7 +35,7 @@ def paper_report(files):
 
 def table_pages():
     """The HTML page the tables rule writes beside every table's CSV (lorarepro.reporting.tables; not the claims')."""
-    claims = {str(paths.claims("csv")), str(paths.claims_timing("csv"))}
+    claims = {str(paths.claims("csv")), str(paths.claims_cost("csv"))}
     return [str(Path(f).with_suffix(".html")) for f in table_outputs() if f.endswith(".csv") and f not in claims]
 
 

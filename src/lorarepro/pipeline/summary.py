@@ -1,8 +1,8 @@
 """The few lines a successful pipeline run ends with (the Snakefile's `onsuccess`): the audit's
 verdict, the claims' verdicts, where the tables, figures and report are, and how to build the report.
 
-Reads only the files the run wrote (audit.json, claims.json, claims_timing.json: the claims measured
-in wall-clock time live apart); a file missing is said, never raised: a closing message must not
+Reads only the files the run wrote (audit.json, claims.json, claims_cost.json: the claims measured
+on measured cost live apart); a file missing is said, never raised: a closing message must not
 turn a finished run into a failed one.
 """
 
@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from lorarepro import paths
-from lorarepro.reporting.claims import timing_claims
+from lorarepro.reporting.claims import cost_claims
 
 
 def closing_summary(config: dict, config_id: str = "") -> str:
@@ -22,8 +22,8 @@ def closing_summary(config: dict, config_id: str = "") -> str:
         f"  audit:   {_audit(paths.audit_json(config_id), paths.audit_report(config_id))}",
         f"  claims:  {_claims(paths.claims('json'), paths.claims('md')) if config.get('claims') else 'none in this config'}",
     ]
-    if timing_claims(config):  # measured in wall-clock time: in a file of their own
-        lines.append(f"  timing:  {_claims(paths.claims_timing('json'), paths.claims_timing('md'))}")
+    if cost_claims(config):  # on a measured cost (time, memory): in a file of their own
+        lines.append(f"  cost:    {_claims(paths.claims_cost('json'), paths.claims_cost('md'))}")
     lines.append(f"  tables:  {paths.table('*', 'md').parent}/ (which runs each used: {paths.tables_index(config_id)})")
     if config.get("figures"):
         lines.append(f"  figures: {paths.figure('*', 'png').parent}/")

@@ -13,7 +13,7 @@ from lorarepro import paths, records
 from lorarepro.atomic import write_text
 from lorarepro.config import column, spec_seeds, specs
 from lorarepro.reporting import cost
-from lorarepro.reporting.claims import CLAIMS_ID, TIMING_ID
+from lorarepro.reporting.claims import CLAIMS_ID, COST_ID
 from lorarepro.reporting.figures import caption_note
 from lorarepro.reporting.tables import SHARPNESS_CAPTION, SHARPNESS_ID
 
@@ -62,7 +62,7 @@ def _audit_line(audit: dict, files: list[str]) -> list[str]:
 
 
 def _claims_caption(entry: dict, audit: dict) -> str:
-    """The caption of claims.csv or claims_timing.csv, from its index entry."""
+    """The caption of claims.csv or claims_cost.csv, from its index entry."""
     md = next(f for f in entry["files"] if f.endswith(".md"))
     return "\n".join([
         f"{entry['caption']}: each claim's statement, the paper's number and source, our effect with its "
@@ -87,7 +87,7 @@ def _companion_captions(entry: dict, spec: dict, config_lines: list[str], audit:
 def table_captions(config: dict, index: dict, audit: dict) -> dict[str, str]:
     out = {}
     for entry in index["tables"]:
-        if entry["id"] in (CLAIMS_ID, TIMING_ID):
+        if entry["id"] in (CLAIMS_ID, COST_ID):
             out[entry["id"]] = _claims_caption(entry, audit)
             continue
         if entry["id"] == SHARPNESS_ID:

@@ -1,6 +1,6 @@
 """The verdict on each claim of the paper: results/claims.md|csv|json, from the run records; the
-claims measured in wall-clock time (TIMING_MEASURES) in results/claims_timing.md|csv|json, because a
-wall time differs between runs and machines and claims.* must repeat bit for bit (paths.timing_outputs).
+claims on measured cost (COST_MEASURES: time, memory) in results/claims_cost.md|csv|json, because a
+measurement differs between runs and machines and claims.* must repeat bit for bit (paths.measured_outputs).
 
 A claim (workflow/configs/claims.yaml) says what the paper asserts, the paper's number and where it
 comes from, what is measured (`measure`) and how the number is read (`kind`: a gain, a bound, a
@@ -33,8 +33,10 @@ from lorarepro.registry import Registry
 from lorarepro.reporting.stats import ALPHA, POWER, claim_verdict, holm, paired_test
 
 CLAIMS_ID = "claims"
-TIMING_ID = "claims_timing"
-TIMING_MEASURES = ("time_overhead", "time_saving")  # time per step: measured, so it varies from run to run
+COST_ID = "claims_cost"
+# Measured cost: wall time per step and the profiler's peak step memory vary from run to run (the
+# memory with the allocations a process made before the step), so their claims live in claims_cost.*
+COST_MEASURES = ("time_overhead", "time_saving", "memory_overhead")
 MIN_PRIMARY_SEEDS = 20
 SEVERITIES = ("test", "ood_s1", "ood_s2", "ood_s3", "ood_s4", "ood_s5")  # severity 0 (clean) .. 5
 UNITS = {"accuracy": "points", "severity_slope": "points per severity level", "sharpness": "loss",
@@ -227,10 +229,10 @@ def _pairs_text(config: dict, row: dict) -> str:
 
 TITLE = ("**Claims.** Each claim of the paper against this profile's runs (workflow/configs/claims.yaml; the "
          "comparisons are the config's `claims:`).")
-TIMING_TITLE = (f"**Claims on training time.** The claims of the paper whose measure is a wall time per step, against "
-                f"this profile's runs: they rest on wall-clock time, which varies between runs and machines, so they "
-                f"are kept here, out of `{paths.claims('md')}` and its siblings (files that must repeat bit for bit).")
-TIMING_POINTER = f" The claims measured in wall-clock time are in `{paths.claims_timing('md')}`."
+COST_TITLE = (f"**Claims on training cost.** The claims of the paper whose measure is a measured cost (wall time per "
+              f"step, peak step memory), against this profile's runs: measurements vary between runs and machines, "
+              f"so they are kept here, out of `{paths.claims('md')}` and its siblings (files that must repeat bit for bit).")
+COST_POINTER = f" The claims on measured cost (time, memory) are in `{paths.claims_cost('md')}`."
 
 
 def render_markdown(config: dict, analysis: dict, title: str = TITLE) -> str:
@@ -279,28 +281,28 @@ def render_json(analysis: dict) -> str:
     return json.dumps({k: v for k, v in analysis.items()}, indent=2, sort_keys=True) + "\n"
 
 
-def is_timing(claim: dict) -> bool:
-    """Whether a claim (or its analysed row) is measured in wall-clock time: its files are claims_timing.*."""
-    return claim["measure"] in TIMING_MEASURES
+def is_cost(claim: dict) -> bool:
+    """Whether a claim (or its analysed row) is on a measured cost (time, memory): its files are claims_cost.*."""
+    return claim["measure"] in COST_MEASURES
 
 
-def timing_claims(config: dict) -> list[str]:
-    """The claims this config compares that are measured in wall-clock time (none: no claims_timing.*)."""
+def cost_claims(config: dict) -> list[str]:
+    """The claims this config compares that are on a measured cost (none: no claims_cost.*)."""
     comparisons = claim_comparisons(config)
     claims = read_claims(config["claims"]["reference"]) if comparisons else {}
-    return [name for name in comparisons if is_timing(claims[name])]
+    return [name for name in comparisons if is_cost(claims[name])]
 
 
 def _parts(analysis: dict) -> dict[str, dict]:
     """The analysis split as the files hold it, each part with the design check made over every claim."""
-    timing = [r for r in analysis["claims"] if is_timing(r)]
-    parts = {CLAIMS_ID: {**analysis, "claims": [r for r in analysis["claims"] if not is_timing(r)]}}
-    return parts | ({TIMING_ID: {**analysis, "claims": timing}} if timing else {})
+    timing = [r for r in analysis["claims"] if is_cost(r)]
+    parts = {CLAIMS_ID: {**analysis, "claims": [r for r in analysis["claims"] if not is_cost(r)]}}
+    return parts | ({COST_ID: {**analysis, "claims": timing}} if timing else {})
 
 
 _CAPTIONS = {CLAIMS_ID: "The verdict on each claim of the paper",
-             TIMING_ID: "The verdict on each claim of the paper measured in wall-clock time"}
-_PATHS = {CLAIMS_ID: paths.claims, TIMING_ID: paths.claims_timing}
+             COST_ID: "The verdict on each claim of the paper on a measured cost (time, memory)"}
+_PATHS = {CLAIMS_ID: paths.claims, COST_ID: paths.claims_cost}
 
 
 def _part_files(config: dict, part_id: str, part: dict, title: str) -> tuple[dict[Path, str], dict]:
@@ -313,13 +315,13 @@ def _part_files(config: dict, part_id: str, part: dict, title: str) -> tuple[dic
 
 
 def claims_files(config: dict) -> tuple[dict[Path, str], list[dict]]:
-    """results/claims.md|csv|json and, when some claim is measured in wall-clock time,
-    results/claims_timing.md|csv|json, as {path: text}, with their tables-index entries; nothing for
+    """results/claims.md|csv|json and, when some claim is on a measured cost (time, memory),
+    results/claims_cost.md|csv|json, as {path: text}, with their tables-index entries; nothing for
     a config without claims."""
     analysis = analyse_all(config)
     if not analysis:
         return {}, []
     parts = _parts(analysis)
-    titles = {CLAIMS_ID: TITLE + (TIMING_POINTER if TIMING_ID in parts else ""), TIMING_ID: TIMING_TITLE}
+    titles = {CLAIMS_ID: TITLE + (COST_POINTER if COST_ID in parts else ""), COST_ID: COST_TITLE}
     built = [_part_files(config, part_id, part, titles[part_id]) for part_id, part in parts.items()]
     return {path: text for files, _ in built for path, text in files.items()}, [entry for _, entry in built]

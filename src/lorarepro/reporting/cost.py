@@ -3,7 +3,7 @@ measured peak memory of one training step (lorarepro.training.memory), read from
 
 They are measurements that change from run to run and machine to machine, so they never enter the
 table's own files (which must repeat bit for bit): they make a companion table of their own,
-`<table_id>_cost` (paths.cost_table), one of the files paths.timing_outputs exempts."""
+`<table_id>_cost` (paths.cost_table), one of the files paths.measured_outputs exempts."""
 
 from __future__ import annotations
 

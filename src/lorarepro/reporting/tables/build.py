@@ -1,7 +1,7 @@
 """Entry points: every configured table's files (plus the sharpness table and the claims), the
 tables index and the metrics summary, as {path: text} for the audit, or written (atomically) for the tables rule.
 Every table's CSV gets an HTML page beside it (`<id>.html`), the table as `snakemake --report` shows it.
-Measured wall times (a table's cost, the timing claims) go to files of their own (paths.timing_outputs),
+Measured wall times (a table's cost, the timing claims) go to files of their own (paths.measured_outputs),
 so that every other file repeats bit for bit."""
 
 from __future__ import annotations
