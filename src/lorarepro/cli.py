@@ -179,7 +179,7 @@ def check_reference(args) -> int:
     for line in problems:
         print(line)
     print(f"{len(problems)} of {len(committed['results'])} reference files differ" if problems
-          else f"results/ matches {reference.REFERENCE}: {len(committed['results'])} files (timing files exempt)")
+          else f"results/ matches {reference.REFERENCE}: {len(committed['results'])} files (measured times and memory exempt)")
     return 1 if problems else 0
 
 

@@ -29,7 +29,7 @@ from lorarepro.audit.report import record
 from lorarepro.config import backbone_seed
 
 REFERENCE = Path("results/reference.json")
-# Measured wall times (paths.measured_outputs), the reference itself, and what git never holds.
+# Measured costs: times and memory (paths.measured_outputs), the reference itself, and what git never holds.
 EXEMPT = (*paths.measured_outputs(), str(REFERENCE), "results/report.html", "results/audit/*", "results/report/*")
 
 
