@@ -40,7 +40,8 @@ from lorarepro import numerics
 numerics.pin(config["numerics"], config["threads"])
 
 from lorarepro import paths
-from lorarepro.config import backbone_seed, claim_comparisons, jobs_mode, reported_runs, resources, sharpness_runs, specs
+from lorarepro.config import (backbone_seed, claim_comparisons, jobs_mode, reported_runs, resources, sharpness_runs, specs,
+                              train_priorities)
 from lorarepro.experiment import check
 from lorarepro.pipeline.checks import check_reporting
 

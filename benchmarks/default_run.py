@@ -6,9 +6,10 @@
 The command is read from the README (the first fenced block), so what is timed is what a new user
 runs: a new virtual environment, `pip install` of the pinned dependencies, and `snakemake --cores 2`.
 Writes results/benchmarks/default_run.json: the whole command's wall seconds, the pipeline's own
-(Snakemake's "Elapsed time"), the number of jobs, the commit, the machine (its CPU model) and the
-numerics fingerprint the results were made under. The budget is 600 s on
-2 cores.
+(Snakemake's "Elapsed time"), the number of jobs, the commit, the machine (its CPU model), the
+numerics fingerprint the results were made under, and a profile: job-seconds per kind of job, core
+utilisation, and inside the train jobs optimizer steps vs evaluation vs the rest. The budget is 600 s
+on 2 cores.
 """
 
 from __future__ import annotations
@@ -65,7 +66,60 @@ def run(clone: Path) -> dict:
             "pipeline_seconds": None if pipeline is None else round(pipeline, 1),
             "install_seconds": None if pipeline is None else round(wall - pipeline, 1),
             "jobs": int(steps[-1][1]) if steps else None, "budget_seconds": BUDGET_S,
-            "within_budget": wall <= BUDGET_S, "machine": machine(), "numerics": numerics_of(clone)}
+            "within_budget": wall <= BUDGET_S, "machine": machine(), "numerics": numerics_of(clone),
+            "profile": profile(text, clone, cores(command))}
+
+
+def job_spans(log: str) -> list[dict]:
+    """Each job of Snakemake's log: rule, start and end (seconds from the first job's start)."""
+    stamp, first, pending, started, spans = None, None, None, {}, []
+    for line in log.splitlines():
+        if (match := re.fullmatch(r"\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]", line.strip())):
+            stamp = time.mktime(time.strptime(match.group(1), "%a %b %d %H:%M:%S %Y"))
+            first = stamp if first is None else first
+        elif (match := re.fullmatch(r"(?:local)?rule (\S+):", line.strip())):
+            pending = match.group(1)
+        elif (match := re.fullmatch(r"jobid: (\d+)", line.strip())) and pending:
+            started[match.group(1)], pending = (pending, stamp - first), None
+        elif (match := re.match(r"Finished jobid: (\d+)", line.strip())) and match.group(1) in started:
+            rule, start = started.pop(match.group(1))
+            spans.append({"rule": rule, "start": start, "end": stamp - first})
+    return spans
+
+
+def cores(command: str) -> int:
+    match = re.search(r"--cores[ =](\d+)", command)
+    return int(match.group(1)) if match else os.cpu_count()
+
+
+def profile(log: str, clone: Path, cores: int) -> dict:
+    """Where the pipeline's seconds go: job-seconds per kind of job (a per_method train job
+    `train__<task>__<method>` counts under its task), how busy the cores were, and inside the train
+    jobs the split between optimizer steps, evaluation and the rest (model and data loading, saving,
+    MLflow), from the records' volatile `resources` (timings to the second in Snakemake's log)."""
+    spans = job_spans(log)
+    if not spans:
+        return {}
+    by_kind: dict[str, float] = {}
+    for span in spans:
+        parts = span["rule"].split("__")
+        kind = f"train:{parts[1]}" if parts[0] == "train" and len(parts) == 3 else parts[0]
+        by_kind[kind] = by_kind.get(kind, 0.0) + span["end"] - span["start"]
+    makespan = max(span["end"] for span in spans)
+    runs = [json.loads(p.read_text())["resources"] for p in sorted((clone / "results" / "runs").rglob("seed*.json"))
+            if not p.name.endswith(".sharpness.json")]
+    steps = sum(r.get("seconds", 0.0) for r in runs)
+    evaluation = sum(r.get("evaluate_seconds", 0.0) for r in runs)
+    train_jobs = sum(v for k, v in by_kind.items() if k.startswith("train"))
+    return {
+        "job_seconds": {k: round(v) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+        "job_seconds_total": round(sum(by_kind.values())),
+        "makespan_seconds": round(makespan),
+        "core_utilisation": round(sum(by_kind.values()) / (cores * makespan), 3),
+        "train_jobs": {"runs": len(runs), "optimizer_steps_seconds": round(steps), "evaluation_seconds": round(evaluation),
+                       "other_seconds": round(train_jobs - steps - evaluation),
+                       "share_optimizer_steps": round(steps / train_jobs, 3) if train_jobs else None},
+    }
 
 
 def numerics_of(clone: Path) -> dict | None:

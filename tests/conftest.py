@@ -1,6 +1,7 @@
 """Shared fixtures: the repository's params.yaml and a reduced config for fast end-to-end runs."""
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,49 @@ def reduced(params: dict) -> dict:
 @pytest.fixture
 def small_config(params) -> dict:
     return reduced(params)
+
+
+FINISHED_CONFIG = "small.yaml"
+
+
+def finished_config(params: dict) -> dict:
+    """The reduced config cut to full fine-tuning and LoRA on one vision and one NLU task (digits on
+    the tiny ViT, sentiment on the tiny T5), two seeds, a table per task, one figure, no sharpness or
+    claims: what the audit and the fault tests tamper with."""
+    cfg = reduced(params)
+    cfg["tasks"] = {k: cfg["tasks"][k] for k in ("digits", "sentiment")}
+    cfg["backbones"] = {k: cfg["backbones"][k] for k in ("vit-tiny", "t5-tiny")}
+    cfg["training"] = {k: cfg["training"][k] for k in ("vision", "nlu")}
+    cfg["methods"] = {k: cfg["methods"][k] for k in ("full_ft", "lora_r8")}
+    cfg["tables"] = [
+        {"id": "table_small", "caption": "reduced", "paper_table": "table2", "tasks": ["digits"], "methods": ["full_ft", "lora_r8"]},
+        {"id": "table_small_nlu", "caption": "reduced, NLU", "tasks": ["sentiment"], "methods": ["full_ft", "lora_r8"]},
+    ]
+    cfg["figures"] = [{"id": "training_curves", "caption": "curves", "tasks": ["sentiment"], "methods": ["lora_r8"]}]
+    cfg["claims"]["comparisons"] = []
+    del cfg["sharpness"]
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory, params):
+    """One finished pipeline for the whole session (shared: copy it before changing anything): a DVC
+    project that ran `finished_config` with Snakemake, its audit included, and recorded its outputs."""
+    import sys
+
+    from workspace import WORKFLOW, copy_repo, run_as_user
+
+    root = copy_repo(tmp_path_factory.mktemp("finished"), WORKFLOW + ("src", "dvc.yaml", ".dvcignore"))
+    (root / FINISHED_CONFIG).write_text(yaml.safe_dump(finished_config(params)))
+    assert run_as_user(root, sys.executable, "-m", "dvc", "init", "--no-scm", "-q").returncode == 0
+    done = run_as_user(root, sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", FINISHED_CONFIG)
+    assert done.returncode == 0, done.stderr[-5000:]
+    first = json.loads((root / "results" / "audit" / "audit.small.json").read_text())  # per config: paths.config_id
+    # before `dvc commit` nothing is recorded: the pipeline's own audit passes and says so
+    assert first["passed"] and [r["file"] for r in first["records"] if r["status"] == "warn"] == ["dvc.lock"]
+    committed = run_as_user(root, sys.executable, "-m", "dvc", "commit", "--force", "-q")
+    assert committed.returncode == 0, committed.stderr
+    return root
 
 
 @pytest.fixture(scope="session")

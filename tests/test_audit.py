@@ -10,40 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import reduced
-from workspace import WORKFLOW, copy_repo, run_as_user
+from conftest import finished_config
+from workspace import run_as_user
 
 pytestmark = pytest.mark.slow
-
-
-def audit_config(params: dict) -> dict:
-    """The reduced config cut to one task, full fine-tuning and LoRA, no sharpness or figures: seven
-    jobs. The audit's checks, not the families, are under test here (test_workflow runs them all)."""
-    cfg = reduced(params)
-    cfg["tasks"] = {"digits": cfg["tasks"]["digits"]}
-    cfg["backbones"] = {"vit-tiny": cfg["backbones"]["vit-tiny"]}
-    cfg["methods"] = {k: cfg["methods"][k] for k in ("full_ft", "lora_r8")}
-    cfg["tables"][0].update(tasks=["digits"], methods=["full_ft", "lora_r8"], paper_table="table2")
-    cfg["figures"] = []
-    cfg["claims"]["comparisons"] = []  # the reduced config's compare sentiment runs
-    del cfg["sharpness"]
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, params):
-    """A DVC project that ran the pipeline (audit rule included) and recorded its outputs."""
-    root = copy_repo(tmp_path_factory.mktemp("audited"), WORKFLOW + ("src", "dvc.yaml", ".dvcignore"))
-    (root / "small.yaml").write_text(yaml.safe_dump(audit_config(params)))
-    assert run_as_user(root, sys.executable, "-m", "dvc", "init", "--no-scm", "-q").returncode == 0
-    done = run_as_user(root, sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "small.yaml")
-    assert done.returncode == 0, done.stderr[-5000:]
-    first = json.loads((root / "results" / "audit" / "audit.small.json").read_text())  # per config: paths.config_id
-    # before `dvc commit` nothing is recorded: the pipeline's own audit passes and says so
-    assert first["passed"] and [r["file"] for r in first["records"] if r["status"] == "warn"] == ["dvc.lock"]
-    committed = run_as_user(root, sys.executable, "-m", "dvc", "commit", "--force", "-q")
-    assert committed.returncode == 0, committed.stderr
-    return root
 
 
 @pytest.fixture
@@ -135,7 +105,7 @@ def test_data_regenerated_with_another_seed(repo, params):
     from lorarepro import paths
     from lorarepro.data import prepare_task
 
-    cfg = audit_config(params)
+    cfg = finished_config(params)
     prepare_task("digits", cfg["tasks"]["digits"], cfg["data_seed"] + 1, paths.prepared_dir("digits"))
     found = failures(run_audit())
     assert ("hashes", RUN) in found and ("dvc", RUN) in found and ("data", "data/prepared/digits/manifest.json") not in found
@@ -147,7 +117,7 @@ def test_params_changed_after_training(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     result = run_audit()
     stale = {r["file"] for r in result["records"] if r["check"] == "params" and r["status"] == "fail"}
-    assert stale == {f"results/runs/digits/lora_r8/seed{s}.json" for s in (0, 1)}
+    assert stale == {f"results/runs/{t}/lora_r8/seed{s}.json" for t in ("digits", "sentiment") for s in (0, 1)}
     assert "training.lr: 0.005 vs 0.004" in next(r["detail"] for r in result["records"]
                                                  if r["check"] == "params" and r["file"] == RUN)
 
@@ -171,15 +141,15 @@ def test_modified_backbone(repo):
     assert ("checkpoint", "checkpoints/digits/full_ft/seed0") not in found
 
 
-def test_snakemake_report_holds_every_table_figure_caption_and_the_audit(finished):
-    done = run_as_user(finished, sys.executable, "-m", "snakemake", "--configfile", "small.yaml",
+def test_snakemake_report_holds_every_table_figure_caption_and_the_audit(repo):
+    done = run_as_user(repo, sys.executable, "-m", "snakemake", "--configfile", "small.yaml",
                 "--report", "results/report.html")
     assert done.returncode == 0, done.stderr[-3000:]
-    html = (finished / "results" / "report.html").read_text()
+    html = (repo / "results" / "report.html").read_text()
     for shown in ("table_small.csv", "table_small_significance.csv", "report.small.md"):
         assert f"Adding {shown}" in done.stdout + done.stderr
     # captions name the config entry and every run with its MLflow id, and carry the audit verdict
-    run_id = json.loads((finished / RUN).read_text())["lineage"]["mlflow_run_id"]
+    run_id = json.loads((repo / RUN).read_text())["lineage"]["mlflow_run_id"]
     assert "table_small" in html and RUN in html and run_id in html and "Audit PASSED" in html
     assert 'src="http' not in html  # self-contained
 

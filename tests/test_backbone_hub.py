@@ -45,7 +45,7 @@ def test_bf16_backbone_with_fp32_adapters_trains(workspace):
 
     cfg = {**workspace, "backbones": {**workspace["backbones"], "llama-tiny": {**workspace["backbones"]["llama-tiny"], "dtype": "bfloat16"}}}
     run = resolve_run(cfg, "arithmetic", "flat_lora_r8")
-    assert run["backbone_dtype"] == "bfloat16" and "backbone_dtype" not in resolve_run(workspace, "arithmetic", "flat_lora_r8")
+    assert run.backbone_dtype == "bfloat16" and resolve_run(workspace, "arithmetic", "flat_lora_r8").backbone_dtype is None
     manifest = load_manifest(paths.prepared_dir("arithmetic"))
     model, tokenizer = load_model(run, manifest, seed=0)
     model = wrap_adapter(model, run, total_steps=2)

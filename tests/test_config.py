@@ -68,7 +68,7 @@ def test_load_merges_override_files(tmp_path, params):
     override.write_text(yaml.safe_dump({"methods": {"lora_r8": {"training": {"lr": 0.01}}}}))
     cfg = load(base, override)
     assert cfg["methods"]["lora_r8"]["adapter"]["r"] == 8  # nested default survives
-    assert resolve_run(cfg, "sentiment", "lora_r8")["training"]["lr"] == 0.01
+    assert resolve_run(cfg, "sentiment", "lora_r8").training["lr"] == 0.01
 
 
 def test_load_missing_file_names_it(tmp_path):
@@ -80,12 +80,12 @@ def test_resolve_run_merges_family_method_task(params):
     cfg = copy.deepcopy(params)
     cfg["tasks"]["sentiment"]["training"] = {"epochs": 7}
     run = resolve_run(cfg, "sentiment", "full_ft")
-    assert run["training"]["epochs"] == 7
-    assert run["training"]["lr"] == cfg["methods"]["full_ft"]["training"]["lr"]
-    assert run["flat"] is None and run["adapter"] is None
-    flat = resolve_run(cfg, "digits", "flat_lora_r8")["flat"]
+    assert run.training["epochs"] == 7
+    assert run.training["lr"] == cfg["methods"]["full_ft"]["training"]["lr"]
+    assert run.strategies["flat"] is None and run.adapter is None
+    flat = resolve_run(cfg, "digits", "flat_lora_r8").strategies["flat"]
     assert flat == {"rho": 0.15, "mode": "exact", "scope": "lora"}  # the vision family's sigma
-    assert "flat" not in resolve_run(cfg, "digits", "flat_lora_r8")["training"]
+    assert "flat" not in resolve_run(cfg, "digits", "flat_lora_r8").training
 
 
 def test_resolve_run_unknown_names(params):
@@ -98,8 +98,8 @@ def test_resolve_run_unknown_names(params):
 def test_sam_resolves_with_defaults_and_refuses_flat(params):
     cfg = copy.deepcopy(params)
     cfg["methods"]["sam_w_r8"]["sam"] = {"space": "lora"}
-    assert resolve_run(cfg, "sentiment", "sam_w_r8")["sam"] == {"rho": 0.05, "space": "lora"}
-    assert resolve_run(cfg, "sentiment", "lora_r8")["sam"] is None
+    assert resolve_run(cfg, "sentiment", "sam_w_r8").strategies["sam"] == {"rho": 0.05, "space": "lora"}
+    assert resolve_run(cfg, "sentiment", "lora_r8").strategies["sam"] is None
     cfg["methods"]["sam_w_r8"]["flat"] = {}
     with pytest.raises(ConfigError, match="'methods.sam_w_r8.sam'"):
         validate(cfg)

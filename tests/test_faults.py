@@ -1,8 +1,7 @@
 """Faults and attacks on the pipeline and its audit: planted code never runs, pickles are refused,
 reports survive failures, killed runs end, corrupt inputs stop before any result is deleted, edits of
-records, histories and figures are caught, errors name their file. The slow ones share one finished pipeline run (a
-reduced config: the sentiment task on the tiny T5, full fine-tuning and LoRA, two seeds, a figure)
-in a temporary DVC project, and tamper with a copy of it."""
+records, histories and figures are caught, errors name their file. The slow ones tamper with a copy of the session's
+finished pipeline (conftest.finished: a temporary DVC project that ran a reduced config)."""
 
 import copy
 import json
@@ -18,24 +17,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, reduced
-from workspace import WORKFLOW, copy_repo, run_as_user
+from conftest import ROOT, finished_config
+from workspace import copy_repo, run_as_user
 
 CONFIG = "small.yaml"
 RUN = "results/runs/sentiment/lora_r8/seed0.json"
-
-
-def small_config(params: dict) -> dict:
-    cfg = reduced(params)
-    cfg["tasks"] = {"sentiment": cfg["tasks"]["sentiment"]}
-    cfg["backbones"] = {"t5-tiny": cfg["backbones"]["t5-tiny"]}
-    cfg["training"] = {"nlu": cfg["training"]["nlu"]}
-    cfg["methods"] = {k: cfg["methods"][k] for k in ("full_ft", "lora_r8")}
-    cfg["tables"][0].update(tasks=["sentiment"], methods=["full_ft", "lora_r8"])
-    cfg["figures"] = [{"id": "training_curves", "caption": "curves", "tasks": ["sentiment"], "methods": ["lora_r8"]}]
-    cfg["claims"]["comparisons"] = []
-    del cfg["sharpness"]
-    return cfg
 
 
 def sh(cwd: Path, *cmd: str) -> subprocess.CompletedProcess:
@@ -44,18 +30,6 @@ def sh(cwd: Path, *cmd: str) -> subprocess.CompletedProcess:
 
 def snakemake(cwd: Path, *args: str, config: str = CONFIG) -> subprocess.CompletedProcess:
     return sh(cwd, sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", config, *args)
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, params):
-    """A DVC project that ran the reduced pipeline (its audit included) and recorded its outputs."""
-    root = copy_repo(tmp_path_factory.mktemp("finished17"), WORKFLOW + ("src", "dvc.yaml", ".dvcignore"))
-    (root / CONFIG).write_text(yaml.safe_dump(small_config(params)))
-    assert sh(root, sys.executable, "-m", "dvc", "init", "--no-scm", "-q").returncode == 0
-    done = snakemake(root)
-    assert done.returncode == 0, done.stderr[-5000:]
-    assert sh(root, sys.executable, "-m", "dvc", "commit", "--force", "-q").returncode == 0
-    return root
 
 
 @pytest.fixture
@@ -203,7 +177,7 @@ def test_a_failed_audit_keeps_the_report_its_message_points_to(tree):
 
 @pytest.mark.slow
 def test_another_configs_run_leaves_this_configs_audit_alone(tree, params):
-    other = small_config(params)
+    other = finished_config(params)
     other["tables"][0]["id"] = "table_other"
     (tree / "other.yaml").write_text(yaml.safe_dump(other))
     done = snakemake(tree, config="other.yaml")

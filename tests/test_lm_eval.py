@@ -68,8 +68,8 @@ def tasks_dir(workspace, tmp_path):
 
 def _tiny_llama(workspace):
     run = resolve_run(workspace, "arithmetic", "lora_r8")
-    family = families.get(run["family"])
-    model, tokenizer = family.load_for_task(paths.backbone_dir(run["backbone"]), load_manifest(paths.prepared_dir("arithmetic")))
+    family = families.get(run.family)
+    model, tokenizer = family.load_for_task(paths.backbone_dir(run.backbone), load_manifest(paths.prepared_dir("arithmetic")))
     return model.eval(), tokenizer
 
 

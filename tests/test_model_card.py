@@ -34,7 +34,7 @@ def test_adapter_checkpoint_has_a_filled_card_and_its_task_type(workspace, one_t
     assert "PeftModel.from_pretrained(base, 'checkpoints/" in card
     config = json.loads((ckpt / "adapter_config.json").read_text())
     assert config["task_type"] == TASK_TYPES[task]
-    assert config["base_model_name_or_path"] == str(paths.backbone_dir(run["backbone"]))  # no hub id: in-pipeline
+    assert config["base_model_name_or_path"] == str(paths.backbone_dir(run.backbone))  # no hub id: in-pipeline
     assert result["lineage"]["checkpoint_sha256"] == sha256_dir(ckpt)  # the hash covers the card
     (ckpt / ".snakemake_timestamp").touch()  # Snakemake's marker in directory() outputs: not content
     assert sha256_dir(ckpt) == result["lineage"]["checkpoint_sha256"]
@@ -53,8 +53,8 @@ def test_plain_peft_load_with_the_task_class_scores_as_recorded(workspace, one_t
     model = PeftModel.from_pretrained(base, str(ckpt)).eval()
     assert isinstance(model, PeftModelForSeq2SeqLM)
     frame = load_split(paths.prepared_dir("sentiment"), "test")
-    family = families.get(run["family"])
-    assert family.evaluate(model, tokenizer, frame, manifest, run["training"]["max_length"]) == result["metrics"]["test"]
+    family = families.get(run.family)
+    assert family.evaluate(model, tokenizer, frame, manifest, run.training["max_length"]) == result["metrics"]["test"]
     ours, _, _ = checkpoints.load(run, 0)
     assert type(ours) is PeftModel
 

@@ -29,7 +29,7 @@ def test_method_trains_and_records_everything(workspace, task, method):
     result = train_one(workspace, run, seed=0)
     on_disk = json.loads(paths.run_result(task, method, 0).read_text())
     assert on_disk == json.loads(json.dumps(result))
-    assert result["status"] == "FINISHED" and result["config"] == run
+    assert result["status"] == "FINISHED" and result["config"] == run.as_dict()
     assert {"validation", "test"} <= result["metrics"].keys()
     assert all(0.0 <= v <= 100.0 for v in result["metrics"].values())
     if task == "digits":
@@ -77,13 +77,13 @@ def test_saved_adapter_reloads_to_the_same_metric(workspace, task):
 
     run = resolve_run(workspace, task, "flat_lora_r8")
     result = train_one(workspace, run, seed=0)
-    family = families.get(run["family"])
+    family = families.get(run.family)
     manifest = load_manifest(paths.prepared_dir(task))
     torch.manual_seed(12345)  # a different init of any new head: the saved one must override it
-    base, tokenizer = family.load_for_task(paths.backbone_dir(run["backbone"]), manifest)
+    base, tokenizer = family.load_for_task(paths.backbone_dir(run.backbone), manifest)
     model = PeftModel.from_pretrained(base, str(paths.checkpoint_dir(task, "flat_lora_r8", 0)))
     test = load_split(paths.prepared_dir(task), "test")
-    assert family.evaluate(model, tokenizer, test, manifest, run["training"]["max_length"]) == pytest.approx(result["metrics"]["test"], abs=1e-4)
+    assert family.evaluate(model, tokenizer, test, manifest, run.training["max_length"]) == pytest.approx(result["metrics"]["test"], abs=1e-4)
 
 
 def test_nlu_metric_is_label_constrained_greedy_decoding_of_the_saved_adapter(workspace):
@@ -93,15 +93,15 @@ def test_nlu_metric_is_label_constrained_greedy_decoding_of_the_saved_adapter(wo
 
     run = resolve_run(workspace, "sentiment", "lora_r8")
     result = train_one(workspace, run, seed=0)
-    family = families.get(run["family"])
+    family = families.get(run.family)
     manifest = load_manifest(paths.prepared_dir("sentiment"))
-    base, tokenizer = family.load_for_task(paths.backbone_dir(run["backbone"]), manifest)
+    base, tokenizer = family.load_for_task(paths.backbone_dir(run.backbone), manifest)
     model = PeftModel.from_pretrained(base, str(paths.checkpoint_dir("sentiment", "lora_r8", 0))).eval()
     words = manifest["label_words"]
     firsts = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words]
     test = load_split(paths.prepared_dir("sentiment"), "test")
     texts = test["text"].tolist() if "text_pair" not in test else [f"{a} {b}" for a, b in zip(test["text"], test["text_pair"])]
-    batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=run["training"]["max_length"])
+    batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=run.training["max_length"])
     out = model.generate(**batch, max_new_tokens=1, do_sample=False, num_beams=1,
                          prefix_allowed_tokens_fn=lambda _b, _ids: firsts)
     decoded = [tokenizer.decode(seq, skip_special_tokens=True) for seq in out]
@@ -122,12 +122,12 @@ def test_inplace_flat_measures_drift_and_restores_pristine_weights(workspace, ta
     # The evaluated model was pristine base + adapter: reloading reproduces the metric exactly.
     from peft import PeftModel
 
-    family = families.get(run["family"])
+    family = families.get(run.family)
     manifest = load_manifest(paths.prepared_dir(task))
-    base, tok = family.load_for_task(paths.backbone_dir(run["backbone"]), manifest)
+    base, tok = family.load_for_task(paths.backbone_dir(run.backbone), manifest)
     model = PeftModel.from_pretrained(base, str(paths.checkpoint_dir(task, "flat_lora_r8", 0)))
     test = load_split(paths.prepared_dir(task), "test")
-    max_length = run["training"]["max_length"]
+    max_length = run.training["max_length"]
     assert family.evaluate(model, tok, test, manifest, max_length) == pytest.approx(result["metrics"]["test"], abs=1e-4)
 
 

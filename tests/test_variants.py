@@ -36,23 +36,23 @@ def with_variants(config: dict) -> dict:
     return cfg
 
 
-def reload(run: dict, task: str, method: str):
+def reload(run, task: str, method: str):
     """The saved checkpoint loaded with PeftModel.from_pretrained on the pristine backbone."""
     from peft import PeftModel
 
-    family = families.get(run["family"])
+    family = families.get(run.family)
     manifest = load_manifest(paths.prepared_dir(task))
     torch.manual_seed(12345)  # a different init of any new head: the saved one must override it
-    base, tokenizer = family.load_for_task(paths.backbone_dir(run["backbone"]), manifest)
+    base, tokenizer = family.load_for_task(paths.backbone_dir(run.backbone), manifest)
     return PeftModel.from_pretrained(base, str(paths.checkpoint_dir(task, method, 0))).eval(), tokenizer
 
 
 @torch.no_grad()
-def logits(model, run: dict, task: str, tokenizer) -> torch.Tensor:
-    family = families.get(run["family"])
+def logits(model, run, task: str, tokenizer) -> torch.Tensor:
+    family = families.get(run.family)
     manifest = load_manifest(paths.prepared_dir(task))
     test = load_split(paths.prepared_dir(task), "test").head(8)
-    batch = family.encode(test, tokenizer, manifest, run["training"]["max_length"]).batch(list(range(len(test))))
+    batch = family.encode(test, tokenizer, manifest, run.training["max_length"]).batch(list(range(len(test))))
     return model.eval()(**batch).logits
 
 
@@ -76,10 +76,10 @@ def test_variant_trains_saves_peft_format_and_reloads_to_the_same_model(workspac
     assert (result["flat"] is not None) == flat
     assert result["resources"]["step_peak_mb"] > 0  # every run's middle step is profiled
     model, tokenizer = reload(run, task, method)
-    family = families.get(run["family"])
+    family = families.get(run.family)
     manifest = load_manifest(paths.prepared_dir(task))
     test = load_split(paths.prepared_dir(task), "test")
-    assert family.evaluate(model, tokenizer, test, manifest, run["training"]["max_length"]) == pytest.approx(result["metrics"]["test"], abs=1e-4)
+    assert family.evaluate(model, tokenizer, test, manifest, run.training["max_length"]) == pytest.approx(result["metrics"]["test"], abs=1e-4)
     torch.testing.assert_close(logits(model, run, task, tokenizer), logits(trained["model"], run, task, tokenizer),
                                rtol=1e-4, atol=1e-4)
 

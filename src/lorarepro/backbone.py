@@ -20,6 +20,10 @@ from lorarepro.families.common import quiet_transformers
 from lorarepro.hashing import sha256_dir
 from lorarepro.training.loop import make_optimizer, train_steps
 
+# Pretraining's fixed AdamW settings (its lr, steps and batch come from the backbone's `pretrain:`)
+PRETRAIN_WEIGHT_DECAY = 0.01
+PRETRAIN_WARMUP_RATIO = 0.05
+
 
 def pretrain(name: str, cfg: dict, pretext_dir: Path, out_dir: Path, seed: int) -> dict:
     """Build the backbone from `cfg['size']`, pretrain it, and save it to `out_dir` atomically."""
@@ -32,7 +36,7 @@ def pretrain(name: str, cfg: dict, pretext_dir: Path, out_dir: Path, seed: int) 
     pre = cfg["pretrain"]
     rng = np.random.default_rng(seed)
     plan = [[rng.choice(len(rows), size=min(pre["batch_size"], len(rows)), replace=False).tolist()] for _ in range(pre["steps"])]
-    optimizer, scheduler = make_optimizer(model, pre["lr"], 0.01, pre["steps"], 0.05)
+    optimizer, scheduler = make_optimizer(model, pre["lr"], PRETRAIN_WEIGHT_DECAY, pre["steps"], PRETRAIN_WARMUP_RATIO)
     start = time.perf_counter()
     history = train_steps(
         model, plan, lambda idx: family.pretext_batch(tokenizer, rows.iloc[idx], rng, pre["max_length"]),

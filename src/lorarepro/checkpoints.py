@@ -28,6 +28,7 @@ from lorarepro import families, numerics, paths
 from lorarepro.atomic import atomic_dir, write_text
 from lorarepro.data import load_eval_splits, load_manifest
 from lorarepro.evaluation import evaluate_splits
+from lorarepro.experiment import RunSpec
 from lorarepro.families.common import quiet_transformers
 from lorarepro.hashing import sha256_dir
 from lorarepro.methods import lora
@@ -40,12 +41,15 @@ class UnsafeCheckpoint(ValueError):
     """A checkpoint whose weights are not (only) safetensors: it is never loaded."""
 
 
-def deterministic(run: dict) -> None:
-    """What every training or evaluating process sets first, from a resolved run (or a config): its
-    threads and numerics (lorarepro.numerics), deterministic algorithms. Results are then
-    bit-identical on one machine, and under portable numerics on any x86-64 CPU."""
+def deterministic(settings) -> None:
+    """What every training or evaluating process sets first, from a RunSpec (or a record's `config`,
+    or a config): its threads and numerics (lorarepro.numerics), deterministic algorithms. Results
+    are then bit-identical on one machine, and under portable numerics on any x86-64 CPU."""
     quiet_transformers()
-    numerics.apply(run.get("numerics", "portable"), run.get("threads", 1))
+    if isinstance(settings, RunSpec):
+        numerics.apply(settings.numerics, settings.threads)
+    else:
+        numerics.apply(settings.get("numerics", "portable"), settings.get("threads", 1))
     torch.use_deterministic_algorithms(True)
 
 
@@ -164,20 +168,22 @@ def _version() -> str:
         return "(not installed)"
 
 
-def load(run: dict, seed: int, merged: bool = False):
+def load(run, seed: int, merged: bool = False):
     """(model in eval mode, tokenizer, manifest) of a saved run, `run` being its resolved settings.
 
     LoRA family: the backbone with the PEFT adapter, as training evaluated it (not merged: merging
     rounds differently), or with `merged` its weights W + s·BA in a plain model; full fine-tuning:
     the saved model. Loading may initialise a fresh head before the saved one replaces it: that
-    runs under a forked RNG seeded with the run's seed, so the caller's RNG state is untouched."""
-    family = families.get(run["family"])
-    manifest = load_manifest(paths.prepared_dir(run["task"]))
-    ckpt = paths.checkpoint_dir(run["task"], run["method"], seed)
+    runs under a forked RNG seeded with the run's seed, so the caller's RNG state is untouched.
+    `run`: a RunSpec or its dict layout (a result record's `config`)."""
+    run = RunSpec.of(run)
+    family = families.get(run.family)
+    manifest = load_manifest(paths.prepared_dir(run.task))
+    ckpt = paths.checkpoint_dir(run.task, run.method, seed)
     if not ckpt.is_dir():
-        raise FileNotFoundError(f"{ckpt}: checkpoint of task={run['task']} method={run['method']} seed={seed} is missing")
-    refuse_pickle(ckpt, "adapter_model.safetensors" if run["adapter"] is not None else None)
-    if run["adapter"] is None:
+        raise FileNotFoundError(f"{ckpt}: checkpoint of task={run.task} method={run.method} seed={seed} is missing")
+    refuse_pickle(ckpt, "adapter_model.safetensors" if run.adapter is not None else None)
+    if run.adapter is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model, tokenizer = family.load_for_task(ckpt, manifest)
@@ -194,11 +200,11 @@ def load(run: dict, seed: int, merged: bool = False):
     return model.eval(), tokenizer, manifest
 
 
-def load_backbone(run: dict, seed: int, manifest: dict):
+def load_backbone(run: RunSpec, seed: int, manifest: dict):
     """(model, tokenizer) of the run's backbone for its task, as `load` starts from: seeded with the
     run's seed, so weights the backbone lacks (a new head) are initialised the same each time."""
     torch.manual_seed(seed)
-    return families.get(run["family"]).load_for_task(paths.backbone_dir(run["backbone"]), manifest)
+    return families.get(run.family).load_for_task(paths.backbone_dir(run.backbone), manifest)
 
 
 def pickle_files(ckpt: Path) -> list[str]:
@@ -217,14 +223,16 @@ def refuse_pickle(ckpt: Path, required: str | None = None) -> None:
         raise FileNotFoundError(f"{ckpt}: no {required} (weights load from safetensors only)")
 
 
-def evaluate_saved(run: dict, seed: int, evaluation: dict | None = None, details: dict | None = None):
+def evaluate_saved(run, seed: int, evaluation: dict | None = None, details: dict | None = None):
     """A saved run evaluated again on every evaluation split, loaded and set up as training evaluated
-    it (so the metrics come back bit-identical on the same machine): (metrics, not_run, model)."""
+    it (so the metrics come back bit-identical on the same machine): (metrics, not_run, model).
+    `run`: a RunSpec or a result record's `config`."""
+    run = RunSpec.of(run)
     deterministic(run)
     model, tokenizer, manifest = load(run, seed)
-    splits = load_eval_splits(paths.prepared_dir(run["task"]), manifest)
-    metrics, not_run = evaluate_splits(families.get(run["family"]), model, tokenizer, splits, manifest,
-                                       run["training"]["max_length"], evaluation, details)
+    splits = load_eval_splits(paths.prepared_dir(run.task), manifest)
+    metrics, not_run = evaluate_splits(families.get(run.family), model, tokenizer, splits, manifest,
+                                       run.training["max_length"], evaluation, details)
     return metrics, not_run, model
 
 

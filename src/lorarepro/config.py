@@ -202,3 +202,19 @@ def jobs_mode(config: dict, local: bool) -> str:
         return mode
     gpus = any(resources(config, "train", task)["gpu"] for task in config["tasks"])
     return "per_method" if local and not gpus else "per_seed"
+
+
+def train_priorities(config: dict, specs: dict, runs: dict) -> dict:
+    """{(task, method): Snakemake priority 1..9} of the per_method train jobs: the longest first
+    (optimizer steps over all their seeds; a task without declared sizes counts 1,000 examples), so
+    that short jobs fill the cores at the end instead of one long job running alone. Below the
+    data and backbone rules' 10: those gate every train job of their task."""
+    def steps(task: str, method: str) -> int:
+        training = specs[(task, method)].training
+        examples = ((config["tasks"][task].get("sizes") or {}).get("train")) or 1000
+        examples = max(1, round(examples * training.get("train_fraction", 1.0)))
+        return len(runs[(task, method)]) * training["epochs"] * -(-examples // training["batch_size"])
+
+    cost = {pair: steps(*pair) for pair in runs}
+    most = max(cost.values(), default=1)
+    return {pair: 1 + round(8 * c / most) for pair, c in cost.items()}

@@ -6,9 +6,15 @@ generators, adapters, step strategies, the judge), and one run's resolved settin
 defaults). Snakemake runs `check` when it builds the DAG, which resolves every run once
 (`run_specs`) and hands each train job its own; every other entry point calls `load`, so a job
 never trusts an unchecked file.
+
+A resolved run is a `RunSpec`: typed and frozen. Snakemake carries it as `as_dict()` (the layout of
+a result record's `config`, so a param compares equal across versions); a job, the audit or a
+reader of records turns that back into a spec with `RunSpec.of`, which resolves nothing.
 """
 
 import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from lorarepro import methods
 from lorarepro.config import (
@@ -24,6 +30,51 @@ from lorarepro.methods.lora import LORA_TYPES, MUTATING_INITS, max_rank, tuner_c
 DISTRIBUTED = {"processes": 1, "backend": "auto", "timeout_minutes": 60}  # training.<family>.distributed
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one (task, method) run needs, resolved once (`resolve_run`). Frozen: its settings
+    are copies no caller shares, so handing a spec on can never change it for another reader."""
+
+    task: str
+    method: str
+    family: str
+    backbone: str
+    adapter: dict | None  # the method's `adapter:` entry; None: full fine-tuning
+    training: dict  # family < method < task, without the step strategies' keys
+    strategies: dict  # {key: settings or None} for every registered step strategy (methods.STRATEGIES)
+    threads: int = 1
+    numerics: str = "portable"
+    backbone_dtype: str | None = None  # None: float32
+
+    def __post_init__(self) -> None:
+        for name in ("adapter", "training", "strategies"):
+            object.__setattr__(self, name, copy.deepcopy(getattr(self, name)))
+
+    def as_dict(self) -> dict:
+        """The spec as a result record's `config` holds it (strategies at the top level; the dtype
+        only when not float32), also the train jobs' Snakemake param."""
+        out = {"task": self.task, "method": self.method, "family": self.family, "backbone": self.backbone,
+               "adapter": copy.deepcopy(self.adapter), **copy.deepcopy(self.strategies),
+               "training": copy.deepcopy(self.training), "threads": self.threads, "numerics": self.numerics}
+        if self.backbone_dtype is not None:
+            out["backbone_dtype"] = self.backbone_dtype
+        return out
+
+    @classmethod
+    def of(cls, run: "RunSpec | Mapping") -> "RunSpec":
+        """`run` itself, or the spec of its dict layout (a Snakemake param, a record's `config`)."""
+        if isinstance(run, RunSpec):
+            return run
+        missing = [key for key in ("task", "method", "family", "backbone", "adapter", "training") if key not in run]
+        if missing:
+            raise ValueError(f"run settings without {missing} (of task {run.get('task')!r}, method {run.get('method')!r})")
+        return cls(task=run["task"], method=run["method"], family=run["family"], backbone=run["backbone"],
+                   adapter=run["adapter"], training=run["training"],
+                   strategies={key: run.get(key) for key in methods.STRATEGIES},
+                   threads=run.get("threads", 1), numerics=run.get("numerics", "portable"),
+                   backbone_dtype=run.get("backbone_dtype"))
+
+
 def load(*paths) -> dict:
     """Read, merge and schema-validate the config files (lorarepro.config.read), then `check` them."""
     config = read(*paths)
@@ -37,7 +88,7 @@ def validate(config: dict) -> None:
     check(config)
 
 
-def check(config: dict) -> dict[tuple[str, str], dict]:
+def check(config: dict) -> dict[tuple[str, str], RunSpec]:
     """Cross-references the schema cannot express; returns the resolved run spec of every (task,
     method) some table, figure or claim reads, each resolved once here (`run_specs`) and handed on:
     Snakemake gives each train job its own as a param, and nothing downstream resolves it again."""
@@ -212,7 +263,7 @@ def _check_methods(config: dict, runs: dict) -> None:
                 f"config key 'methods.{name}.{key}': rank {max_rank(adapter)} exceeds the smallest "
                 f"linear dimension {smallest} of backbone '{task['backbone']}' (task '{task_name}')"
             )
-        flat = runs[(task_name, name)]["flat"]
+        flat = runs[(task_name, name)].strategies["flat"]
         if adapter.get("init") in MUTATING_INITS and flat is not None and flat["mode"] == "inplace":
             raise ConfigError(
                 f"config key 'methods.{name}.flat.mode': inplace restores W from the saved backbone, which "
@@ -275,12 +326,12 @@ def _smallest_linear_dim(backbone: dict) -> int | None:
     return min(dims) if dims else None
 
 
-def run_specs(config: dict) -> dict[tuple[str, str], dict]:
+def run_specs(config: dict) -> dict[tuple[str, str], RunSpec]:
     """{(task, method): resolved run} of every run some table, figure or claim reads."""
     return {pair: resolve_run(config, *pair) for pair in reported_pairs(config)}
 
 
-def resolve_run(config: dict, task: str, method: str) -> dict:
+def resolve_run(config: dict, task: str, method: str) -> RunSpec:
     """Everything one (task, method) run needs, with defaults deep-merged: family < method < task;
     a step strategy's settings: its defaults < the family's `training.<key>` < the method's entry."""
     if task not in config["tasks"]:
@@ -295,23 +346,13 @@ def resolve_run(config: dict, task: str, method: str) -> dict:
         family_defaults = training.pop(key, None)
         entry = method_cfg.get(key)
         strategies[key] = None if entry is None else methods.settings(key, family_defaults, entry)
-    run = {
-        "task": task,
-        "method": method,
-        "family": task_cfg["family"],
-        "backbone": task_cfg["backbone"],
-        "adapter": copy.deepcopy(method_cfg["adapter"]),
-        **strategies,
-        "training": training,
-        "threads": config.get("threads", 1),
-        "numerics": config.get("numerics", "portable"),
-    }
     dtype = config["backbones"][task_cfg["backbone"]].get("dtype", "float32")
-    if dtype != "float32":  # only then: float32 runs keep their settings (and Snakemake params) unchanged
-        run["backbone_dtype"] = dtype
-    return run
+    return RunSpec(task=task, method=method, family=task_cfg["family"], backbone=task_cfg["backbone"],
+                   adapter=method_cfg["adapter"], training=training, strategies=strategies,
+                   threads=config.get("threads", 1), numerics=config.get("numerics", "portable"),
+                   backbone_dtype=None if dtype == "float32" else dtype)
 
 
-def distributed(run: dict) -> dict:
+def distributed(run: RunSpec) -> dict:
     """A resolved run's data-parallel settings with defaults (processes 1: the plain single-process path)."""
-    return {**DISTRIBUTED, **(run["training"].get("distributed") or {})}
+    return {**DISTRIBUTED, **(run.training.get("distributed") or {})}

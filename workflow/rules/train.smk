@@ -6,7 +6,8 @@ def train_inputs(task, log):
 
 
 # Each job gets its resolved run spec (RUN_SPECS, resolved once when the Snakefile was read) as a
-# param: the job trains from it, and a changed spec reruns only that method's jobs (params trigger).
+# param, in the layout of a record's `config`: the job trains from it, and a changed spec reruns
+# only that method's jobs (params trigger).
 if JOBS == "per_seed":
 
     rule train:
@@ -18,7 +19,7 @@ if JOBS == "per_seed":
             history=str(paths.run_history("{task}", "{method}", "{seed}")),
             checkpoint=directory(str(paths.checkpoint_dir("{task}", "{method}", "{seed}"))),
         params:
-            run=lambda w: RUN_SPECS[(w.task, w.method)],
+            run=lambda w: RUN_SPECS[(w.task, w.method)].as_dict(),
             seeds=lambda w: [int(w.seed)],
         threads: config["threads"]
         log:
@@ -29,6 +30,7 @@ if JOBS == "per_seed":
             "../scripts/job.py"
 
 else:  # per_method: one job trains the union of the seeds its tables, figures and claims read, in one process
+    PRIORITY = train_priorities(config, RUN_SPECS, RUNS)
 
     for (task, method), seeds in RUNS.items():
 
@@ -41,9 +43,10 @@ else:  # per_method: one job trains the union of the seeds its tables, figures a
                 histories=[str(paths.run_history(task, method, s)) for s in seeds],
                 checkpoints=[directory(str(paths.checkpoint_dir(task, method, s))) for s in seeds],
             params:
-                run=RUN_SPECS[(task, method)],
+                run=RUN_SPECS[(task, method)].as_dict(),
                 seeds=seeds,
             threads: config["threads"]
+            priority: PRIORITY[(task, method)]
             log:
                 str(paths.log("train", task, method)),
             resources:

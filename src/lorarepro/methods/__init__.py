@@ -41,18 +41,18 @@ def settings(key: str, family_defaults: dict | None, method_entry: dict) -> dict
     return deep_merge(STRATEGIES[key].defaults, deep_merge(family_defaults or {}, method_entry))
 
 
-def chosen(run: dict) -> str | None:
-    """The key of the strategy a resolved run uses (None: plain optimizer steps)."""
-    keys = [key for key in STRATEGIES if run.get(key) is not None]
+def chosen(run) -> str | None:
+    """The key of the strategy a resolved run (lorarepro.experiment.RunSpec) uses (None: plain optimizer steps)."""
+    keys = [key for key in STRATEGIES if run.strategies.get(key) is not None]
     if len(keys) > 1:
-        raise ValueError(f"run {run.get('task')}/{run.get('method')} turns on {keys}: one step strategy at a time")
+        raise ValueError(f"run {run.task}/{run.method} turns on {keys}: one step strategy at a time")
     return keys[0] if keys else None
 
 
-def build(model, run: dict, total_steps: int, seed: int):
-    """The run's step strategy around `model`, or None."""
+def build(model, run, total_steps: int, seed: int):
+    """The run's (a RunSpec's) step strategy around `model`, or None."""
     key = chosen(run)
-    return None if key is None else call(STRATEGIES[key].builder, model, run[key], total_steps, seed)
+    return None if key is None else call(STRATEGIES[key].builder, model, run.strategies[key], total_steps, seed)
 
 
 def finish(strategy, pristine) -> dict:

@@ -85,10 +85,11 @@ def job_tags(smk) -> dict:
 def train(smk):
     # claim: this job's own GPUs (Snakemake never sets CUDA_VISIBLE_DEVICES locally)
     with logged(smk.log[0]), claim(smk.resources.get("gpu", 0)):
-        from lorarepro.pipeline.launcher import train_job  # deferred: torch, transformers, PEFT
+        from lorarepro.experiment import RunSpec  # deferred: torch, transformers, PEFT
+        from lorarepro.pipeline.launcher import train_job
 
         allow_remote_code(smk.config)
-        train_job(smk.config, smk.params.run, smk.params.seeds, job_tags(smk))  # the run as the DAG resolved it
+        train_job(smk.config, RunSpec.of(smk.params.run), smk.params.seeds, job_tags(smk))  # as the DAG resolved it
 
 
 def sharpness(smk):

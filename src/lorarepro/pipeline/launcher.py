@@ -26,7 +26,7 @@ from pathlib import Path
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from lorarepro import records
-from lorarepro.experiment import distributed
+from lorarepro.experiment import RunSpec, distributed
 from lorarepro.families.common import allow_remote_code
 from lorarepro.training.train import train_task_method
 
@@ -56,16 +56,16 @@ def _fd(stream):
         return None
 
 
-def train_job(config: dict, run: dict, seeds: list[int], job: dict | None = None) -> list[dict]:
+def train_job(config: dict, run: RunSpec, seeds: list[int], job: dict | None = None) -> list[dict]:
     """The train job's body: these seeds of the resolved `run`, here or on the ranks it asks for;
     returns the result records."""
-    task, method = run["task"], run["method"]
+    task, method = run.task, run.method
     processes = distributed(run)["processes"]
     if processes == 1:
         return train_task_method(config, run, seeds, job)
     with tempfile.TemporaryDirectory(prefix="lorarepro-ranks-") as tmp:
         handed = Path(tmp) / "job.json"
-        handed.write_text(json.dumps({"config": config, "run": run}))
+        handed.write_text(json.dumps({"config": config, "run": run.as_dict()}))
         run_ranks(["-m", "lorarepro.pipeline.launcher", str(handed), json.dumps(seeds), json.dumps(job or {})],
                   processes, what=f"training of task={task} method={method}")
     return [records.read(task, method, seed) for seed in seeds]
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> None:
     def rank_main() -> None:
         given = json.loads(Path(handed).read_text())
         allow_remote_code(given["config"])  # each rank is a new process: the config alone decides again
-        train_task_method(given["config"], given["run"], json.loads(seeds), json.loads(job))
+        train_task_method(given["config"], RunSpec.of(given["run"]), json.loads(seeds), json.loads(job))
 
     rank_main()
 

@@ -104,7 +104,7 @@ def _is_causal(module) -> bool:
     return False
 
 
-def join(run: dict) -> Ranks | None:
+def join(run) -> Ranks | None:
     """This process's rank when torch.distributed.run started it with more than one rank (LOCAL_RANK
     and WORLD_SIZE in the environment), else None: the plain single-process path."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -112,7 +112,7 @@ def join(run: dict) -> Ranks | None:
         return None
     dp = distributed(run)
     if world != dp["processes"]:
-        raise RuntimeError(f"started as one of {world} data-parallel ranks, but task={run['task']} method={run['method']} "
+        raise RuntimeError(f"started as one of {world} data-parallel ranks, but task={run.task} method={run.method} "
                            f"has training.distributed.processes {dp['processes']}")
     return Ranks(accelerator(dp))
 

@@ -29,10 +29,10 @@ FORMAT = 1
 STATE = "state.pt"
 
 
-def fingerprint(run: dict, seed: int, data_sha256: str, backbone_sha256: str) -> str:
-    """What must be equal for a saved state to continue this run (a config change starts over)."""
+def fingerprint(run, seed: int, data_sha256: str, backbone_sha256: str) -> str:
+    """What must be equal for a saved state to continue this run (a RunSpec; a config change starts over)."""
     libs = {name: version(name) for name in ("torch", "transformers", "peft")}
-    blob = {"format": FORMAT, "run": run, "seed": seed, "data": data_sha256, "backbone": backbone_sha256, "libs": libs}
+    blob = {"format": FORMAT, "run": run.as_dict(), "seed": seed, "data": data_sha256, "backbone": backbone_sha256, "libs": libs}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 

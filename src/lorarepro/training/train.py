@@ -37,6 +37,7 @@ from lorarepro import checkpoints, device, families, methods, numerics, paths, r
 from lorarepro.atomic import atomic_dir, write_json
 from lorarepro.data import load_eval_splits, load_manifest, load_split, verify_dataset
 from lorarepro.evaluation import evaluate_splits, record_entries
+from lorarepro.experiment import RunSpec
 from lorarepro.methods import lora
 from lorarepro.runinfo import git_state, peak_rss_mb, versions
 from lorarepro.training import ranks as data_parallel
@@ -46,39 +47,39 @@ from lorarepro.training.resume import StepCheckpoints, fingerprint
 from lorarepro.training.selection import Selection
 
 
-def load_model(run: dict, manifest: dict, seed: int):
+def load_model(run: RunSpec, manifest: dict, seed: int):
     """The task's backbone, seeded so that a new head (and later the adapter init) is too."""
-    family = families.get(run["family"])
+    family = families.get(run.family)
     torch.manual_seed(seed)
-    model, tokenizer = family.load_for_task(paths.backbone_dir(run["backbone"]), manifest)
-    if run.get("backbone_dtype"):  # e.g. bf16 backbone; PEFT keeps the adapter in fp32 (autocast_adapter_dtype)
-        model = model.to(getattr(torch, run["backbone_dtype"]))
+    model, tokenizer = family.load_for_task(paths.backbone_dir(run.backbone), manifest)
+    if run.backbone_dtype:  # e.g. bf16 backbone; PEFT keeps the adapter in fp32 (autocast_adapter_dtype)
+        model = model.to(getattr(torch, run.backbone_dtype))
     return model, tokenizer
 
 
-def wrap_adapter(model, run: dict, total_steps: int, gradient_batches=None, device=None):
+def wrap_adapter(model, run: RunSpec, total_steps: int, gradient_batches=None, device=None):
     """The method's PEFT adapter around `model` (unchanged for full fine-tuning), on `device`."""
-    family = families.get(run["family"])
-    return lora.apply(model, run["adapter"], family.head_modules(), family.trained_heads(model),
+    family = families.get(run.family)
+    return lora.apply(model, run.adapter, family.head_modules(), family.trained_heads(model),
                       total_steps=total_steps, gradient_batches=gradient_batches, device=device)
 
 
 class _Session:
     """Everything one seed's training holds: data, model, optimizer, step strategy, resume state."""
 
-    def __init__(self, config: dict, run: dict, seed: int, ranks) -> None:
+    def __init__(self, config: dict, run: RunSpec, seed: int, ranks) -> None:
         self.run, self.seed, self.ranks = run, seed, ranks
         self.main = ranks is None or ranks.is_main
-        task, method, tcfg = run["task"], run["method"], run["training"]
+        task, method, tcfg = run.task, run.method, run.training
         self.label = f"task={task} method={method} seed={seed}"
         self.task_dir = paths.prepared_dir(task)
         self.manifest = verify_dataset(self.task_dir)
-        self.family = families.get(run["family"])
+        self.family = families.get(run.family)
         model, self.tokenizer = load_model(run, self.manifest, seed)
         self.encoded = self.family.encode(_training_rows(self.task_dir, tcfg), self.tokenizer, self.manifest,
                                           tcfg["max_length"])
         self.plan = step_plan(len(self.encoded), tcfg["batch_size"], tcfg["grad_accum"], tcfg["epochs"], seed)
-        self.adapter = lora.kind(run["adapter"])
+        self.adapter = lora.kind(run.adapter)
         init_steps = self.plan[: self.adapter.gradient_steps]  # an init from gradients reads the first steps' batches
         self.device = device.pick() if ranks is None else ranks.device
         self.model = wrap_adapter(model, run, len(self.plan),
@@ -92,7 +93,7 @@ class _Session:
         # an adapter whose training state a step checkpoint cannot hold always trains from the start
         every = config.get("checkpoint_every", 50) if self.adapter.resumable else 0
         self.resume = StepCheckpoints(paths.resume_dir(task, method, seed),
-                                      fingerprint(run, seed, self.manifest["sha256"], _backbone_sha(run["backbone"])), every)
+                                      fingerprint(run, seed, self.manifest["sha256"], _backbone_sha(run.backbone)), every)
         self.selection = Selection(tcfg.get("checkpoint_selection", "last"), self.model,
                                    math.ceil(len(self.encoded) / tcfg["batch_size"]), len(self.plan), self._validation_score)
 
@@ -133,7 +134,7 @@ class _Session:
         """The selection's criterion on the validation split: the training loss (mean over examples)
         or the task's metric; the model is back in training mode afterwards."""
         frame = load_split(self.task_dir, "validation")
-        tcfg = self.run["training"]
+        tcfg = self.run.training
         try:
             if self.selection.criterion == "best_validation_metric":
                 return self.family.evaluate(self.model, self.tokenizer, frame, self.manifest, tcfg["max_length"])
@@ -150,17 +151,17 @@ class _Session:
 
     def pristine(self, target_names: list[str]) -> dict:
         """The saved backbone's weights of these layers (what an in-place strategy restores W from)."""
-        backbone = paths.backbone_dir(self.run["backbone"])
+        backbone = paths.backbone_dir(self.run.backbone)
         return checkpoints.backbone_weights(target_names, backbone,
                                             lambda: self.family.load_for_task(backbone, self.manifest)[0])
 
 
-def train_one(config: dict, run: dict, seed: int, tracker=None, ranks=None) -> dict | None:
+def train_one(config: dict, run: RunSpec, seed: int, tracker=None, ranks=None) -> dict | None:
     """Train and evaluate one seed; returns the result dict (also written to disk).
 
     `ranks` (lorarepro.training.ranks.Ranks): this process is one data-parallel rank; all ranks train,
     rank 0 alone saves step checkpoints, evaluates and writes (the others return None)."""
-    started = _now()
+    started, run_start = _now(), time.perf_counter()
     checkpoints.deterministic(run)  # the run's threads and numerics, whoever calls (a job, the audit, a test)
     session = _Session(config, run, seed, ranks)
     try:
@@ -176,22 +177,24 @@ def train_one(config: dict, run: dict, seed: int, tracker=None, ranks=None) -> d
     strategy_entry = methods.finish(session.strategy, session.pristine)
     evaluation = config.get("evaluation")
     details: dict = {}  # per-split evaluation details (HumanEval: outcomes, sandbox isolation)
+    evaluate_start = time.perf_counter()
     metrics, not_run = evaluate_splits(session.family, session.model, session.tokenizer,
                                        load_eval_splits(session.task_dir, session.manifest), session.manifest,
-                                       run["training"]["max_length"], evaluation, details)
+                                       run.training["max_length"], evaluation, details)
+    evaluate_seconds = time.perf_counter() - evaluate_start
     metric = session.manifest.get("metric", session.family.METRIC)
-    ckpt = checkpoints.save(session.model, session.tokenizer, paths.checkpoint_dir(run["task"], run["method"], seed),
-                            session.initial, card={"run": run, "seed": seed, "metric": metric, "metrics": metrics})
+    ckpt = checkpoints.save(session.model, session.tokenizer, paths.checkpoint_dir(run.task, run.method, seed),
+                            session.initial, card={"run": run.as_dict(), "seed": seed, "metric": metric, "metrics": metrics})
     model, history = session.model, session.history
     result = {
-        "task": run["task"], "method": run["method"], "seed": seed, "family": run["family"], "backbone": run["backbone"],
+        "task": run.task, "method": run.method, "seed": seed, "family": run.family, "backbone": run.backbone,
         "status": records.FINISHED, "metric": metric, "metrics": metrics,
         # present only when some split was deliberately not run, was scored by a judge or carries
         # details (HumanEval's outcomes): other results keep their keys
         **({"not_run": not_run} if not_run else {}),
         **record_entries(metric, evaluation, metrics),
         **({"evaluation": details} if details else {}),
-        "config": run,
+        "config": run.as_dict(),
         "train": {
             "steps": len(session.plan), "final_loss": history.loss[-1],
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -202,13 +205,15 @@ def train_one(config: dict, run: dict, seed: int, tracker=None, ranks=None) -> d
         **strategy_entry,
         "resources": {
             "seconds": round(seconds, 3), "seconds_per_step": round(seconds / len(session.plan), 5),
+            # where the rest of the run's time goes (benchmarks/default_run.py profiles the default)
+            "evaluate_seconds": round(evaluate_seconds, 3), "run_seconds": round(time.perf_counter() - run_start, 3),
             "step_peak_mb": session.probe.peak_mb, "peak_rss_mb": round(peak_rss_mb(), 1),
             "device": session.device.type, "cpu_model": numerics.cpu_model(),
         },
         "lineage": {**_lineage(session.manifest, run, tracker), "checkpoint_sha256": ckpt},
         "versions": versions(),
     }
-    records.write_history(run["task"], run["method"], seed, history)
+    records.write_history(run.task, run.method, seed, history)
     records.write(result)
     _print_summary(session.label, started, seconds, result)
     if tracker is not None:
@@ -231,8 +236,8 @@ def _print_summary(label: str, started: str, seconds: float, result: dict) -> No
           f"{paths.checkpoint_dir(task, method, seed)}/", flush=True)
 
 
-def _lineage(manifest: dict, run: dict, tracker) -> dict:
-    return {"data_sha256": manifest["sha256"], "backbone_sha256": _backbone_sha(run["backbone"]),
+def _lineage(manifest: dict, run: RunSpec, tracker) -> dict:
+    return {"data_sha256": manifest["sha256"], "backbone_sha256": _backbone_sha(run.backbone),
             "numerics": numerics.fingerprint(),
             "mlflow_run_id": tracker.run_id if tracker else None, **{f"git_{k}": v for k, v in git_state().items()}}
 
@@ -245,18 +250,18 @@ def _training_rows(task_dir, tcfg: dict):
     return rows if fraction >= 1 else rows.head(max(1, round(fraction * len(rows))))
 
 
-def _write_failed(run: dict, seed: int, exc: NonFiniteLoss, history: History, manifest: dict, tracker) -> None:
+def _write_failed(run: RunSpec, seed: int, exc: NonFiniteLoss, history: History, manifest: dict, tracker) -> None:
     """A diverged run is a recorded outcome: result JSON with status FAILED (tables show the cell as
     diverged/missing), the history so far, and a checkpoint directory holding only a status file,
     so the job's declared outputs exist and the rest of the pipeline runs."""
-    task, method = run["task"], run["method"]
+    task, method = run.task, run.method
     failure = {"status": "FAILED", "error": str(exc), "failed_step": exc.step}
     with atomic_dir(paths.checkpoint_dir(task, method, seed)) as tmp:
         write_json(tmp / "status.json", failure)
     records.write_history(task, method, seed, history)
     records.write({
-        "task": task, "method": method, "seed": seed, "family": run["family"], "backbone": run["backbone"],
-        **failure, "metric": manifest.get("metric", families.get(run["family"]).METRIC), "metrics": {}, "config": run,
+        "task": task, "method": method, "seed": seed, "family": run.family, "backbone": run.backbone,
+        **failure, "metric": manifest.get("metric", families.get(run.family).METRIC), "metrics": {}, "config": run.as_dict(),
         "lineage": _lineage(manifest, run, tracker), "versions": versions(),
     })
 
@@ -265,7 +270,7 @@ def _backbone_sha(backbone: str) -> str:
     return checkpoints.backbone_marker(backbone)["sha256"]
 
 
-def train_task_method(config: dict, run: dict, seeds: list[int] | None = None, job: dict | None = None) -> list[dict]:
+def train_task_method(config: dict, run: RunSpec, seeds: list[int] | None = None, job: dict | None = None) -> list[dict]:
     """These seeds (default: the config's) of one (task, method), each tracked as its own MLflow run
     (a child of the pipeline's).
 
@@ -274,20 +279,20 @@ def train_task_method(config: dict, run: dict, seeds: list[int] | None = None, j
     torch.distributed.run (lorarepro.pipeline.launcher), this process is one data-parallel rank
     (lorarepro.training.ranks.join); only rank 0 tracks and returns results."""
     checkpoints.deterministic(run)
-    task, method = run["task"], run["method"]
+    task, method = run.task, run.method
     ranks = data_parallel.join(run)
     main = ranks is None or ranks.is_main
     inputs = {"data_sha256": load_manifest(paths.prepared_dir(task))["sha256"],
-              "backbone_sha256": _backbone_sha(run["backbone"]),
+              "backbone_sha256": _backbone_sha(run.backbone),
               **{f"git_{k}": v for k, v in git_state().items()},
               # what the run computes under (lorarepro.numerics), and on which CPU (information only)
               **{f"numerics.{k}": v for k, v in numerics.fingerprint().items()}, "cpu_model": numerics.cpu_model()}
     job_tags = {f"snakemake_{k}": v for k, v in (job or {}).items()}
     results = []
     for seed in config["seeds"] if seeds is None else seeds:
-        tags = {"task": task, "method": method, "seed": seed, "family": run["family"], "backbone": run["backbone"],
+        tags = {"task": task, "method": method, "seed": seed, "family": run.family, "backbone": run.backbone,
                 **inputs, **job_tags}
-        resolved = {**run, "seed": seed}
+        resolved = {**run.as_dict(), "seed": seed}
         tracked = tracking.run(config, f"{task}/{method}/seed{seed}", resolved, tags) if main else contextlib.nullcontext()
         try:
             with tracked as tracker:
