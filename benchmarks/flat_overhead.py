@@ -13,7 +13,8 @@ driven by the real training loop (lorarepro.training.loop.train_steps) on one of
 
 Timing: per (tokens, accumulation) point, every method runs one optimizer step in turn (the order
 rotates every round), `--warmup` rounds are discarded and the step time is the median of `--steps`
-rounds. Memory: torch keeps no CPU allocator statistics, so each method runs in a fresh subprocess
+rounds. Memory (`--memory-repeats` times, the median and every repeat kept): torch keeps no CPU allocator
+statistics, so each method runs in a fresh subprocess
 (glibc mmap threshold fixed, so freed tensors leave RSS): after two warm-up steps the RSS high-water
 mark is reset (/proc/self/clear_refs) and the peak rise over three steps is read from VmHWM; extra
 memory = that rise minus LoRA's. On CUDA: torch.cuda.max_memory_allocated, the same way, in process.
@@ -218,7 +219,9 @@ def _point_rows(tokens: int, accum: int, times: dict, primary: int) -> list[dict
                      "time_ratio": round(med[m][primary] / med["lora"][primary], 4),
                      "tokens_per_s": round(tokens * accum / med[m][primary], 1),
                      "wall_ms": round(1e3 * med[m][0], 3), "wall_ratio": round(med[m][0] / med["lora"][0], 4),
-                     "min_ms": round(1e3 * min(main), 3), "max_ms": round(1e3 * max(main), 3)})
+                     "min_ms": round(1e3 * min(main), 3), "max_ms": round(1e3 * max(main), 3),
+                     # every round's time, in round order: per-round ratios give each ratio an interval
+                     "round_ms": [round(1e3 * t, 3) for t in main]})
     return rows
 
 
@@ -236,14 +239,17 @@ def peak_memory(args, methods=METHODS, runner: Runner | None = None) -> dict:
     tokens = args.memory_tokens
     if args.device.startswith("cuda"):
         how = "torch.cuda.max_memory_allocated over 3 steps per method minus memory allocated before, one process"
-        peaks = _cuda_peaks(runner or Runner(args, methods), methods, tokens)
+        runner = runner or Runner(args, methods)
+        repeats = [_cuda_peaks(runner, methods, tokens) for _ in range(args.memory_repeats)]
     else:
         how = ("rise of peak RSS (VmHWM, reset via /proc/self/clear_refs) over RSS during 3 steps, after 2 warm-up "
                "steps, in a fresh subprocess per method with MALLOC_MMAP_THRESHOLD_=131072")
-        peaks = {m: _subprocess_peak(args, m, tokens) for m in methods}
+        repeats = [{m: _subprocess_peak(args, m, tokens) for m in methods} for _ in range(args.memory_repeats)]
+    peaks = {m: statistics.median(r[m] for r in repeats) for m in methods}
     largest = max(args.hidden * args.ffn * (2 if args.device.startswith("cuda") else 4), 1) / 2**20
     per = {m: {"step_peak_mb": round(peaks[m], 1), "extra_mb": round(peaks[m] - peaks["lora"], 1),
-               "extra_vs_largest_weight": round((peaks[m] - peaks["lora"]) / largest, 3)} for m in methods}
+               "extra_vs_largest_weight": round((peaks[m] - peaks["lora"]) / largest, 3),
+               "repeats_mb": [round(r[m], 3) for r in repeats]} for m in methods}
     return {"how": how, "tokens": tokens, "accum": 1, "largest_weight_mb": round(largest, 2), "methods": per}
 
 
@@ -399,6 +405,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="accumulations at which SAM-W is timed (stack: 1; Llama models: every --accum)")
     p.add_argument("--memory-tokens", type=int, default=None,
                    help="tokens of the memory measurement (stack: 2048; Llama models: the first --tokens)")
+    p.add_argument("--memory-repeats", type=int, default=3, help="memory measurements per method (median; each kept)")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny shapes, 2 points, 3 steps: a smoke run")
     p.add_argument("--out", type=Path, default=OUT_DIR)

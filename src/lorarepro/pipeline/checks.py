@@ -6,7 +6,11 @@ from lorarepro.config import ConfigError
 
 
 def check_reporting(config: dict) -> None:
-    """Every figure names a registered drawer: its `kind`, by default its id (lorarepro.reporting.figures.FIGURES)."""
+    """No claim or table average mixes metrics on different scales (lorarepro.reporting.claims.check_measures);
+    every figure names a registered drawer: its `kind`, by default its id (lorarepro.reporting.figures.FIGURES)."""
+    from lorarepro.reporting.claims import check_measures  # deferred: pandas, scipy
+
+    check_measures(config)
     figures = config.get("figures") or []
     if not figures:
         return

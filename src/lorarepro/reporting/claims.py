@@ -10,8 +10,16 @@ is fixed before any run (lorarepro.reporting.stats):
 - the effect of one seed is the measure of treatment against control, averaged over the
   comparison's pairs and tasks (seeds missing any of them are left out and counted);
 - the primary test is the paired t-test of these per-seed effects against 0, with its 95% interval
-  and the minimum detectable effect (80% power) beside it; the verdict reads the interval
-  (stats.claim_verdict): reproduced, smaller than claimed, contradicted or inconclusive;
+  and the minimum detectable effect (80% power) beside it; the primary family (the primary claims
+  judged on the runs) gets Holm-adjusted p-values and simultaneous (Bonferroni) intervals, which its
+  verdicts read (stats.claim_verdict): reproduced, smaller than claimed, contradicted or inconclusive;
+- a claim worded "each"/"every" (`quantifier: each`) is tested per pair, intersection-union;
+- a claim mapped onto some of the paper's tasks (`cells`) reads the paper's cells for exactly the
+  tasks the comparison mirrors: verified cells decide, unverified ones are judged beside the headline;
+- the claims on cost at the paper's scale (`benchmark`) take their verdict from the committed overhead
+  benchmark (results/benchmarks/), the runs' own cost shown "at this scale";
+- a run whose validation accuracy is not significantly above the majority-class share is collapsed:
+  kept, counted, and each verdict is given again without its pairs;
 - the secondary tests, one per pair and task, are Holm-corrected within the claim;
 - a positive control (role `control`: a known effect) must come out reproduced, else the design is
   too weak to judge anything and every verdict says so.
@@ -21,16 +29,20 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 from tabulate import tabulate
 
 from lorarepro import paths, records
-from lorarepro.config import claim_comparisons, entry, read_claims, spec_seeds
+from lorarepro.config import ConfigError, claim_comparisons, column, entry, read_claims, spec_seeds, specs
+from lorarepro.families import FAMILIES
+from lorarepro.hashing import sha256_file
 from lorarepro.registry import Registry
-from lorarepro.reporting.stats import ALPHA, POWER, claim_verdict, holm, paired_test
+from lorarepro.reporting.stats import ALPHA, POWER, VERDICT_RHO, claim_verdict, holm, paired_test, weakest
 
 CLAIMS_ID = "claims"
 COST_ID = "claims_cost"
@@ -43,7 +55,17 @@ UNITS = {"accuracy": "points", "severity_slope": "points per severity level", "s
          "time_overhead": "fraction of LoRA's time", "memory_overhead": "fraction of LoRA's memory",
          "time_saving": "fraction of the control's time"}
 CSV_COLUMNS = ["claim", "role", "statement", "measure", "kind", "paper_value", "paper_source", "effect",
-               "ci_lo", "ci_hi", "n", "p", "mde", "verdict", "note"]
+               "ci_lo", "ci_hi", "ci_sim_lo", "ci_sim_hi", "n", "p", "p_holm", "mde", "verdict", "paper_mirrored",
+               "scale", "collapsed_pairs", "effect_without_collapsed", "verdict_without_collapsed", "note"]
+NOT_TESTABLE = "not testable at this scale"
+DEPENDS = "depends on the paper number"
+COLLAPSE_ALPHA = 0.05  # one-sided binomial test of a run's validation accuracy against the majority share
+SCORE_MEASURES = ("accuracy", "severity_slope")  # measures of a task's score (its metric)
+METRIC_NAMES = {"matthews_corrcoef": "MCC", "f1": "F1", "f1_macro": "macro F1", "exact_match": "exact match",
+                "humaneval_pass_at_1": "pass@1", "lm_eval": "lm-eval score", "mt_bench": "MT-Bench score"}
+# What a metric's number is (every one is recorded as a percentage, MCC x100 included, except a judge's grade).
+METRIC_SCALES = {**dict.fromkeys(("accuracy", "f1", "f1_macro", "matthews_corrcoef", "exact_match",
+                                  "humaneval_pass_at_1", "lm_eval"), "percent"), "mt_bench": "judge's grade 1-10"}
 
 
 # ----------------------------------------------------------------------------- measures of one seed
@@ -96,7 +118,7 @@ def _severity_slope(claim: dict, task: str, treatment: str, control: str, seed: 
 @MEASURES.register("sharpness")
 def _flatter(claim: dict, task: str, treatment: str, control: str, seed: int) -> float | None:
     """Positive: the treatment is flatter (lower expected sharpness at the claim's radius)."""
-    rho = claim.get("rho", 0.05)
+    rho = claim.get("rho", VERDICT_RHO)
     return _difference(_sharpness(task, control, seed, rho), _sharpness(task, treatment, seed, rho))
 
 
@@ -123,6 +145,166 @@ def measure(claim: dict, task: str, treatment: str, control: str, seed: int) -> 
     return MEASURES[claim["measure"]](claim, task, treatment, control, seed)
 
 
+# ----------------------------------------------------------------------------- what a claim measures
+
+
+def task_metric(config: dict, task: str) -> str:
+    """The metric a task scores: its own `metric`, else its family's default."""
+    task_cfg = entry(config, "tasks", task)
+    return task_cfg.get("metric") or FAMILIES[task_cfg["family"]].load_rules().METRIC
+
+
+def _measures(config: dict, tasks: list[str]) -> list[str]:
+    return list(dict.fromkeys(task_metric(config, t) for t in tasks))
+
+
+def check_measures(config: dict) -> None:
+    """Refuse (ConfigError, naming the claim or table) a claim or a table average over task metrics on
+    different scales (a score in percent beside a judge's 1-10 score): their mean has no unit."""
+    averaged = [(f"claim '{name}'", c["tasks"]) for name, c in claim_comparisons(config).items()]
+    averaged += [(f"table '{t}' (its Avg)", [column(c)[0] for c in spec["tasks"]])
+                 for t, spec in specs(config, "tables").items()]
+    for what, tasks in averaged:
+        scales = {m: METRIC_SCALES[m] for m in _measures(config, tasks)}
+        if len(set(scales.values())) > 1:
+            raise ConfigError(f"{what} averages metrics on different scales: "
+                              + ", ".join(f"{m} ({scale})" for m, scale in scales.items()))
+
+
+def statement(claim: dict, metrics: list[str]) -> str:
+    """The claim's statement naming what is averaged: with several metrics, "average score
+    (accuracy, MCC, F1)" where the claims file says "accuracy"."""
+    text = claim["statement"]
+    if claim["measure"] not in SCORE_MEASURES or len(metrics) < 2:
+        return text
+    names = f"score ({', '.join(METRIC_NAMES.get(m, m) for m in metrics)})"
+    return re.sub(r"\baccuracy\b", names, text, count=1) if re.search(r"\baccuracy\b", text) else f"{text} ({names})"
+
+
+# ----------------------------------------------------------------------------- collapsed runs
+
+
+def majority_rate(task: str) -> tuple[int, float] | None:
+    """(validation size, majority-class share) of a prepared task: the run records hold the score but not
+    the labels, so the labels come from the prepared validation split its manifest names."""
+    manifest = paths.manifest(task)
+    if not manifest.is_file():
+        return None
+    split = json.loads(manifest.read_text(encoding="utf-8"))["splits"]["validation"]
+    labels = pd.read_parquet(paths.prepared_dir(task) / split["file"])
+    if "label" not in labels:
+        return None
+    counts = labels["label"].value_counts()
+    return int(counts.sum()), float(counts.max() / counts.sum())
+
+
+def collapsed(task: str, method: str, seed: int, rate: tuple[int, float] | None) -> bool | None:
+    """Whether a finished run's validation accuracy is not significantly above the majority-class rate
+    (one-sided binomial test at the split's size, COLLAPSE_ALPHA); None where that cannot apply."""
+    run = records.finished(task, method, seed) or {}
+    score = (run.get("metrics") or {}).get("validation")
+    if run.get("metric") != "accuracy" or score is None or rate is None:
+        return None
+    size, majority = rate
+    hits = round(float(score) / 100 * size)
+    return bool(sps.binomtest(hits, size, majority, alternative="greater").pvalue >= COLLAPSE_ALPHA)
+
+
+# ----------------------------------------------------------------------------- the paper's numbers
+
+
+def _number(value) -> float:
+    return float(value["value"] if isinstance(value, dict) else value)
+
+
+def paper_cells(claim: dict, tasks: list[str], config: dict, reference: dict) -> dict | None:
+    """The paper's cells for exactly the tasks the comparison's tasks mirror (claims file `cells`: a
+    table of paper_reference.yaml and its [treatment, control] rows): the mean of their differences,
+    how it was derived, the cells' provenance, and the tasks the paper has no cell for."""
+    spec = claim.get("cells")
+    if not spec:
+        return None
+    table = reference.get(spec["table"]) or {}
+    treatment, control = ((table.get("rows") or {}).get(row) or {} for row in spec["rows"])
+    cells, missing = [], []
+    for task in tasks:
+        mirror = entry(config, "tasks", task).get("mirrors")
+        if mirror in treatment and mirror in control:
+            a, b = _number(treatment[mirror]), _number(control[mirror])
+            cells.append({"task": task, "mirrors": mirror, "treatment": a, "control": b, "difference": a - b})
+        else:
+            missing.append(f"{task} (mirrors {mirror or 'nothing'})")
+    provenance = table.get("provenance") or {}
+    value = float(np.mean([c["difference"] for c in cells])) if cells and not missing else None
+    terms = " + ".join(f"({c['treatment']:g} − {c['control']:g})" for c in cells)
+    return {"table": spec["table"], "rows": list(spec["rows"]), "cells": cells, "missing": missing,
+            "value": value, "verified": bool(provenance.get("verified")), "source": provenance.get("source"),
+            "derivation": f"mean over {', '.join(c['mirrors'] for c in cells)} of {spec['rows'][0]} − "
+                          f"{spec['rows'][1]}: ({terms}) / {len(cells)} = {value:.4g}" if value is not None else None}
+
+
+def _decide(tests: list[dict], claim: dict, cells: dict | None, alpha: float) -> tuple[str, dict]:
+    """The verdict and the verdict against each paper number. Verified cells of the mirrored tasks decide;
+    unverified ones are read beside the headline number, and where the two verdicts differ the verdict
+    depends on which paper number applies. Several tests (one per pair: "each") give the weakest."""
+    judge = lambda number: weakest([claim_verdict(t, claim["kind"], number, alpha) for t in tests])  # noqa: E731
+    against = {"headline": judge((claim.get("paper") or {}).get("value"))}
+    if cells is None or cells["value"] is None:
+        return against["headline"], against
+    against["mirrored"] = judge(cells["value"])
+    if cells["verified"] or against["mirrored"] == against["headline"]:
+        return against["mirrored"], against
+    return DEPENDS, against
+
+
+# ----------------------------------------------------------------------------- the overhead benchmark
+
+
+def benchmark() -> tuple[Path, dict] | None:
+    """The overhead benchmark the scale-bound claims read: the 7B GPU record where it exists, else the
+    CPU one (both committed, run by hand: benchmarks/flat_overhead.py); None without either."""
+    path = next((p for p in paths.OVERHEAD_BENCHMARKS if p.is_file()), None)
+    return None if path is None else (path, json.loads(path.read_text(encoding="utf-8")))
+
+
+def _orient(measure_name: str, ratio: float) -> float:
+    return 1 - ratio if measure_name == "time_saving" else ratio - 1
+
+
+def benchmark_test(claim: dict, data: dict) -> tuple[dict, str] | None:
+    """The claim's measure at the benchmark's largest measured shape, as a test over its repeats (per-round
+    ratios; older records keep medians only: the point ratio, no interval), and the scale it names."""
+    spec = claim["benchmark"]
+    pair = (spec["treatment"], spec["control"])
+    if spec["resource"] == "memory":
+        methods = (data.get("memory") or {}).get("methods") or {}
+        if not all(m in methods for m in pair):
+            return None
+        repeats = [methods[m].get("repeats_mb") for m in pair]
+        point = methods[pair[0]]["step_peak_mb"] / methods[pair[1]]["step_peak_mb"]
+        where = f"{data['memory']['tokens']} tokens per micro-batch, peak step memory"
+    else:
+        accum = spec.get("accum", 1)
+        points = {(p["tokens"], p["method"]): p for p in data["points"] if p["accum"] == accum}
+        sizes = [t for t, m in points if m == pair[0] and (t, pair[1]) in points]
+        if not sizes:
+            return None
+        a, b = points[(max(sizes), pair[0])], points[(max(sizes), pair[1])]
+        repeats = [a.get("round_ms"), b.get("round_ms")]
+        point = a["time_ratio"] / b["time_ratio"]
+        where = f"{max(sizes)} tokens per micro-batch, accumulation {accum}, step time ({data['timing']['clock']})"
+    shapes = data.get("shapes") or {}
+    model = (f"linears {shapes['layers_in_out'][0][0]}↔{shapes['layers_in_out'][0][1]} ({shapes['scaled_from']}, "
+             "scaled down)" if "layers_in_out" in shapes else data["model"])
+    scale = f"{data['device']}, {data['dtype']}, {model}, {where}, {pair[0]} vs {pair[1]}"
+    if None in repeats:
+        value = _orient(claim["measure"], point)
+        return {"n": 1, "mean_diff": value, "ci95": [value, value], "p": None, "mde": None, "sd": None,
+                "zero_spread": False, "no_interval": True}, scale
+    values = [_orient(claim["measure"], x / y) for x, y in zip(*repeats)]
+    return {**paired_test(values, [0.0] * len(values)), "no_interval": False}, scale
+
+
 # ----------------------------------------------------------------------------- one claim
 
 
@@ -132,73 +314,149 @@ def _runs(comparison: dict, seeds: list[int]) -> list[str]:
 
 
 def _test_record(test: dict) -> dict:
-    ci = test["ci95"]
-    return {"n": test["n"], "effect": test["mean_diff"], "ci95": ci, "p": test["p"], "mde": test["mde"],
+    return {"n": test["n"], "effect": test["mean_diff"], "ci95": test["ci95"], "p": test["p"], "mde": test["mde"],
             "sd": test["sd"], "zero_spread": test["zero_spread"]}
 
 
-def analyse(claim_id: str, claim: dict, comparison: dict, seeds: list[int]) -> dict:
-    """The primary test, the Holm-corrected secondary tests and the verdict of one claim."""
+def _per_seed(values: dict, cells: list, seeds: list[int], keep=lambda cell, seed: True) -> dict[int, float]:
+    """{seed: the effect averaged over the cells kept}, over seeds complete in every cell and keeping one."""
+    out = {}
+    for s in seeds:
+        if all(values[cell][s] is not None for cell in cells) and any(keep(cell, s) for cell in cells):
+            out[s] = float(np.mean([values[cell][s] for cell in cells if keep(cell, s)]))
+    return out
+
+
+def _tests(values: dict, cells: list, seeds: list[int], each: bool, alpha: float, keep=lambda c, s: True) -> list[dict]:
+    """The test(s) a verdict reads: one over the per-seed average of every cell, or with `each` one per
+    pair (its tasks averaged), for an intersection-union test."""
+    groups = [[c for c in cells if c[0] == pair] for pair in dict.fromkeys(c[0] for c in cells)] if each else [cells]
+    out = []
+    for group in groups:
+        per_seed = list(_per_seed(values, group, seeds, keep).values())
+        out.append(paired_test(per_seed, [0.0] * len(per_seed), alpha))
+    return out
+
+
+def analyse(claim_id: str, claim: dict, comparison: dict, seeds: list[int], config: dict, reference: dict,
+            rates: dict, alpha: float = ALPHA) -> dict:
+    """One claim: the primary test (95%) and the test its verdict reads (at `alpha`: the simultaneous
+    level within the primary family), the Holm-corrected secondary tests, the paper's cells for the
+    mirrored tasks, the collapsed pairs and the verdict without them."""
     cells = [(tuple(pair), task) for pair in comparison["pairs"] for task in comparison["tasks"]]
     values = {cell: {s: measure(claim, cell[1], *cell[0], s) for s in seeds} for cell in cells}
-    complete = [s for s in seeds if all(values[cell][s] is not None for cell in cells)]
-    per_seed = [float(np.mean([values[cell][s] for cell in cells])) for s in complete]
-    primary = paired_test(per_seed, [0.0] * len(per_seed))
-    claimed = (claim.get("paper") or {}).get("value")
+    flags = {cell: {s: [collapsed(cell[1], m, s, rates.get(cell[1])) for m in cell[0]] for s in seeds} for cell in cells}
+    per_seed = _per_seed(values, cells, seeds)
+    primary = paired_test(list(per_seed.values()), [0.0] * len(per_seed))
+    each = claim.get("quantifier") == "each"
+    mirrored = paper_cells(claim, comparison["tasks"], config, reference)
+    verdict, against = _decide(_tests(values, cells, seeds, each, alpha), claim, mirrored, alpha)
+    applicable = any(f is not None for cell in cells for s in per_seed for f in flags[cell][s])
+    bad = {(cell, s) for cell in cells for s in per_seed if any(flags[cell][s])}
+    clean = None
+    if applicable:
+        keep = lambda cell, s: (cell, s) not in bad  # noqa: E731
+        kept = _per_seed(values, cells, seeds, keep)
+        clean = {**_test_record(paired_test(list(kept.values()), [0.0] * len(kept))),
+                 "verdict": _decide(_tests(values, cells, seeds, each, alpha, keep), claim, mirrored, alpha)[0]}
     secondary = []
     if len(cells) > 1:
-        tests = []
         for (treatment, control), task in cells:
             have = [s for s in seeds if values[((treatment, control), task)][s] is not None]
-            tests.append(paired_test([values[((treatment, control), task)][s] for s in have], [0.0] * len(have)))
-            secondary.append({"treatment": treatment, "control": control, "task": task, **_test_record(tests[-1])})
-        for row, adjusted in zip(secondary, holm([t["p"] for t in tests])):
+            test = paired_test([values[((treatment, control), task)][s] for s in have], [0.0] * len(have))
+            secondary.append({"treatment": treatment, "control": control, "task": task, **_test_record(test)})
+        for row, adjusted in zip(secondary, holm([t["p"] for t in secondary])):
             row["p_holm"] = adjusted
+    metrics = _measures(config, comparison["tasks"]) if claim["measure"] in SCORE_MEASURES else []
     return {
-        "claim": claim_id, "role": comparison["role"], "statement": claim["statement"], "measure": claim["measure"],
-        "unit": UNITS[claim["measure"]], "kind": claim["kind"], "paper": claim.get("paper"),
+        "claim": claim_id, "role": comparison["role"], "statement": statement(claim, metrics), "metrics": metrics,
+        "measure": claim["measure"], "unit": UNITS[claim["measure"]], "kind": claim["kind"], "paper": claim.get("paper"),
+        "quantifier": claim.get("quantifier", "average"), "paper_cells": mirrored,
         "comparison": {"pairs": [list(p) for p in comparison["pairs"]], "tasks": list(comparison["tasks"]),
-                       "seeds": seeds, "seeds_complete": complete},
+                       "seeds": seeds, "seeds_complete": list(per_seed)},
         **_test_record(primary),
-        "verdict": claim_verdict(primary, claim["kind"], claimed),
+        "alpha": alpha, "ci_simultaneous": paired_test(list(per_seed.values()), [0.0] * len(per_seed), alpha)["ci95"]
+        if alpha < ALPHA else None, "p_holm": None,
+        "verdict": verdict, "verdict_against": against,
+        "collapsed": {"pairs": len(bad), "of": len(cells) * len(per_seed), "without": clean} if applicable else None,
         "secondary": secondary,
         "runs": _runs(comparison, seeds),
     }
 
 
+def at_scale(row: dict, claim: dict, found: tuple[Path, dict] | None) -> dict:
+    """A scale-bound claim (time, memory): its verdict from the overhead benchmark at the largest shape it
+    measured; the embedded runs' cost stays beside it, descriptive, "at this scale"."""
+    here = {k: row[k] for k in ("n", "effect", "ci95", "p", "mde", "sd", "zero_spread")}
+    measured = benchmark_test(claim, found[1]) if found else None
+    if measured is None:
+        return {**row, "at_this_scale": here, "scale": None, "no_interval": False, "verdict": NOT_TESTABLE,
+                "verdict_against": {}, **dict.fromkeys(("n", "effect", "ci95", "p", "mde", "sd"))}
+    test, scale = measured
+    verdict, against = _decide([test], claim, None, ALPHA)
+    return {**row, **_test_record(test), "at_this_scale": here, "scale": scale, "no_interval": test["no_interval"],
+            "verdict": verdict, "verdict_against": against}
+
+
 def _note(row: dict, design_ok: bool) -> str:
-    """What limits a verdict: seeds, resolution (MDE against the paper's effect), a failed control."""
+    """What limits a verdict: seeds, resolution (MDE against the paper's effect), scale, a failed control."""
     notes = []
     claimed = (row.get("paper") or {}).get("value")
-    if row["role"] == "secondary":
+    if row.get("at_this_scale") is not None:
+        notes.append(f"judged by the overhead benchmark at {row['scale']}" if row["scale"] else
+                     "no overhead benchmark record: not testable at the paper's scale")
+        if row.get("no_interval"):
+            notes.append("no interval: the benchmark record keeps medians only, so the verdict reads the point ratio")
+    elif row["role"] == "secondary":
         notes.append(f"descriptive: {row['n']} seeds")
-    if row["role"] == "primary" and row["n"] < MIN_PRIMARY_SEEDS:
+    if row["role"] == "primary" and row.get("at_this_scale") is None and row["n"] < MIN_PRIMARY_SEEDS:
         notes.append(f"only {row['n']} complete seeds (design: {MIN_PRIMARY_SEEDS})")
     if row["kind"] == "superior" and claimed is not None and row["mde"] is not None and row["mde"] > claimed:
         notes.append(f"MDE {row['mde']:.3g} > claimed {claimed:g}: an effect of the paper's size can hide "
                      f"({row['mde'] / claimed:.1f}x too coarse)")
     if row["zero_spread"]:
         notes.append("every seed gave the same effect: the sign test decides, no interval")
+    if row["quantifier"] == "each":
+        notes.append("tested as worded, for each pair (intersection-union: the weakest pair's verdict)")
+    cells = row.get("paper_cells")
+    if cells and cells["missing"]:
+        notes.append(f"the paper has no cell for {', '.join(cells['missing'])} in {cells['table']}: "
+                     "judged against the headline number")
     if not design_ok and row["role"] != "control":
         notes.append("positive control not reproduced: the design is too weak to judge this")
     return "; ".join(notes)
 
 
-def analyse_all(config: dict) -> dict:
-    """Every claim the config compares; {} when it has no `claims:` section."""
+def analyse_all(config: dict, reference: dict | None = None) -> dict:
+    """Every claim the config compares; {} when it has no `claims:` section. `reference`: the paper's
+    numbers (paper_reference.yaml), for the cells of mirrored tasks."""
     comparisons = claim_comparisons(config)
     if not comparisons:
         return {}
     claims = read_claims(config["claims"]["reference"])
-    rows = [analyse(name, claims[name], comparison, spec_seeds(config, comparison))
-            for name, comparison in comparisons.items()]
+    found = benchmark()
+    # The primary family: the primary claims judged on this profile's runs (scale-bound claims are
+    # judged by the benchmark); Bonferroni over it for the intervals verdicts read, Holm for the p-values.
+    family = [n for n, c in comparisons.items() if c["role"] == "primary" and "benchmark" not in claims[n]]
+    rates = {t: majority_rate(t) for c in comparisons.values() for t in c["tasks"]}
+    rows = []
+    for name, comparison in comparisons.items():
+        alpha = ALPHA / len(family) if name in family else ALPHA
+        row = analyse(name, claims[name], comparison, spec_seeds(config, comparison), config, reference or {},
+                      rates, alpha)
+        rows.append(at_scale(row, claims[name], found) if "benchmark" in claims[name] else row)
+    primaries = [r for r in rows if r["claim"] in family]
+    for row, adjusted in zip(primaries, holm([r["p"] for r in primaries])):
+        row["p_holm"] = adjusted
     controls = [r for r in rows if r["role"] == "control"]
     design_ok = all(r["verdict"] == "reproduced" for r in controls)
     for row in rows:
         row["note"] = _note(row, design_ok)
-    return {"alpha": ALPHA, "power": POWER, "min_primary_seeds": MIN_PRIMARY_SEEDS,
+    return {"alpha": ALPHA, "power": POWER, "min_primary_seeds": MIN_PRIMARY_SEEDS, "primary_family": family,
+            "collapse_test": {"alpha": COLLAPSE_ALPHA, "split": "validation", "alternative": "greater"},
+            "benchmark": {"path": str(found[0]), "sha256": sha256_file(found[0])} if found else None,
             "positive_controls": [r["claim"] for r in controls], "design_ok": design_ok if controls else None,
-            "claims": rows}
+            "control_effects": {r["claim"]: {"effect": r["effect"], "mde": r["mde"]} for r in controls}, "claims": rows}
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -208,9 +466,16 @@ def _num(value, spec: str = "+.3g") -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def _interval(effect, ci) -> str:
+    return f"{_num(effect)} [{_num(ci[0])}, {_num(ci[1])}]" if ci else _num(effect)
+
+
 def _effect_text(row: dict) -> str:
-    ci = row["ci95"]
-    return f"{_num(row['effect'])} [{_num(ci[0])}, {_num(ci[1])}]" if ci else _num(row["effect"])
+    text = _interval(row["effect"], row["ci95"])
+    if row.get("no_interval"):
+        return f"{_num(row['effect'])} (no interval)"
+    return text + (f"; simultaneous [{_num(row['ci_simultaneous'][0])}, {_num(row['ci_simultaneous'][1])}]"
+                   if row.get("ci_simultaneous") else "")
 
 
 def _paper_text(row: dict) -> str:
@@ -218,7 +483,20 @@ def _paper_text(row: dict) -> str:
     if paper.get("value") is None:
         return "direction only"
     bound = {"bound": "at most ", "non_inferior": "not worse than −"}.get(row["kind"], "")
-    return f"{bound}{paper['value']:g} ({paper.get('kind', '?')})"
+    text = f"{bound}{paper['value']:g} ({paper.get('kind', '?')})"
+    cells = row.get("paper_cells")
+    if cells and cells["value"] is not None:
+        text += (f"; mirrored tasks' cells {cells['value']:.3g} ({cells['table']}, "
+                 f"{'verified' if cells['verified'] else 'unverified'})")
+    return text
+
+
+def _verdict_text(row: dict) -> str:
+    text = f"**{row['verdict']}**"
+    if row["verdict"] == DEPENDS:
+        text += f" ({row['verdict_against']['headline']} against the headline number, " \
+                f"{row['verdict_against']['mirrored']} against the mirrored tasks' cells)"
+    return text
 
 
 def _pairs_text(config: dict, row: dict) -> str:
@@ -227,32 +505,71 @@ def _pairs_text(config: dict, row: dict) -> str:
     return f"{pairs} on {', '.join(row['comparison']['tasks'])}"
 
 
+def _collapsed_text(row: dict) -> str:
+    found = row.get("collapsed")
+    if found is None:
+        return "collapsed runs: not applicable (no accuracy with its validation labels)"
+    clean = found["without"]
+    return (f"{found['pairs']} of {found['of']} pairs (task × seed) have a collapsed run; without them "
+            f"{_interval(clean['effect'], clean['ci95'])}, n {clean['n']}: {clean['verdict']}")
+
+
 TITLE = ("**Claims.** Each claim of the paper against this profile's runs (workflow/configs/claims.yaml; the "
          "comparisons are the config's `claims:`).")
 COST_TITLE = (f"**Claims on training cost.** The claims of the paper whose measure is a measured cost (wall time per "
-              f"step, peak step memory), against this profile's runs: measurements vary between runs and machines, "
-              f"so they are kept here, out of `{paths.claims('md')}` and its siblings (files that must repeat bit for bit).")
+              f"step, peak step memory). Their verdict comes from the overhead benchmark (benchmarks/flat_overhead.py) "
+              f"at the largest shape it measured, its scale named in each row; this profile's runs give the cost "
+              f"\"at this scale\", descriptive. Those measurements vary between runs and machines, so they are kept "
+              f"here, out of `{paths.claims('md')}` and its siblings (files that must repeat bit for bit).")
 COST_POINTER = f" The claims on measured cost (time, memory) are in `{paths.claims_cost('md')}`."
+
+
+def _method_text(analysis: dict) -> list[str]:
+    family = analysis.get("primary_family") or []
+    k = max(len(family), 1)
+    collapse = analysis["collapse_test"]
+    return [
+        f"The effect of one seed is treatment minus control in the claim's unit, averaged over its pairs and tasks; "
+        f"`n` seeds paired; paired t-test at α = {ALPHA} with its 95% interval; MDE = the smallest true effect "
+        f"detected with {POWER:.0%} power at this n and spread. The primary family ({', '.join(family) or 'none'}) "
+        f"is corrected for multiplicity: Holm-adjusted p-values, and simultaneous (Bonferroni, α = {ALPHA}/{k}) "
+        "intervals beside the unadjusted ones, which its verdicts read. Verdicts read the interval: *reproduced* "
+        "(beyond 0 in the claimed direction and reaching the claimed size), *smaller than claimed* (below the "
+        "paper's effect), *contradicted* (beyond 0 the other way; for a bound: above it), *inconclusive* "
+        "(holds both), *not testable at this scale* (a cost claim without a benchmark record at a larger scale). "
+        "Where a claim maps onto some of the paper's tasks, the paper's cells for exactly those tasks are read: "
+        "verified cells decide; unverified ones are judged beside the headline number, and where the two verdicts "
+        "differ the verdict *depends on the paper number*. A claim worded \"each\"/\"every\" is tested for each "
+        "pair (intersection-union: every pair must pass its own test; the weakest verdict decides). Claims marked "
+        "secondary are descriptive at their seeds.", "",
+        f"A run is *collapsed* when its validation accuracy is not significantly above the validation split's "
+        f"majority-class share (one-sided exact binomial test at the split's size, α = {collapse['alpha']}; the "
+        "labels are read from the prepared split, data/prepared/<task>/). Collapsed runs stay in the analysis; "
+        "each claim gives how many of its pairs hold one and its estimate and verdict without those pairs.", "",
+    ]
 
 
 def render_markdown(config: dict, analysis: dict, title: str = TITLE) -> str:
     rows = analysis["claims"]
-    table = [[r["claim"], r["role"], r["statement"], _paper_text(r), _effect_text(r), r["n"], _num(r["mde"], ".3g"),
-              f"**{r['verdict']}**"] for r in rows]
+    table = [[r["claim"], r["role"], r["statement"], _paper_text(r), _effect_text(r), _num(r["n"], "d"),
+              _num(r["mde"], ".3g"), _num(r["p_holm"], ".3g"), _verdict_text(r)] for r in rows]
     lines = [
         title, "",
-        tabulate(table, headers=["claim", "role", "statement", "paper", "ours: effect [95% CI]", "n", "MDE", "verdict"],
-                 tablefmt="pipe", disable_numparse=True), "",
-        f"The effect of one seed is treatment minus control in the claim's unit, averaged over its pairs and tasks; "
-        f"`n` seeds paired; paired t-test at α = {ALPHA} with its 95% interval; MDE = the smallest true effect "
-        f"detected with {POWER:.0%} power at this n and spread. Verdicts read the interval: *reproduced* "
-        "(beyond 0 in the claimed direction and reaching the claimed size), *smaller than claimed* (below the "
-        "paper's effect), *contradicted* (beyond 0 the other way; for a bound: above it), *inconclusive* "
-        "(holds both). Claims marked secondary are descriptive at their seeds.", "",
+        tabulate(table, headers=["claim", "role", "statement", "paper", "ours: effect [95% CI]", "n", "MDE",
+                                 "p (Holm)", "verdict"], tablefmt="pipe", disable_numparse=True), "",
+        *_method_text(analysis),
     ]
+    if analysis.get("benchmark"):
+        lines += [f"Overhead benchmark read: `{analysis['benchmark']['path']}` (sha256 "
+                  f"{analysis['benchmark']['sha256']}).", ""]
     if analysis["positive_controls"]:
-        verdict = ("reproduced: the design detects a known effect" if analysis["design_ok"] else
-                   "NOT reproduced: the design is too weak to judge any claim")
+        if not analysis["design_ok"]:
+            verdict = "NOT reproduced: the design is too weak to judge any claim"
+        else:
+            size = "; ".join(f"{_num(c['effect'])}, MDE {_num(c['mde'], '.3g')}" for c in analysis["control_effects"].values())
+            verdict = (f"reproduced ({size}): the design detects an effect of that size. It says nothing of the "
+                       "design's sensitivity at the size of the claims, which rests on each claim's MDE alone "
+                       "(no control of a known size near it was run)")
         lines += [f"**Design check.** Positive control ({', '.join(analysis['positive_controls'])}): {verdict}.", ""]
     lines += ["**What each comparison is, and what limits it:**", ""]
     for r in rows:
@@ -260,25 +577,40 @@ def render_markdown(config: dict, analysis: dict, title: str = TITLE) -> str:
         lines.append(f"- `{r['claim']}` ({r['unit']}): {_pairs_text(config, r)}, seeds "
                      f"{len(r['comparison']['seeds'])}. Paper: {source or 'no number'}."
                      + (f" *{r['note']}.*" if r["note"] else ""))
+        cells = r.get("paper_cells")
+        if cells and cells["value"] is not None:
+            lines.append(f"  - paper's cells for the mirrored tasks: {cells['derivation']} ({cells['table']}: "
+                         f"{cells['source']}; {'verified' if cells['verified'] else 'verified: false'})")
+        if r.get("at_this_scale") is not None:
+            here = r["at_this_scale"]
+            lines.append(f"  - at this scale (this profile's runs, descriptive): {_interval(here['effect'], here['ci95'])}, "
+                         f"n {here['n']}")
+        lines.append(f"  - {_collapsed_text(r)}")
         for s in r["secondary"]:
-            lines.append(f"  - {s['treatment']} vs {s['control']} on {s['task']}: {_effect_text(s)}, n {s['n']}, "
-                         f"p {_num(s['p'], '.3g')}, Holm {_num(s['p_holm'], '.3g')}, MDE {_num(s['mde'], '.3g')}")
+            lines.append(f"  - {s['treatment']} vs {s['control']} on {s['task']}: {_interval(s['effect'], s['ci95'])}, "
+                         f"n {s['n']}, p {_num(s['p'], '.3g')}, Holm {_num(s['p_holm'], '.3g')}, MDE {_num(s['mde'], '.3g')}")
     return "\n".join(lines) + "\n"
 
 
 def render_csv(analysis: dict) -> str:
-    rows = [{"claim": r["claim"], "role": r["role"], "statement": r["statement"], "measure": r["measure"],
-             "kind": r["kind"], "paper_value": (r.get("paper") or {}).get("value"),
-             "paper_source": (r.get("paper") or {}).get("source"), "effect": r["effect"],
-             "ci_lo": r["ci95"][0] if r["ci95"] else None, "ci_hi": r["ci95"][1] if r["ci95"] else None,
-             "n": r["n"], "p": r["p"], "mde": r["mde"], "verdict": r["verdict"], "note": r["note"]}
-            for r in analysis["claims"]]
-    numeric = ["effect", "ci_lo", "ci_hi", "p", "mde"]
-    return pd.DataFrame(rows, columns=CSV_COLUMNS).astype({c: float for c in numeric}).round(6).to_csv(index=False)
+    def csv_row(r: dict) -> dict:
+        paper, cells, found = r.get("paper") or {}, r.get("paper_cells") or {}, r.get("collapsed") or {}
+        ci, sim = r["ci95"] or [None, None], r.get("ci_simultaneous") or [None, None]
+        return {"claim": r["claim"], "role": r["role"], "statement": r["statement"], "measure": r["measure"],
+                "kind": r["kind"], "paper_value": paper.get("value"), "paper_source": paper.get("source"),
+                "effect": r["effect"], "ci_lo": ci[0], "ci_hi": ci[1], "ci_sim_lo": sim[0], "ci_sim_hi": sim[1],
+                "n": r["n"], "p": r["p"], "p_holm": r["p_holm"], "mde": r["mde"], "verdict": r["verdict"],
+                "paper_mirrored": cells.get("value"), "scale": r.get("scale"), "collapsed_pairs": found.get("pairs"),
+                "effect_without_collapsed": (found.get("without") or {}).get("effect"),
+                "verdict_without_collapsed": (found.get("without") or {}).get("verdict"), "note": r["note"]}
+    numeric = ["effect", "ci_lo", "ci_hi", "ci_sim_lo", "ci_sim_hi", "p", "p_holm", "mde", "paper_mirrored",
+               "effect_without_collapsed"]
+    frame = pd.DataFrame([csv_row(r) for r in analysis["claims"]], columns=CSV_COLUMNS)
+    return frame.astype({c: float for c in numeric}).round(6).to_csv(index=False)
 
 
 def render_json(analysis: dict) -> str:
-    return json.dumps({k: v for k, v in analysis.items()}, indent=2, sort_keys=True) + "\n"
+    return json.dumps(analysis, indent=2, sort_keys=True) + "\n"
 
 
 def is_cost(claim: dict) -> bool:
@@ -314,11 +646,11 @@ def _part_files(config: dict, part_id: str, part: dict, title: str) -> tuple[dic
                    "files": [str(p) for p in files]}
 
 
-def claims_files(config: dict) -> tuple[dict[Path, str], list[dict]]:
+def claims_files(config: dict, reference: dict | None = None) -> tuple[dict[Path, str], list[dict]]:
     """results/claims.md|csv|json and, when some claim is on a measured cost (time, memory),
     results/claims_cost.md|csv|json, as {path: text}, with their tables-index entries; nothing for
-    a config without claims."""
-    analysis = analyse_all(config)
+    a config without claims. `reference`: the paper's numbers (paper_reference.yaml)."""
+    analysis = analyse_all(config, reference)
     if not analysis:
         return {}, []
     parts = _parts(analysis)

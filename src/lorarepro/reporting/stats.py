@@ -133,7 +133,15 @@ def holm(pvalues: list[float | None]) -> list[float | None]:
     return adjusted
 
 
-VERDICTS = ("reproduced", "smaller than claimed", "contradicted", "inconclusive")
+# From least to most support for the claim: an intersection-union test ("each", "every") takes the
+# weakest of its pairs' verdicts. "not testable at this scale" is given by the claims report alone.
+VERDICTS = ("contradicted", "smaller than claimed", "inconclusive", "reproduced", "not testable at this scale")
+
+
+def weakest(verdicts: list[str]) -> str:
+    """The verdict of an intersection-union test: the claim holds for each pair only if every pair's
+    own test says so, so the least supportive verdict decides."""
+    return min(verdicts, key=VERDICTS.index)
 
 
 def claim_verdict(test: dict, kind: str, claimed: float | None = None, alpha: float = ALPHA) -> str:

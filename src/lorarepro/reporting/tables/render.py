@@ -15,6 +15,7 @@ import io
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
@@ -143,7 +144,9 @@ def flat_vs_lora(cells: pd.DataFrame, methods_cfg: dict) -> list[str]:
             index="task", columns="method", values=["mean", "complete", "n_not_run"])
         comparable = pair["complete"].all(axis=1).astype(bool)
         not_run = int((~comparable & (pair["n_not_run"].sum(axis=1) > 0)).sum())
-        diff = (pair["mean"][flat] - pair["mean"][base])[comparable]
+        a, b = pair["mean"][flat].astype(float), pair["mean"][base].astype(float)
+        # Means of the same rounded scores can differ by float error alone: that is a tie, not a win.
+        diff = (a - b).mask(np.isclose(a, b, rtol=1e-9, atol=1e-9), 0.0)[comparable]
         n = int(comparable.sum())
         text = f"{flat} beats {base} on {int((diff > 0).sum())} of {n} task{'s' * (n != 1)}"
         notes = []
