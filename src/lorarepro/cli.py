@@ -18,6 +18,8 @@ EXAMPLES = """examples:
   lorarepro audit --configfile reduced.yaml        # a pipeline run with snakemake --configfile reduced.yaml
   lorarepro audit --retrain 2 --reevaluate 3       # more evidence, slower
   lorarepro reference --check                      # results/ against the committed reference (as CI does)
+  lorarepro register --check                       # the config against results/preregistration.json
+  lorarepro register --write --reason "time budget"  # register, or record a change as a deviation
   lorarepro evaluate --configfile workflow/configs/paper.yaml wizardlm_mtbench lora_r8
                                                    # evaluate saved checkpoints again (e.g. a judge is now set)
 
@@ -66,6 +68,20 @@ def _parser() -> argparse.ArgumentParser:
     action.add_argument("--write", action="store_true", help="record the finished pipeline's results as the reference")
     action.add_argument("--check", action="store_true", help="compare results/ with the reference")
     _config_arguments(ref)
+    reg = commands.add_parser(
+        "register", help="write or check results/preregistration.json (the registered regime, claims and analysis)",
+        description="--write registers the config (the first time) or, when its regime or claims differ from the "
+                    "registration, records a deviation (--reason required) and registers the new values; --check "
+                    "exits 1, naming each key, when the config differs from the registration without a recorded deviation.",
+        formatter_class=raw)
+    action = reg.add_mutually_exclusive_group(required=True)
+    action.add_argument("--write", action="store_true", help="register, or record a deviation and register the change")
+    action.add_argument("--check", action="store_true", help="compare the config with the registration")
+    reg.add_argument("--reason", help="why the regime or claims changed after registration (required for a deviation)")
+    reg.add_argument("--commit", help="the commit of the deviations recorded without one (once it is known)")
+    reg.add_argument("--date", help="the date to record (default: today, UTC)")
+    reg.add_argument("--path", default=None, help="the registration file (default results/preregistration.json)")
+    _config_arguments(reg)
     return parser
 
 
@@ -183,6 +199,37 @@ def check_reference(args) -> int:
     return 1 if problems else 0
 
 
+def register(args) -> int:
+    config = _load("register", args)
+    if config is None:
+        return 2
+    from lorarepro.reporting import registration  # deferred: reporting's imports, for this command only
+
+    path = Path(args.path) if args.path else registration.PATH
+    try:
+        if args.check:
+            problems = registration.check(config, path=path)
+            for line in problems:
+                print(line)
+            if not problems:
+                print(f"the config matches {path} (deviations recorded: "
+                      f"{len(registration.load(path=path)['deviations'])})")
+            return 1 if problems else 0
+        current = registration.load(path=path)
+        written, deviation = registration.update(current, config, reason=args.reason, date=args.date, commit=args.commit)
+        registration.write(written, path=path)
+    except registration.RegistrationError as err:
+        print(f"lorarepro register: {err}", file=sys.stderr)
+        return 1
+    if current is None:
+        print(f"registered {path} ({written['registered']})")
+    elif deviation is not None:
+        print(f"{path}: deviation recorded ({', '.join(deviation['keys'])})")
+    else:
+        print(f"{path}: no deviation (pins refreshed)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -190,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = (f" (--configfile takes one file; repeat the flag: --configfile {' --configfile '.join(extra)})"
                 if all(e.endswith(CONFIG_SUFFIXES) for e in extra) else "")
         parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
-    return {"audit": audit, "evaluate": evaluate, "reference": check_reference}[args.command](args)
+    return {"audit": audit, "evaluate": evaluate, "reference": check_reference,
+            "register": register}[args.command](args)
 
 
 if __name__ == "__main__":

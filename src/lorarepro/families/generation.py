@@ -160,20 +160,20 @@ def _exact_match(model, tokenizer, df, manifest: dict, max_length: int, batch_si
 
 
 def _humaneval(model, tokenizer, df, manifest: dict, max_length: int, batch_size: int, evaluation: dict | None) -> float:
-    """HumanEval pass@1 (%): greedy completions run in the sandbox (lorarepro.evaluation.humaneval); NotRun unless opted in."""
+    """HumanEval pass@1 (%): greedy or sampled completions (evaluation.humaneval) run in the sandbox
+    (lorarepro.evaluation.humaneval); NotRun unless opted in."""
     opts = humaneval.require_opt_in(evaluation)  # before any work: nothing is generated or run without it
     humaneval.reference_stops()  # a missing lm_eval task file fails here, before the generation
     prompts = _prompts(tokenizer, df, max_length)
     # No stop_strings: transformers matches them against the prompt too (HumanEval prompts end in "\n", so
     # a first line "def ..." would stop at once), while the reference cuts the completion alone; the
     # stop sequences are applied after generation (humaneval.truncate), exact for a greedy completion.
-    rows = _generate(model, tokenizer, prompts, manifest.get("max_new_tokens", MAX_NEW_TOKENS), batch_size)
-    completions = []
-    for prompt, row in zip(prompts, rows):
-        # Decoded together, so a SentencePiece word boundary between prompt and completion survives.
-        head = _decode(tokenizer, prompt)
-        full = _decode(tokenizer, prompt + row)
-        completions.append(full[len(head):] if full.startswith(head) else _decode(tokenizer, row))
+    max_new = manifest.get("max_new_tokens", MAX_NEW_TOKENS)
+    if opts["decoding"] == "sample":  # the official protocol: n samples per problem (evaluation.humaneval)
+        completions, sampling = humaneval.sample_completions(model, tokenizer, prompts, max_new, opts)
+        return humaneval.pass_at_k(df, completions, opts, sampling)
+    rows = _generate(model, tokenizer, prompts, max_new, batch_size)
+    completions = [humaneval.completion_text(tokenizer, prompt, row) for prompt, row in zip(prompts, rows)]
     return humaneval.pass_at_k(df, completions, opts)
 
 

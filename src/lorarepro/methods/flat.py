@@ -49,6 +49,13 @@ On CUDA with Triton (shipped with torch's CUDA wheels) ``W + eps`` is one fused 
 (:mod:`lorarepro.methods.flat_kernels`): Philox noise in registers, scaled, added, written once in
 W's dtype. Elsewhere (CPU) it is plain torch: ``torch.randn`` from a private ``torch.Generator``.
 
+AdaLoRA. As defined, Flat-LoRA perturbs every adapted linear, AdaLoRA's ``SVDLinear`` too (sigma from
+``W + scaling/ranknum * B (A * E)``). The official trainer perturbs only ``peft.tuners.lora.layer.Linear``
+modules (logTrainer.py:L156-157, as the project reads it), so its "AdaLoRA + Flat" trains with no noise at
+all; ``adalora_noise=False`` (config ``flat: {adalora_noise: false}``) does the same: linears wrapped by an
+AdaLoRA layer are no target, and a model left with no target trains as the plain method (recorded as
+``layers: 0`` with ``excluded_adalora``).
+
 Notes: the noise of half-precision weights is drawn in fp32 and ``W + eps`` rounded once; a step with
 ``f(t) * rho == 0`` (step 0, or rho = 0) arms nothing, so the model is exactly the plain one; draws
 are identical across ranks of one device type (the CPU's torch.Generator and the CUDA kernel's Philox
@@ -322,8 +329,17 @@ def _lora_wrappers(model: nn.Module) -> tuple[dict[int, list[nn.Module]], set[in
     return wrappers, adapter_parts
 
 
-def _find_targets(model: nn.Module, scope: str) -> tuple[list[str], list[nn.Linear], list[list[nn.Module]]]:
-    """Target linears in ``named_modules()`` order, each with the LoRA layers that wrap it.
+def _is_adalora(layer: nn.Module) -> bool:
+    """An AdaLoRA adapter layer (PEFT's AdaLoraLayer: SVDLinear and its quantised forms)."""
+    from peft.tuners.adalora.layer import AdaLoraLayer  # deferred: PEFT, only when a model is searched
+
+    return isinstance(layer, AdaLoraLayer)
+
+
+def _find_targets(model: nn.Module, scope: str, adalora_noise: bool = True,
+                  ) -> tuple[list[str], list[nn.Linear], list[list[nn.Module]], int]:
+    """Target linears in ``named_modules()`` order, each with the LoRA layers that wrap it, and how many
+    AdaLoRA-wrapped linears were left out (``adalora_noise=False``, the official trainer's behaviour).
 
     scope "lora": the base layer of every PEFT ``LoraLayer``. scope "all": every ``nn.Linear`` that
     is not part of a LoRA adapter (lora_A / lora_B / ...), i.e. also un-adapted linears. A weight
@@ -332,8 +348,12 @@ def _find_targets(model: nn.Module, scope: str) -> tuple[list[str], list[nn.Line
     wrappers, adapter_parts = _lora_wrappers(model)
     names, layers, lora_of = [], [], []
     seen_weights: set[int] = set()
+    excluded = 0
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear) or id(module) in adapter_parts:
+            continue
+        if not adalora_noise and any(_is_adalora(w) for w in wrappers.get(id(module), [])):
+            excluded += 1
             continue
         if (scope == "lora" and id(module) not in wrappers) or id(module.weight) in seen_weights:
             continue
@@ -343,7 +363,7 @@ def _find_targets(model: nn.Module, scope: str) -> tuple[list[str], list[nn.Line
         names.append(name)
         layers.append(module)
         lora_of.append(wrappers.get(id(module), []))
-    return names, layers, lora_of
+    return names, layers, lora_of, excluded
 
 
 # --------------------------------------------------------------------------- the method
@@ -365,6 +385,7 @@ class FlatLoRA:
         seed: int,
         mode: str = "exact",
         scope: str = "lora",
+        adalora_noise: bool = True,
     ) -> None:
         if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 0:
             raise ValueError(f"flat.rho must be a finite number >= 0, got {rho!r}")
@@ -376,14 +397,17 @@ class FlatLoRA:
             raise ValueError(f"flat.total_steps must be an integer >= 1, got {total_steps!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"flat.seed must be an integer, got {seed!r}")
+        if not isinstance(adalora_noise, bool):
+            raise ValueError(f"flat.adalora_noise must be true or false, got {adalora_noise!r}")
 
         self.rho = float(rho)
         self.total_steps = total_steps
         self.seed = seed
         self.mode = mode
         self.scope = scope
-        names, layers, lora_of = _find_targets(model, scope)
-        if not layers:
+        self.adalora_noise = adalora_noise
+        names, layers, lora_of, self.excluded_adalora = _find_targets(model, scope, adalora_noise)
+        if not layers and not self.excluded_adalora:
             what = "no PEFT LoraLayer" if scope == "lora" else "no nn.Linear"
             raise ValueError(f"Flat-LoRA found no target layer (flat.scope={scope!r}: {what} in the model)")
         self.target_names: list[str] = names
@@ -467,6 +491,8 @@ class FlatLoRA:
         """The run record's `flat` entry; in-place mode first measures its rounding drift against the
         saved backbone (`pristine(target_names)`) and then restores W from it exactly."""
         info: dict[str, Any] = {"mode": self.mode, "layers": len(self.target_names)}
+        if not self.adalora_noise:  # only then, so records of the default keep their keys
+            info["excluded_adalora"] = self.excluded_adalora
         if self.mode == "inplace":
             reference = pristine(self.target_names)
             info.update({f"drift_{k}": v for k, v in self.drift(reference).items()})
@@ -563,4 +589,4 @@ class FlatLoRA:
 def from_run(model: nn.Module, settings: dict, total_steps: int, seed: int) -> FlatLoRA:
     """The strategy of a run's resolved `flat` settings (lorarepro.methods.STRATEGIES)."""
     return FlatLoRA(model, rho=settings["rho"], total_steps=total_steps, seed=seed, mode=settings["mode"],
-                    scope=settings["scope"])
+                    scope=settings["scope"], adalora_noise=settings.get("adalora_noise", True))
