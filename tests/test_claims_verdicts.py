@@ -165,3 +165,22 @@ def test_a_claim_over_three_metrics_names_them_and_mixed_scales_are_refused(work
     cfg["tables"][0]["tasks"] = ["a", "c"]
     with pytest.raises(ConfigError, match=r"table 't' \(its Avg\)"):
         claims.check_measures(cfg)
+
+
+def test_a_table_cell_marks_its_collapsed_runs(workdir):
+    from lorarepro.reporting.tables.build import table_files
+
+    prepared("a", [0] * 118 + [1] * 82)  # majority share 0.59 at n=200
+    prepared("b", [0] * 100 + [1] * 100)
+    for s in SEEDS:
+        for task in ("a", "b"):
+            write_run(task, "lora", s, {"test": 80.0, "validation": 60.0 if (task == "a" and s < 2) else 80.0})
+            write_run(task, "flat", s, {"test": 81.0, "validation": 80.0})
+    files, _ = table_files("t", config({}), None)
+    md, tex, csv = (files[paths.table("t", ext)] for ext in ("md", "tex", "csv"))
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| lora") or line.startswith("| flat")}
+    assert "†2" in rows["lora"].split("|")[2] and "†" not in rows["lora"].split("|")[3] and "†" not in rows["flat"]
+    assert "†k: k of the cell's runs collapsed" in md and r"$^{\dagger 2}$" in tex
+    frame = pd.read_csv(__import__("io").StringIO(csv))
+    assert frame.set_index(["method", "task"])["n_collapsed"].to_dict() == {("lora", "a"): 2, ("lora", "b"): 0,
+                                                                           ("flat", "a"): 0, ("flat", "b"): 0}

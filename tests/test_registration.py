@@ -152,3 +152,30 @@ def test_status_and_markdown_list_every_deviation(repo_root):
     config["data_seed"] = 99
     state = registration.status(config, repo_root)
     assert not state["matches"] and state["differs"] == ["data_seed"] and "data_seed" in registration.markdown(state)
+
+
+def test_the_committed_claims_are_the_registered_analysis_of_the_committed_runs():
+    """The analysis is pinned by its behaviour: recomputed now on the committed run records (and the
+    prepared labels the collapse test reads), it gives the committed claims.json, which the registration
+    pins; and the committed config is the registered regime."""
+    from lorarepro import paths
+    from lorarepro.experiment import load
+    from lorarepro.reporting import claims
+    from lorarepro.reporting.tables.cells import load_reference
+
+    root = Path(__file__).resolve().parents[1]
+    config = load(root / "params.yaml")
+    tasks = {t for c in claims.claim_comparisons(config).values() for t in c["tasks"]}
+    if not all((root / paths.manifest(t)).is_file() for t in tasks):
+        pytest.skip("no prepared data here (a fresh clone before `snakemake` or `dvc pull`): the collapse test needs its labels")
+    import os
+
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        files, _ = claims.claims_files(config, load_reference("workflow/configs/paper_reference.yaml"))
+        assert files[paths.claims("json")] == paths.claims("json").read_text(encoding="utf-8")
+        assert registration.check(config) == []
+        assert registration.status(config)["analysis"] is True
+    finally:
+        os.chdir(here)

@@ -110,6 +110,7 @@ def cost_table(table_id: str, ext: str) -> Path:
     return table(f"{table_id}_cost", ext)
 
 
+REGISTRATION = RESULTS / "preregistration.json"  # the registered regime, claims and analysis (lorarepro register)
 # The overhead benchmark's records (benchmarks/flat_overhead.py, run by hand and committed), the 7B
 # GPU one first: the claims bound to the paper's scale are judged by the first that exists.
 OVERHEAD_BENCHMARKS = (RESULTS / "benchmarks" / "flat_overhead_7b.json", RESULTS / "benchmarks" / "flat_overhead.json")

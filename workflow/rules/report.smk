@@ -51,6 +51,7 @@ rule tables:
         # ones are judged by, and the prepared data whose validation labels tell a collapsed run
         claims=[config["claims"]["reference"]] if config.get("claims") else [],
         benchmark=[str(p) for p in paths.OVERHEAD_BENCHMARKS if p.exists()],
+        registration=[str(p) for p in [paths.REGISTRATION] if p.exists()],
         prepared=[str(paths.prepared_dir(t)) for t in sorted({t for c in claim_comparisons(config).values() for t in c["tasks"]})],
     output:
         tables=paper_report(table_outputs() + table_pages()),

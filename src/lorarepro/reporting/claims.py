@@ -42,6 +42,7 @@ from lorarepro.config import ConfigError, claim_comparisons, column, entry, read
 from lorarepro.families import FAMILIES
 from lorarepro.hashing import sha256_file
 from lorarepro.registry import Registry
+from lorarepro.reporting import registration
 from lorarepro.reporting.stats import ALPHA, POWER, VERDICT_RHO, claim_verdict, holm, paired_test, weakest
 
 CLAIMS_ID = "claims"
@@ -641,6 +642,8 @@ def _part_files(config: dict, part_id: str, part: dict, title: str) -> tuple[dic
     """One part's md|csv|json as {path: text} and its tables-index entry (the runs its claims read)."""
     files = {_PATHS[part_id](ext): render(part) for ext, render in
              (("md", lambda a: render_markdown(config, a, title)), ("csv", render_csv), ("json", render_json))}
+    if part_id == CLAIMS_ID:  # whether these verdicts come from the registered regime, and every change since
+        files[_PATHS[part_id]("md")] += "\n" + registration.markdown(registration.status(config, analysis=False))
     return files, {"id": part_id, "caption": _CAPTIONS[part_id], "rows": [r["claim"] for r in part["claims"]],
                    "columns": CSV_COLUMNS[7:], "runs": sorted({run for row in part["claims"] for run in row["runs"]}),
                    "files": [str(p) for p in files]}

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import yaml
 
-from lorarepro import atomic, records
+from lorarepro import atomic, paths, records
 
-PATH = Path("results") / "preregistration.json"
+PATH = paths.REGISTRATION
 FORMAT = 1
 
 # What decides a run's numbers: its data (data_seed, tasks), its backbone (backbones, backbone_seed),
@@ -323,15 +323,16 @@ def check(config: dict, root: Path = Path("."), path: Path = PATH) -> list[str]:
 # --------------------------------------------------------------------------- for the claims report
 
 
-def status(config: dict, root: Path = Path("."), path: Path = PATH) -> dict:
+def status(config: dict, root: Path = Path("."), path: Path = PATH, analysis: bool = True) -> dict:
     """{registered, path, date, matches, differs (keys), analysis (True: same output on the same runs; False:
-    changed; None: not comparable), deviations, history} for the claims report."""
+    changed; None: not comparable or not asked: `analysis=False`, as the claims report that writes that
+    output asks), deviations, history} for the claims report."""
     registration = load(root, path)
     if registration is None:
         return {"registered": False, "path": Path(path).as_posix(), "date": None, "matches": False, "differs": [],
                 "analysis": None, "deviations": [], "history": list(HISTORY)}
     differs = changed_keys(registration, config, root)
-    changed = analysis_changed(registration, root)
+    changed = analysis_changed(registration, root) if analysis else None
     return {"registered": True, "path": Path(path).as_posix(), "date": registration["registered"],
             "matches": not differs and not changed, "differs": differs,
             "analysis": None if changed is None else not changed,

@@ -13,6 +13,7 @@ import yaml
 
 from lorarepro import paths, records
 from lorarepro.config import column, entry, spec_seeds, specs
+from lorarepro.reporting import claims
 
 # ----------------------------------------------------------------------------- small I/O helpers
 
@@ -50,8 +51,11 @@ def seed_metric(run: dict, path: Path, split: str = "test") -> float | None:
 
 def collect_cell(task: str, method: str, seeds: list[int], split: str = "test") -> dict:
     """Per-seed values of one (method, task) metric (the test split's unless `split` names another);
-    n_seeds < n_expected flags an incomplete cell."""
+    n_seeds < n_expected flags an incomplete cell; n_collapsed counts its runs that did not learn
+    (lorarepro.reporting.claims.collapsed), kept in the mean."""
     values, used, failed, not_run = [], [], 0, []
+    rate = claims.majority_rate(task)
+    n_collapsed = sum(bool(claims.collapsed(task, method, seed, rate)) for seed in seeds)
     for seed in seeds:
         path = paths.run_result(task, method, seed)
         run = records.load_finished(path)
@@ -67,7 +71,7 @@ def collect_cell(task: str, method: str, seeds: list[int], split: str = "test") 
     n = len(values)
     return {
         "values": values, "runs": used, "n_seeds": n, "n_expected": len(seeds), "n_failed": failed,
-        "n_not_run": len(not_run), "not_run": "; ".join(sorted(set(not_run))),
+        "n_not_run": len(not_run), "not_run": "; ".join(sorted(set(not_run))), "n_collapsed": n_collapsed,
         "mean": mean(values) if n else math.nan,
         "std": (stdev(values) if n > 1 else 0.0) if n else math.nan,
     }

@@ -19,14 +19,16 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from lorarepro.reporting.stats import flat_pairs
 from lorarepro.config import spec_seeds
+from lorarepro.reporting.claims import COLLAPSE_ALPHA
+from lorarepro.reporting.stats import flat_pairs
 from lorarepro.reporting.tables.cells import is_complete, row_averages, table_spec
 
 CSV_COLUMNS = [
-    "table", "method", "label", "task", "mirrors", "n_seeds", "n_expected", "n_failed",
+    "table", "method", "label", "task", "mirrors", "n_seeds", "n_expected", "n_failed", "n_collapsed",
     "mean", "std", "values", "paper", "best",
 ]
+_DAGGER = {"md": " †{}", "html": " †{}", "tex": r"$^{{\dagger {}}}$"}  # k runs of the cell collapsed
 _MARK = {"md": {"better": " ↑", "worse": " ↓"}, "tex": {"better": r"$^\uparrow$", "worse": r"$^\downarrow$"},
          "html": {"better": " ↑", "worse": " ↓"}}
 _PM = {"md": " ± ", "html": " ± "}
@@ -74,7 +76,8 @@ def _cell_parts(cell, style: str) -> tuple[str, str | None, str]:
     if cell.n_seeds == 0:
         return f"{_DASH[style]} (0/{cell.n_expected}{failed})", None, ""
     note = f" ({cell.n_seeds}/{cell.n_expected}{failed})" if cell.n_seeds < cell.n_expected else ""
-    return f"{cell.mean:.2f}", f"{cell.std:.2f}{note}", _MARK[style].get(getattr(cell, "sig", ""), "")
+    collapsed = _DAGGER[style].format(cell.n_collapsed) if getattr(cell, "n_collapsed", 0) else ""
+    return f"{cell.mean:.2f}", f"{cell.std:.2f}{note}{collapsed}", _MARK[style].get(getattr(cell, "sig", ""), "")
 
 
 def _format_cell(cell, style: str) -> str:
@@ -160,6 +163,10 @@ def flat_vs_lora(cells: pd.DataFrame, methods_cfg: dict) -> list[str]:
     return sentences
 
 
+def _any_collapsed(cells: pd.DataFrame) -> bool:
+    return "n_collapsed" in cells and bool(cells["n_collapsed"].any())
+
+
 def not_run_notes(cells: pd.DataFrame) -> list[str]:
     """One note per (task, reason) of the cells not run: which methods, and why."""
     if "n_not_run" not in cells or not cells["n_not_run"].any():
@@ -182,7 +189,10 @@ def _notes(cells: pd.DataFrame, config: dict) -> list[str]:
         "(left out where the paper reports none of the column). "
         "↑/↓ after a Flat cell: significantly better/worse than its base (paired by seed, p < 0.05, "
         "uncorrected; complete cells only; every test in "
-        f"`{table_id}_significance.md`, the pre-registered claims in `results/claims.md`).",
+        f"`{table_id}_significance.md`, the pre-registered claims in `results/claims.md`)."
+        + (f" †k: k of the cell's runs collapsed (validation accuracy not significantly above the majority-class "
+           f"share: one-sided binomial test at the validation split's size, α = {COLLAPSE_ALPHA}); they stay in the mean."
+           if _any_collapsed(cells) else ""),
         "Flat-LoRA vs LoRA: " + ("; ".join(pairs) if pairs else "no Flat row with its base") + ".",
     ]
 
@@ -268,6 +278,8 @@ def render_latex(cells: pd.DataFrame, caption: str, config: dict) -> str:
                     f"(k/{n_seeds}) marks incomplete cells; $^\\uparrow$/$^\\downarrow$: Flat variant "
                     f"significantly better/worse than its base (paired t-test over the {n_seeds} seeds, "
                     "95\\% CI excludes 0)."
+                    + (" $^{\\dagger k}$: k runs collapsed (validation accuracy not significantly above the "
+                       "majority-class share, one-sided binomial test), kept in the mean." if _any_collapsed(cells) else "")
                     + "".join(f" Not run: {_tex_escape(note)}." for note in not_run_notes(cells)))
     environment = "table*" if 1 + sum(2 if c.kind == "cell" else 1 for c in columns) > _TEX_NARROW else "table"
     body = [" & ".join([_tex_escape(row[0]), *row[1:]]) + r" \\" for row in _texts(columns, rows, "tex")]
