@@ -3,6 +3,7 @@
 #      snakemake --cores 2 --configfile my_overrides.yaml   (deep-merged over params.yaml)
 #      snakemake --profile workflow/profiles/slurm --configfile workflow/configs/paper.yaml
 #          (a config with `standalone: true` is complete: params.yaml is not merged under it)
+import os
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
@@ -40,14 +41,16 @@ from lorarepro import numerics
 numerics.pin(config["numerics"], config["threads"])
 
 from lorarepro import paths
-from lorarepro.config import (backbone_seed, claim_comparisons, jobs_mode, reported_runs, resources, sharpness_runs, specs,
-                              train_priorities)
+from lorarepro.config import (backbone_seed, check_local, claim_comparisons, jobs_mode, reported_runs, resources,
+                              sharpness_runs, specs, train_priorities)
 from lorarepro.experiment import check
 from lorarepro.pipeline.checks import check_reporting
 
 # cross-references (unknown task in a table, rank above a layer's size) before any job; every run's
 # settings resolved once, here, and handed to its train job (workflow/rules/train.smk)
 RUN_SPECS = check(config)
+if workflow.local_exec and not workflow.output_settings.dryrun:  # a dry run (a GPU grid on a laptop) only lists jobs
+    check_local(config, os.cpu_count())
 check_reporting(config)  # every figure's drawer exists, before any job trains
 
 

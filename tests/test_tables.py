@@ -18,7 +18,7 @@ REFERENCE = {"table1": {"rows": {"LoRA r8": {"SST-2": 94.25, "MNLI": 86.24}, "Fl
 def make_config(seeds=SEEDS):
     return {
         "seeds": list(seeds),
-        "tasks": {"sentiment": {"mirrors": "SST-2"}, "nli": {"mirrors": "MNLI"}},
+        "tasks": {"sentiment": {"family": "nlu", "mirrors": "SST-2"}, "nli": {"family": "nlu", "mirrors": "MNLI"}},
         "methods": {
             "full_ft": {"label": "Full FT", "paper_row": "Full FT"},
             "lora_r8": {"label": "LoRA (r=8)", "paper_row": "LoRA r8"},

@@ -204,6 +204,12 @@ def jobs_mode(config: dict, local: bool) -> str:
     return "per_method" if local and not gpus else "per_seed"
 
 
+def check_local(config: dict, cpus: int | None) -> None:
+    """Settings beyond this machine, for local execution only (a cluster profile may ask for more)."""
+    if cpus and config.get("threads", 1) > cpus:
+        raise ConfigError(f"config key 'threads': {config['threads']} threads per job, but this machine has {cpus} CPUs")
+
+
 def train_priorities(config: dict, specs: dict, runs: dict) -> dict:
     """{(task, method): Snakemake priority 1..9} of the per_method train jobs: the longest first
     (optimizer steps over all their seeds; a task without declared sizes counts 1,000 examples), so

@@ -13,6 +13,8 @@ reader of records turns that back into a spec with `RunSpec.of`, which resolves 
 """
 
 import copy
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,7 +23,7 @@ from lorarepro.config import (
     ConfigError, claim_comparisons, column, deep_merge, read, read_claims, reported_pairs, resources, sharpness_runs,
     spec_seeds, specs, validate_schema,
 )
-from lorarepro.data import GENERATED_SOURCES, GENERATORS
+from lorarepro.data import CAPACITY, GENERATED_SOURCES, GENERATORS
 from lorarepro.data.external import check_task
 from lorarepro.evaluation import harness, judge
 from lorarepro.families import FAMILIES
@@ -92,6 +94,7 @@ def check(config: dict) -> dict[tuple[str, str], RunSpec]:
     """Cross-references the schema cannot express; returns the resolved run spec of every (task,
     method) some table, figure or claim reads, each resolved once here (`run_specs`) and handed on:
     Snakemake gives each train job its own as a param, and nothing downstream resolves it again."""
+    _check_values(config)
     for kind in ("tables", "figures"):
         ids = [spec["id"] for spec in config.get(kind) or []]
         if len(ids) != len(set(ids)):
@@ -197,6 +200,11 @@ def _check_tasks(config: dict) -> None:
                 raise ConfigError(str(err)) from None
         elif task["generator"] not in GENERATORS:
             raise ConfigError(f"config key 'tasks.{name}.generator': unknown generator '{task['generator']}' (known: {sorted(GENERATORS)})")
+        elif task["generator"] in CAPACITY and "sizes" in task:
+            available, asked = CAPACITY[task["generator"]](config["data_seed"]), sum(task["sizes"].values())
+            if asked > available:
+                raise ConfigError(f"config key 'tasks.{name}.sizes': {asked} examples asked, generator "
+                                  f"'{task['generator']}' has {available} at data_seed {config['data_seed']}")
         if task["family"] not in config["training"]:
             raise ConfigError(f"config key 'training.{task['family']}': missing training defaults for family of task '{name}'")
     for name, backbone in config["backbones"].items():
@@ -206,6 +214,31 @@ def _check_tasks(config: dict) -> None:
             raise ConfigError(f"config key 'backbones.{name}.model': required when source is 'hub'")
         if backbone["source"] == "pretrain" and not {"size", "pretrain"} <= backbone.keys():
             raise ConfigError(f"config key 'backbones.{name}': source 'pretrain' needs 'size' and 'pretrain'")
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # the schema's name pattern, matched whole (its `$` lets a final newline through)
+
+
+def _check_values(config: dict) -> None:
+    """What the schema lets through: a number that is not finite (YAML's .nan, .inf) anywhere, and a
+    name (of a task, method or backbone, a table or figure id) with anything beyond its pattern."""
+    def walk(value, key: str) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key '{key}': {value} is not a finite number")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{key}.{i}")
+
+    walk(config, "")
+    names = [(f"{kind}.{name!r}", name) for kind in ("tasks", "methods", "backbones") for name in config.get(kind) or {}]
+    names += [(f"{kind}.{i}.id", spec.get("id")) for kind in ("tables", "figures") for i, spec in enumerate(config.get(kind) or [])]
+    for key, name in names:
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise ConfigError(f"config key '{key}': {name!r} is not a name (letters, digits, '_' and '-', "
+                              "starting with a letter or digit)")
 
 
 def _check_metric(name: str, task: dict) -> None:

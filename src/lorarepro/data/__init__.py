@@ -13,6 +13,7 @@ import pandas as pd
 
 from lorarepro.data import external, generation, nlu, vision  # noqa: F401  (their generators register)
 from lorarepro.data.io import (
+    CAPACITY,
     GENERATORS,
     SPLITS,
     get_generator,
@@ -23,7 +24,7 @@ from lorarepro.data.io import (
 )
 from lorarepro.families import FAMILIES
 
-__all__ = ["GENERATED_SOURCES", "GENERATORS", "load_eval_splits", "load_manifest", "load_split", "prepare_pretext",
+__all__ = ["CAPACITY", "GENERATED_SOURCES", "GENERATORS", "load_eval_splits", "load_manifest", "load_split", "prepare_pretext",
            "prepare_task", "verify_dataset", "vocabulary"]
 
 GENERATED_SOURCES = ("synthetic", "sklearn_digits")  # the other sources are external (lorarepro.data.external)

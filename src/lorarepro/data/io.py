@@ -23,6 +23,9 @@ SPLITS = ("train", "validation", "test")
 
 # name -> fn(task, task_cfg, data_seed) -> (splits, meta); each data module registers its own
 GENERATORS = Registry("data generator")
+# How many examples (all splits together) a generator can give one task at a data_seed, for the
+# generators drawing from a finite source; checked when the DAG is built, before any job deletes data.
+CAPACITY = Registry("generator capacity")
 
 
 def get_generator(task: str, generator: str) -> Callable:

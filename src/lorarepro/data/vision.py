@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from lorarepro.data.io import GENERATORS, SPLITS, noisy_train_split, rng_for, split_sizes
+from lorarepro.data.io import CAPACITY, GENERATORS, SPLITS, noisy_train_split, rng_for, split_sizes
 
 IMAGE_SIZE = 8
 NUM_CLASSES = 10
@@ -119,6 +119,15 @@ def _prepare(task: str, task_cfg: dict, data_seed: int, transform) -> tuple[dict
             "ood_severities": list(SEVERITIES), "corruptions": list(CORRUPTIONS),
             **noisy_train_split(task, task_cfg, data_seed, splits, NUM_CLASSES)}
     return splits, meta
+
+
+def capacity(data_seed: int) -> int:
+    """The downstream pool's size: the images every vision task draws its splits from."""
+    return len(pools(data_seed)[1])
+
+
+CAPACITY.register("digits", capacity)
+CAPACITY.register("digits_inverted", capacity)
 
 
 @GENERATORS.register("digits")

@@ -38,7 +38,7 @@ from scipy import stats as sps
 from tabulate import tabulate
 
 from lorarepro import paths, records
-from lorarepro.config import ConfigError, claim_comparisons, column, entry, read_claims, spec_seeds, specs
+from lorarepro.config import ConfigError, claim_comparisons, entry, read_claims, spec_seeds
 from lorarepro.families import FAMILIES
 from lorarepro.hashing import sha256_file
 from lorarepro.registry import Registry
@@ -160,12 +160,10 @@ def _measures(config: dict, tasks: list[str]) -> list[str]:
 
 
 def check_measures(config: dict) -> None:
-    """Refuse (ConfigError, naming the claim or table) a claim or a table average over task metrics on
-    different scales (a score in percent beside a judge's 1-10 score): their mean has no unit."""
-    averaged = [(f"claim '{name}'", c["tasks"]) for name, c in claim_comparisons(config).items()]
-    averaged += [(f"table '{t}' (its Avg)", [column(c)[0] for c in spec["tasks"]])
-                 for t, spec in specs(config, "tables").items()]
-    for what, tasks in averaged:
+    """Refuse (ConfigError, naming the claim) a claim averaging task metrics on different scales (a score
+    in percent beside a judge's 1-10 score): their mean has no unit. (A table over such tasks shows no
+    Avg: lorarepro.reporting.tables.cells.row_averages.)"""
+    for what, tasks in [(f"claim '{name}'", c["tasks"]) for name, c in claim_comparisons(config).items()]:
         scales = {m: METRIC_SCALES[m] for m in _measures(config, tasks)}
         if len(set(scales.values())) > 1:
             raise ConfigError(f"{what} averages metrics on different scales: "

@@ -102,6 +102,7 @@ def table_cells(table_id: str, config: dict, reference: dict | None = None) -> p
             rows.append({
                 "table": table_id, "method": method,
                 "label": method_cfg.get("label", method), "task": task, "mirrors": mirrors,
+                "scale": claims.METRIC_SCALES.get(claims.task_metric(config, column(task)[0]), "percent"),
                 **cell,
                 "paper": paper_value(reference, spec.get("paper_table"),
                                      method_cfg.get("paper_row"), mirrors),
@@ -134,8 +135,12 @@ def _mark_best(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def row_averages(cells: pd.DataFrame) -> pd.Series:
-    """Mean over tasks of a row's task means; NaN unless every task cell of the row is complete."""
+    """Mean over tasks of a row's task means; NaN unless every task cell of the row is complete, and
+    everywhere when the columns' metrics are on different scales (a judge's 1-10 beside a percentage:
+    their mean has no unit, so the table shows no Avg)."""
     cells = cells.assign(complete=is_complete(cells))
+    if "scale" in cells and cells["scale"].nunique() > 1:
+        return cells.groupby("method", sort=False)["mean"].mean() * math.nan
     grouped = cells.groupby("method", sort=False)
     avg = grouped["mean"].mean()
     return avg.where(grouped["complete"].all())
