@@ -189,3 +189,15 @@ def test_a_table_cell_marks_its_collapsed_runs(workdir):
     frame = pd.read_csv(__import__("io").StringIO(csv))
     assert frame.set_index(["method", "task"])["n_collapsed"].to_dict() == {("lora", "a"): 2, ("lora", "b"): 0,
                                                                            ("flat", "a"): 0, ("flat", "b"): 0}
+
+
+def test_another_configs_claims_carry_its_name(workdir):
+    rng = np.random.default_rng(7)
+    gain_runs("a", "flat", "lora", gains(rng, 0.5, 0.5))
+    cfg = config({"nlu_average": {"role": "primary", "pairs": [["flat", "lora"]], "tasks": ["a"]}})
+    files, entries = claims.claims_files(cfg, None, "my")
+    assert set(files) == {paths.claims(ext, "my") for ext in ("md", "csv", "json")}
+    assert {str(paths.claims(ext, "my")) for ext in ("md", "csv", "json")} == {"results/claims.my.md", "results/claims.my.csv",
+                                                                               "results/claims.my.json"}
+    assert entries[0]["files"] == [str(paths.claims(ext, "my")) for ext in ("md", "csv", "json")]
+    assert set(claims.claims_files(cfg)[0]) == {paths.claims(ext) for ext in ("md", "csv", "json")}

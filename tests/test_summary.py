@@ -16,11 +16,11 @@ def write(path: str, data: dict) -> None:
 def test_summary_names_verdicts_and_where_things_are(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write("results/audit/audit.paper.json", {"passed": True, "counts": {"fail": 0, "warn": 2, "pass": 40}})
-    write("results/claims.json", {"design_ok": True, "claims": [{"verdict": "reproduced"}, {"verdict": "inconclusive"},
+    write("results/claims.paper.json", {"design_ok": True, "claims": [{"verdict": "reproduced"}, {"verdict": "inconclusive"},
                                                                  {"verdict": "reproduced"}]})
     text = closing_summary({"figures": [{"id": "ood_curve"}], "claims": {"comparisons": []}}, "paper")
     assert "audit:   passed (2 warn, 40 pass); results/audit/report.paper.md" in text
-    assert "claims:  2 reproduced, 1 inconclusive; results/claims.md" in text
+    assert "claims:  2 reproduced, 1 inconclusive; results/claims.paper.md" in text  # per config
     assert "results/tables/ (which runs each used: results/tables/index.paper.json)" in text
     assert "figures: results/figures/" in text
     assert "snakemake --report results/report.html with the same --configfile" in text

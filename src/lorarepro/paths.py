@@ -95,14 +95,15 @@ def figure(figure_id: str, ext: str) -> Path:
     return RESULTS / "figures" / f"{figure_id}.{ext}"
 
 
-def claims(ext: str) -> Path:
-    """The verdict on each claim of the paper (lorarepro.reporting.claims): md, csv or json."""
-    return RESULTS / f"claims.{ext}"
+def claims(ext: str, config: str = "") -> Path:
+    """The verdict on each claim of the paper (lorarepro.reporting.claims): md, csv or json; per config
+    (`config`: see config_id), so that another config's claims never replace the default's."""
+    return _per_config(RESULTS / f"claims.{ext}", config)
 
 
-def claims_cost(ext: str) -> Path:
+def claims_cost(ext: str, config: str = "") -> Path:
     """The claims on a measured cost (time, memory), apart from paths.claims (they vary between runs): md, csv or json."""
-    return RESULTS / f"claims_cost.{ext}"
+    return _per_config(RESULTS / f"claims_cost.{ext}", config)
 
 
 def cost_table(table_id: str, ext: str) -> Path:

@@ -320,7 +320,7 @@ def _parent_artifacts(config: dict, config_id: str) -> dict[str, list[Path]]:
     tables = [f for f in listed if f.parent == index.parent]  # the index also lists claims: once, below
     figures = [paths.figure(f, ext) for f in specs(config, "figures") for ext in ("png", "pdf")]
     return {"tables": [*tables, paths.tables_index(config_id), paths.metrics_summary(config_id)],
-            "figures": figures, "claims": [where(ext) for where in (paths.claims, paths.claims_cost)
+            "figures": figures, "claims": [where(ext, config_id) for where in (paths.claims, paths.claims_cost)
                                            for ext in ("md", "csv", "json")],
             "audit": [paths.audit_report(config_id), paths.audit_json(config_id)],
             "report": [paths.RESULTS / "report.html"]}

@@ -115,9 +115,9 @@ def table_outputs():
     if SHARPNESS_RUNS:
         tables += [str(paths.table("table_sharpness", ext)) for ext in ("csv", "md")]
     if claim_comparisons(config):
-        tables += [str(paths.claims(ext)) for ext in ("md", "csv", "json")]
+        tables += [str(paths.claims(ext, CONFIG_ID)) for ext in ("md", "csv", "json")]
     if cost_claims(config):
-        tables += [str(paths.claims_cost(ext)) for ext in ("md", "csv", "json")]
+        tables += [str(paths.claims_cost(ext, CONFIG_ID)) for ext in ("md", "csv", "json")]
     return tables
 
 

@@ -18,8 +18,10 @@ def table_of(stem):
 
 
 def report_group(path):
-    """The report category and labels of one table or figure file."""
+    """The report category and labels of one table or figure file (another config's claims files
+    carry its name: claims.<config>)."""
     stem, ext = Path(path).stem, Path(path).suffix[1:]
+    stem = stem.split(".")[0] if stem.split(".")[0] in COMPANIONS else stem
     if stem in FIGURES:
         return {"category": "Figures", "labels": {"figure": stem, "format": FORMATS[ext]}}
     table, kind = table_of(stem)
@@ -35,7 +37,7 @@ def paper_report(files):
 
 def table_pages():
     """The HTML page the tables rule writes beside every table's CSV (lorarepro.reporting.tables; not the claims')."""
-    claims = {str(paths.claims("csv")), str(paths.claims_cost("csv"))}
+    claims = {str(paths.claims("csv", CONFIG_ID)), str(paths.claims_cost("csv", CONFIG_ID))}
     return [str(Path(f).with_suffix(".html")) for f in table_outputs() if f.endswith(".csv") and f not in claims]
 
 

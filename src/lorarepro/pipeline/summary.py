@@ -20,10 +20,10 @@ def closing_summary(config: dict, config_id: str = "") -> str:
     lines = [
         "lorarepro: pipeline finished.",
         f"  audit:   {_audit(paths.audit_json(config_id), paths.audit_report(config_id))}",
-        f"  claims:  {_claims(paths.claims('json'), paths.claims('md')) if config.get('claims') else 'none in this config'}",
+        f"  claims:  {_claims(paths.claims('json', config_id), paths.claims('md', config_id)) if config.get('claims') else 'none in this config'}",
     ]
     if cost_claims(config):  # on a measured cost (time, memory): in a file of their own
-        lines.append(f"  cost:    {_claims(paths.claims_cost('json'), paths.claims_cost('md'))}")
+        lines.append(f"  cost:    {_claims(paths.claims_cost('json', config_id), paths.claims_cost('md', config_id))}")
     lines.append(f"  tables:  {paths.table('*', 'md').parent}/ (which runs each used: {paths.tables_index(config_id)})")
     if config.get("figures"):
         lines.append(f"  figures: {paths.figure('*', 'png').parent}/")

@@ -88,7 +88,7 @@ def table_captions(config: dict, index: dict, audit: dict) -> dict[str, str]:
     out = {}
     for entry in index["tables"]:
         if entry["id"] in (CLAIMS_ID, COST_ID):
-            out[entry["id"]] = _claims_caption(entry, audit)
+            out[Path(entry["files"][0]).stem] = _claims_caption(entry, audit)  # claims.<config> for another config
             continue
         if entry["id"] == SHARPNESS_ID:
             head = [SHARPNESS_CAPTION, ""]

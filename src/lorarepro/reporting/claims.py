@@ -636,25 +636,26 @@ _CAPTIONS = {CLAIMS_ID: "The verdict on each claim of the paper",
 _PATHS = {CLAIMS_ID: paths.claims, COST_ID: paths.claims_cost}
 
 
-def _part_files(config: dict, part_id: str, part: dict, title: str) -> tuple[dict[Path, str], dict]:
+def _part_files(config: dict, part_id: str, part: dict, title: str, config_id: str) -> tuple[dict[Path, str], dict]:
     """One part's md|csv|json as {path: text} and its tables-index entry (the runs its claims read)."""
-    files = {_PATHS[part_id](ext): render(part) for ext, render in
+    files = {_PATHS[part_id](ext, config_id): render(part) for ext, render in
              (("md", lambda a: render_markdown(config, a, title)), ("csv", render_csv), ("json", render_json))}
     if part_id == CLAIMS_ID:  # whether these verdicts come from the registered regime, and every change since
-        files[_PATHS[part_id]("md")] += "\n" + registration.markdown(registration.status(config, analysis=False))
+        files[_PATHS[part_id]("md", config_id)] += "\n" + registration.markdown(registration.status(config, analysis=False))
     return files, {"id": part_id, "caption": _CAPTIONS[part_id], "rows": [r["claim"] for r in part["claims"]],
                    "columns": CSV_COLUMNS[7:], "runs": sorted({run for row in part["claims"] for run in row["runs"]}),
                    "files": [str(p) for p in files]}
 
 
-def claims_files(config: dict, reference: dict | None = None) -> tuple[dict[Path, str], list[dict]]:
+def claims_files(config: dict, reference: dict | None = None, config_id: str = "") -> tuple[dict[Path, str], list[dict]]:
     """results/claims.md|csv|json and, when some claim is on a measured cost (time, memory),
     results/claims_cost.md|csv|json, as {path: text}, with their tables-index entries; nothing for
-    a config without claims. `reference`: the paper's numbers (paper_reference.yaml)."""
+    a config without claims. `reference`: the paper's numbers (paper_reference.yaml); `config_id`
+    (paths.config_id) names another config's files."""
     analysis = analyse_all(config, reference)
     if not analysis:
         return {}, []
     parts = _parts(analysis)
     titles = {CLAIMS_ID: TITLE + (COST_POINTER if COST_ID in parts else ""), COST_ID: COST_TITLE}
-    built = [_part_files(config, part_id, part, titles[part_id]) for part_id, part in parts.items()]
+    built = [_part_files(config, part_id, part, titles[part_id], config_id) for part_id, part in parts.items()]
     return {path: text for files, _ in built for path, text in files.items()}, [entry for _, entry in built]

@@ -113,7 +113,7 @@ def all_files(config: dict, reference: dict | None, config_id: str = "") -> dict
         texts, entry = _paged(*sharpness_files(config))
         files.update(texts)
         entries.append(entry)
-    claims, claim_entries = claims_files(config, reference)
+    claims, claim_entries = claims_files(config, reference, config_id)
     files.update(claims)
     entries += claim_entries
     files[paths.tables_index(config_id)] = index_text(entries)
