@@ -4,6 +4,7 @@
 #      snakemake --profile workflow/profiles/slurm --configfile workflow/configs/paper.yaml
 #          (a config with `standalone: true` is complete: params.yaml is not merged under it)
 import os
+import shlex
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
@@ -52,6 +53,11 @@ RUN_SPECS = check(config)
 if workflow.local_exec and not workflow.output_settings.dryrun:  # a dry run (a GPU grid on a laptop) only lists jobs
     check_local(config, os.cpu_count())
 check_reporting(config)  # every figure's drawer exists, before any job trains
+# A dry run of a GPU grid says what it would cost (lorarepro estimate: GPU-hours per table, with sources)
+if workflow.output_settings.dryrun and any(resources(config, "train", t)["gpu"] for t in config["tasks"]):
+    from lorarepro.pipeline.estimate import estimate, render
+
+    print(render(estimate(config, "h100")))
 
 
 include: "workflow/rules/common.smk"

@@ -619,7 +619,7 @@ def metric_rewritten_in_mlflow(base: Project) -> tuple[str, bool]:
     _forge_metric(p, LORA0, 3.0, rewrite_history=False)
     status, records = p.audit("--reevaluate", "0")
     seen, ok = caught(records, status, ("mlflow", LORA0))
-    return seen, ok and failed(records) == {("mlflow", LORA0)}
+    return seen, ok and {f for _, f in failed(records)} == {LORA0}  # mlflow, and (issue 27) its forced re-evaluation
 
 
 @case("17.7b_loss_history_edited", "an edited loss-history CSV (a step's loss; a step cut off) fails: MLflow's "
@@ -648,8 +648,9 @@ def figure_edited(base: Project) -> tuple[str, bool]:
 
 
 @case("17.7d_forgery_of_the_mlflow_database", "a forgery that also rewrites MLflow's database (every logged value) "
-      "in a run outside the sample passes the default audit (its sample re-evaluates 1 run per table), and "
-      "`--reevaluate all` re-evaluates every checkpoint and catches it")
+      "in a run outside the sample: since issue 27 the default audit catches it too (mlflow: the result JSON differs "
+      "from the one training logged as an artifact, and the run is re-evaluated whatever the sample); "
+      "`--reevaluate all` catches it as before")
 def forgery_of_the_mlflow_database(base: Project) -> tuple[str, bool]:
     p = base.copy("forgery_of_the_mlflow_database")
     default, records = p.audit()
@@ -659,9 +660,10 @@ def forgery_of_the_mlflow_database(base: Project) -> tuple[str, bool]:
     _forge_metric(p, target, 3.0, rewrite_history=True)
     sample, forged = p.audit()
     full, everything = p.audit("--reevaluate", "all")
-    observed = (f"forged {target} (not in the sample {sorted(sampled)}): default audit exit {sample}; "
-                f"--reevaluate all exit {full}, failing {sorted(failed(everything))}")
-    return observed, default == 0 and sample == 0 and full == 1 and failed(everything) == {("reevaluate", target)}
+    observed = (f"forged {target} (not in the sample {sorted(sampled)}): default audit exit {sample}, failing "
+                f"{sorted(failed(forged))}; --reevaluate all exit {full}, failing {sorted(failed(everything))}")
+    return observed, (default == 0 and sample == 1 and {("mlflow", target), ("reevaluate", target)} <= failed(forged)
+                      and full == 1 and ("reevaluate", target) in failed(everything))
 
 
 @case("17.8_fresh_clone_dvc", "a clone's DVC cache without the directory manifests, and Snakemake's "
@@ -815,6 +817,152 @@ def text_outside_vocabulary(base: Project) -> tuple[str, bool]:
             if "VocabularyWarning" in f.read_text()]
     return f"exit {done.returncode}; warning on the console: {console}; in job logs: {logs}", (
         done.returncode == 0 and console and bool(logs))
+
+
+# ----------------------------------------------------------------------------- the cases of issue 27
+
+LORA1 = LORA0.replace("seed0", "seed1")
+FULL0 = "results/runs/sentiment/full_ft/seed0.json"
+
+
+def _one_line(done: subprocess.CompletedProcess) -> bool:
+    return "Traceback" not in output(done)
+
+
+@case("27.1a_mlflow_store_removed", "mlflow.db removed: the audit creates no store and fails `mlflow` on mlflow.db "
+      "(mlruns/ still holds the runs' artifacts); with mlruns/ gone too it passes only as 'MLflow not checked "
+      "(store absent)' and --strict fails")
+def mlflow_store_removed(base: Project) -> tuple[str, bool]:
+    p = base.copy("mlflow_store_removed")
+    p.path("mlflow.db").unlink()
+    status, records = p.audit("--reevaluate", "0")
+    seen, ok = caught(records, status, ("mlflow", "mlflow.db"))
+    created = p.path("mlflow.db").exists()
+    shutil.rmtree(p.path("mlruns"))
+    loose = p.lorarepro("audit", "--configfile", CONFIG)
+    strict, _ = p.audit("--strict")
+    headline = loose.stdout.splitlines()[0] if loose.stdout else ""
+    observed = seen + f"; store created: {created}; without mlruns/: {headline[:90]!r}; --strict exit {strict}"
+    return observed, (ok and not created and loose.returncode == 0
+                      and headline.startswith("audit PASSED — MLflow not checked (store absent)") and strict == 1)
+
+
+@case("27.1b_mlflow_set_tag_forgery", "a lineage value changed in the result JSON and, through MLflow's API, in the "
+      "finished run's tag: `mlflow` fails on that result JSON, naming the field against the result JSON training logged")
+def mlflow_set_tag_forgery(base: Project) -> tuple[str, bool]:
+    from mlflow.tracking import MlflowClient
+
+    p = base.copy("mlflow_set_tag_forgery")
+    result = json.loads(p.path(LORA0).read_text())
+    result["lineage"]["data_sha256"] = "0" * 64
+    p.path(LORA0).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    MlflowClient(tracking_uri=f"sqlite:///{p.path('mlflow.db')}").set_tag(result["lineage"]["mlflow_run_id"], "data_sha256", "0" * 64)
+    status, records = p.audit("--reevaluate", "0")
+    seen, ok = caught(records, status, ("mlflow", LORA0))
+    detail = next((r["detail"] for r in records if r["check"] == "mlflow" and r["file"] == LORA0), "")
+    return seen + f"; {detail[:100]}", ok and "field 'lineage' differs from the result JSON training logged" in detail
+
+
+@case("27.1c_mlflow_log_metric_with_tag", "a metric forged in the result JSON, logged through MLflow's API with the "
+      "evaluated-again tag that `lorarepro evaluate` sets, tables rebuilt: with no sample (--reevaluate 0) the run is "
+      "re-evaluated all the same and `reevaluate` fails on it")
+def mlflow_log_metric_with_tag(base: Project) -> tuple[str, bool]:
+    from mlflow.tracking import MlflowClient
+
+    from lorarepro.tracking import EVALUATED_AGAIN, run_metrics
+
+    p = base.copy("mlflow_log_metric_with_tag")
+    result = json.loads(p.path(FULL0).read_text())
+    result["metrics"]["test"] += 3.0
+    p.path(FULL0).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    (key, value), = run_metrics({"metric": result["metric"], "metrics": {"test": result["metrics"]["test"]}}).items()
+    client, run_id = MlflowClient(tracking_uri=f"sqlite:///{p.path('mlflow.db')}"), result["lineage"]["mlflow_run_id"]
+    client.log_metric(run_id, key, value)
+    client.set_tag(run_id, EVALUATED_AGAIN, key)
+    check(p.snakemake("--forcerun", "tables", "--until", "tables"), "rebuilding the tables")
+    status, records = p.audit("--reevaluate", "0")
+    return caught(records, status, ("reevaluate", FULL0))
+
+
+@case("27.2_sharpness_halved", "flatness measured (a table with sharpness: true), then LoRA's sharpness records "
+      "halved and the tables rebuilt as the audit's fix says: the audit fails `sharpness` on the edited record "
+      "(its sha256 differs from the one its job wrote) and `mlflow` on its run")
+def sharpness_halved(base: Project) -> tuple[str, bool]:
+    p = base.copy("sharpness_halved")
+    cfg = yaml.safe_load(p.path(CONFIG).read_text())
+    cfg["tables"][0]["sharpness"] = True
+    p.path(CONFIG).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    check(p.snakemake(), "measuring flatness")
+    record_path = LORA0.replace(".json", ".sharpness.json")
+    measures = json.loads(p.path(record_path).read_text())
+    measures["expected_sharpness"] = {k: v / 2 for k, v in measures["expected_sharpness"].items()}
+    p.path(record_path).write_text(json.dumps(measures, indent=2, sort_keys=True) + "\n")
+    rebuilt = p.snakemake("--forcerun", "tables")
+    status, records = p.audit()
+    seen, ok = caught(records, status, ("sharpness", record_path), ("mlflow", LORA0))
+    return f"tables rebuilt, the pipeline's own audit: exit {rebuilt.returncode}; " + seen, ok and rebuilt.returncode != 0
+
+
+@case("27.3_relabelled_diverged", "a finished run relabelled as diverged (status FAILED, failed_step, a NaN error): "
+      "`exclusion` fails on its result JSON (full history, weights, a FINISHED MLflow run)")
+def relabelled_diverged(base: Project) -> tuple[str, bool]:
+    p = base.copy("relabelled_diverged")
+    result = json.loads(p.path(LORA1).read_text())
+    result.update(status="FAILED", failed_step=1, error="task=sentiment method=lora_r8 seed=1 loss is nan at step 1")
+    p.path(LORA1).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    status, records = p.audit("--reevaluate", "0")
+    return caught(records, status, ("exclusion", LORA1))
+
+
+@case("27.4_swapped_seeds_with_checkpoints", "seed 0's and seed 1's checkpoints swapped together with their result "
+      "JSONs and histories (every hash agrees with its record): `identity` and `mlflow` fail on both")
+def swapped_seeds_with_checkpoints(base: Project) -> tuple[str, bool]:
+    p = base.copy("swapped_seeds_with_checkpoints")
+    pairs = [("checkpoints/sentiment/lora_r8/seed0", "checkpoints/sentiment/lora_r8/seed1"), (LORA0, LORA1),
+             (LORA0.replace(".json", ".history.csv"), LORA1.replace(".json", ".history.csv"))]
+    for a, b in pairs:
+        p.path(a).rename(p.path("swap"))
+        p.path(b).rename(p.path(a))
+        p.path("swap").rename(p.path(b))
+    status, records = p.audit("--reevaluate", "0")
+    return caught(records, status, ("identity", LORA0), ("identity", LORA1), ("mlflow", LORA0), ("mlflow", LORA1))
+
+
+@case("27.5a_fifo_adapter", "a FIFO in place of a checkpoint's adapter_model.safetensors: the audit ends (within "
+      "120 s) without opening it, failing `input` on the FIFO and `checkpoint` on its checkpoint")
+def fifo_adapter(base: Project) -> tuple[str, bool]:
+    return _fifo(base, "fifo_adapter", "checkpoints/sentiment/lora_r8/seed0/adapter_model.safetensors",
+                 ("checkpoint", "checkpoints/sentiment/lora_r8/seed0"))
+
+
+@case("27.5b_fifo_data", "a FIFO in place of a prepared data file: the audit ends (within 120 s), failing `input` "
+      "on the FIFO and `data` on its manifest; none of its runs is loaded")
+def fifo_data(base: Project) -> tuple[str, bool]:
+    return _fifo(base, "fifo_data", "data/prepared/digits/test.parquet", ("data", "data/prepared/digits/manifest.json"))
+
+
+def _fifo(base: Project, name: str, relative: str, *wanted: tuple[str, str]) -> tuple[str, bool]:
+    p = base.copy(name)
+    p.path(relative).unlink()
+    os.mkfifo(p.path(relative))
+    try:
+        done = p.sh(sys.executable, "-m", "lorarepro", "audit", "--configfile", CONFIG, "--reevaluate", "all", timeout=120)
+    except subprocess.TimeoutExpired:
+        return "the audit hung (killed after 120 s)", False
+    records = json.loads(p.path(f"results/audit/audit.{Path(CONFIG).stem}.json").read_text())["records"]
+    seen, ok = caught(records, done.returncode, ("input", relative), *wanted)
+    return seen + f"; one line, no traceback: {_one_line(done)}", ok and _one_line(done)
+
+
+@case("27.5c_result_not_json", "a result JSON that is not JSON: the audit exits 1 without a traceback, failing "
+      "`result` on that file (and every check that reads it names it)")
+def result_not_json(base: Project) -> tuple[str, bool]:
+    p = base.copy("result_not_json")
+    p.path(LORA1).write_text("{broken")
+    done = p.lorarepro("audit", "--configfile", CONFIG, "--reevaluate", "0")
+    records = json.loads(p.path(f"results/audit/audit.{Path(CONFIG).stem}.json").read_text())["records"]
+    seen, ok = caught(records, done.returncode, ("result", LORA1))
+    return seen + f"; no traceback: {_one_line(done)}", ok and _one_line(done)
 
 
 # ----------------------------------------------------------------------------- the matrix

@@ -200,9 +200,11 @@ def load(run, seed: int, merged: bool = False):
     return model.eval(), tokenizer, manifest
 
 
-def load_backbone(run: RunSpec, seed: int, manifest: dict):
+def load_backbone(run, seed: int, manifest: dict):
     """(model, tokenizer) of the run's backbone for its task, as `load` starts from: seeded with the
-    run's seed, so weights the backbone lacks (a new head) are initialised the same each time."""
+    run's seed, so weights the backbone lacks (a new head) are initialised the same each time.
+    `run`: a RunSpec or a result record's `config`."""
+    run = RunSpec.of(run)
     torch.manual_seed(seed)
     return families.get(run.family).load_for_task(paths.backbone_dir(run.backbone), manifest)
 

@@ -7,7 +7,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from lorarepro import numerics
+from lorarepro import numerics, paths
 from lorarepro.config import ConfigError, reported_runs
 from lorarepro.experiment import load
 from lorarepro.pipeline.checks import check_reporting
@@ -22,6 +22,9 @@ EXAMPLES = """examples:
   lorarepro register --write --reason "time budget"  # register, or record a change as a deviation
   lorarepro evaluate --configfile workflow/configs/paper.yaml wizardlm_mtbench lora_r8
                                                    # evaluate saved checkpoints again (e.g. a judge is now set)
+  lorarepro crate                                  # a Workflow Run RO-Crate of the finished pipeline (build/crate/)
+  lorarepro estimate --configfile workflow/configs/paper.yaml --gpu h100
+                                                   # GPU-hours per table before a run, with the rates' sources
 
 --configfile takes one file; repeat it for several (snakemake's `--configfile a.yaml b.yaml`
 is `--configfile a.yaml --configfile b.yaml` here), so it never swallows TASK and METHOD.
@@ -82,6 +85,26 @@ def _parser() -> argparse.ArgumentParser:
     reg.add_argument("--date", help="the date to record (default: today, UTC)")
     reg.add_argument("--path", default=None, help="the registration file (default results/preregistration.json)")
     _config_arguments(reg)
+    crate = commands.add_parser(
+        "crate", help="write a Workflow Run RO-Crate (Provenance Run Crate) of the finished pipeline",
+        description="The workflow, every training run (a CreateAction with its inputs, parameters, outputs, times, "
+                    "numerics and versions), the tables, figures and claims with their hashes and runs, and the audit's "
+                    "verdict. Checkpoints are referenced by path and sha256 unless --bundle-checkpoints. "
+                    "Needs the `crate` extra (pip install -e .[crate]).", formatter_class=raw)
+    crate.add_argument("--out", default=None, help="the crate's directory (default build/crate; replaced)")
+    crate.add_argument("--bundle-checkpoints", action="store_true", help="copy the checkpoints into the crate")
+    _config_arguments(crate)
+    est = commands.add_parser(
+        "estimate", help="GPU-hours (or CPU time) per table and in total before a run, with each rate's source",
+        description="Tokens from the config (sizes or stated assumptions; max_length as an upper bound), rates from "
+                    "the committed benchmarks or a FLOP model (lorarepro.pipeline.estimate), with uncertainty.",
+        formatter_class=raw)
+    est.add_argument("--gpu", default="h100", choices=["h100", "h200", "a100", "4090", "cpu"],
+                     help="the device to price (default %(default)s; cpu: a local run on --cores cores)")
+    est.add_argument("--cores", type=int, default=2, help="cores of a --gpu cpu run (default %(default)s)")
+    est.add_argument("--runs", action="store_true", help="also list every (task, method) with its tokens and rate")
+    est.add_argument("--json", metavar="PATH", help="also write the estimate as JSON (`-`: stdout only, as JSON)")
+    _config_arguments(est)
     return parser
 
 
@@ -168,6 +191,9 @@ def audit(args) -> int:
             config, reevaluate=args.reevaluate, sample_seed=args.sample_seed, retrain=args.retrain,
             gpu_tolerance=args.gpu_tolerance, paper_tolerance=args.paper_tolerance, strict=args.strict)
     except (ValueError, TypeError) as err:
+        config_id = paths.config_id(args.configfile)
+        for old in (args.report or paths.audit_report(config_id), args.json or paths.audit_json(config_id)):
+            Path(old).unlink(missing_ok=True)  # no earlier verdict outlives an audit that did not run
         print(f"lorarepro audit: {err}", file=sys.stderr)
         return 2
     try:
@@ -230,6 +256,49 @@ def register(args) -> int:
     return 0
 
 
+def crate(args) -> int:
+    config = _load("crate", args)
+    if config is None:
+        return 2
+    try:
+        from lorarepro.pipeline import crate as crating  # deferred: rocrate, the optional extra `crate`
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        print(f"lorarepro crate: {err} (pip install -e .[crate])", file=sys.stderr)
+        return 2
+    try:
+        summary = crating.build(Path(args.out) if args.out else crating.OUT, config=config,
+                                configfiles=args.configfile, bundle_checkpoints=args.bundle_checkpoints)
+    except (ImportError, FileNotFoundError, ValueError) as err:
+        print(f"lorarepro crate: {err}", file=sys.stderr)
+        return 1
+    audit_note = "no audit verdict (run lorarepro audit first)" if summary["audit"] is None else \
+        f"audit passed: {summary['audit']['passed']}"
+    print(f"wrote {summary['path']}: {summary['runs']} training runs, {len(summary['files'])} files; {audit_note}"
+          + (f"; skipped unfinished: {len(summary['skipped'])}" if summary["skipped"] else ""))
+    return 0
+
+
+def estimate(args) -> int:
+    config = _load("estimate", args)
+    if config is None:
+        return 2
+    import json  # deferred: this command only
+
+    from lorarepro.pipeline import estimate as estimating  # deferred: this command only
+    try:
+        result = estimating.estimate(config, args.gpu, cores=args.cores)
+    except (ValueError, KeyError) as err:
+        print(f"lorarepro estimate: {err}", file=sys.stderr)
+        return 1
+    if args.json == "-":
+        print(json.dumps(result, indent=1, default=str))
+        return 0
+    print(estimating.render(result, runs=args.runs))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1, default=str) + "\n", encoding="utf-8")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -238,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                 if all(e.endswith(CONFIG_SUFFIXES) for e in extra) else "")
         parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     return {"audit": audit, "evaluate": evaluate, "reference": check_reference,
-            "register": register}[args.command](args)
+            "register": register, "crate": crate, "estimate": estimate}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from lorarepro import checkpoints, families, numerics, paths, records, tracking
 from lorarepro.atomic import write_json
 from lorarepro.config import sharpness_runs
 from lorarepro.data import load_split
+from lorarepro.hashing import sha256_file
 from lorarepro.methods.lora import linear_targets
 
 RADII = (0.01, 0.02, 0.05, 0.1)
@@ -252,9 +253,10 @@ def probe_batches(run: dict, tokenizer, manifest: dict, n_eval: int) -> list[dic
 
 
 def measure_run(config: dict, task: str, method: str, seed: int, *, n_eval: int = 128, draws: int = 8,
-                hessian_iters: int = 20, radii=RADII, alphas=ALPHAS, detail: bool = True) -> dict:
-    """The measures of one finished run, written to its sharpness record (lorarepro.records): the
-    expected sharpness always, λ_max and the landscape with `detail`.
+                hessian_iters: int = 20, radii=RADII, alphas=ALPHAS, detail: bool = True, write: bool = True) -> dict:
+    """The measures of one finished run, written to its sharpness record (lorarepro.records) unless
+    `write` is false (the audit measures again and compares): the expected sharpness always, λ_max
+    and the landscape with `detail`.
 
     The run's own result JSON supplies its resolved config (family, backbone, adapter, batch size),
     so the checkpoint is loaded exactly as it was trained. Seeded with the run's seed.
@@ -289,7 +291,8 @@ def measure_run(config: dict, task: str, method: str, seed: int, *, n_eval: int 
         "targets": len(weights), "target_params": sum(w.numel() for w in weights),
         "numerics": numerics.fingerprint(), "seconds": round(time.perf_counter() - start, 3),
     }
-    records.write_sharpness(out)
+    if write:
+        records.write_sharpness(out)
     return out
 
 
@@ -297,12 +300,13 @@ def measure_pair(config: dict, task: str, method: str, detail_seeds: list[int] |
     """Every run of (task, method) whose flatness is measured (config.sharpness_runs) and whose result
     is FINISHED, in one process; λ_max and the landscape only for `detail_seeds` (default: all).
     Also writes paths.pair_sharpness(task, method), a fixed output naming what was measured, for the
-    workflow. `options` go to measure_run."""
+    workflow, with each record's sha256 as written (also tagged on the run's MLflow run): the
+    audit holds the records against both. `options` go to measure_run."""
     seeds = sharpness_runs(config).get((task, method))
     if seeds is None:
         raise KeyError(f"no table with sharpness: true has task {task!r} and method {method!r}")
     checkpoints.deterministic(config)
-    done, skipped = [], []
+    done, skipped, hashes = [], [], {}
     for seed in seeds:
         result = records.finished(task, method, seed)
         if result is None:
@@ -310,16 +314,22 @@ def measure_pair(config: dict, task: str, method: str, detail_seeds: list[int] |
             continue
         detail = detail_seeds is None or seed in detail_seeds
         done.append(measure_run(config, task, method, seed, detail=detail, **options))
-        _log_to_mlflow(config, result, done[-1])
+        written = sha256_file(paths.run_sharpness(task, method, seed))
+        hashes[str(paths.run_sharpness(task, method, seed))] = written
+        _log_to_mlflow(config, result, done[-1], written)
     write_json(paths.pair_sharpness(task, method), {
         "task": task, "method": method, "skipped_not_finished": skipped,
-        "measured": [str(paths.run_sharpness(task, method, r["seed"])) for r in done],
+        "measured": [str(paths.run_sharpness(task, method, r["seed"])) for r in done], "sha256": hashes,
     })
     return done
 
 
-def _log_to_mlflow(config: dict, result: dict, measures: dict) -> None:
-    """Attach the flatness numbers to the training run's MLflow run."""
+SHARPNESS_SHA256 = "lorarepro.sharpness_sha256"  # the run's MLflow tag: its sharpness record's hash as written
+
+
+def _log_to_mlflow(config: dict, result: dict, measures: dict, sha256: str) -> None:
+    """Attach the flatness numbers, and the hash of the record they were written to, to the
+    training run's MLflow run."""
     run_id = result["lineage"].get("mlflow_run_id")
-    if run_id:
-        tracking.log_metrics(config, run_id, tracking.run_metrics(sharpness=measures))
+    if run_id and tracking.log_metrics(config, run_id, tracking.run_metrics(sharpness=measures)):
+        tracking.Tracker(tracking.mlflow_client(config)[0], run_id).tags({SHARPNESS_SHA256: sha256})

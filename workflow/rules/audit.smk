@@ -20,3 +20,18 @@ rule audit:
         report=str(paths.audit_report(CONFIG_ID)),
     script:
         "../scripts/job.py"
+
+
+rule crate:
+    """On demand, after the pipeline (`snakemake --cores 1 crate`): a Workflow Run RO-Crate of the
+    finished run (lorarepro crate: the workflow, every training run, the tables, figures, claims and
+    the audit's verdict); built, not committed."""
+    input:
+        rules.audit.output,
+    output:
+        directory("build/crate"),
+    params:
+        configfiles=" ".join(f"--configfile {shlex.quote(f)}" for f in CONFIGFILES),
+    localrule: True
+    shell:
+        "lorarepro crate --out {output} {params.configfiles}"

@@ -98,3 +98,4 @@ rule report_captions:
         str(paths.log("report_captions")),
     script:
         "../scripts/job.py"
+

@@ -23,11 +23,14 @@ its content check is never loaded (its re-evaluation and retraining are skipped,
 from __future__ import annotations
 
 import random
+import traceback
+from pathlib import Path
 from dataclasses import asdict, dataclass, fields
 
 from lorarepro import paths
-from lorarepro.audit import artifacts, dvc_outs, figures, mlflow_runs, reference, rerun, tables
-from lorarepro.audit.report import STATUSES, summary, write
+from lorarepro.audit import (artifacts, dvc_outs, exclusions, figures, identity, inputs, mlflow_runs, reference, rerun,
+                             sharpness_records, stores, tables)
+from lorarepro.audit.report import STATUSES, record, summary, write, write_crash
 from lorarepro.families.common import allow_remote_code
 
 
@@ -74,35 +77,104 @@ def sample_runs(runs_by_table: dict[str, list], k: int | str, seed: int) -> list
 
 def run(config: dict, options: Options | None = None, configfiles=()) -> dict:
     """Every check, in the working directory (the repository root); returns the audit document.
-    `configfiles`: the --configfile files the pipeline ran with (their tables index, and the fixes name them)."""
+    `configfiles`: the --configfile files the pipeline ran with (their tables index, and the fixes name them).
+
+    Every file is checked for type before anything opens it (inputs.special_files: a FIFO would
+    block a hash or DVC for ever) and every check runs guarded: a file that breaks one is a failure
+    naming it, never a traceback."""
     options = options or Options.from_config(config)
     allow_remote_code(config)
     config_id = paths.config_id(configfiles)
-    runs, records = artifacts.collect_runs(config, config_id)
+    special = inputs.special_files(*_read_trees(config))
+    records = [record("input", "fail", path, f"{why}: the audit never opens it",
+                      "replace it with the file it stands for (`dvc checkout`, `git checkout`) or rerun "
+                      "`snakemake --cores 2`") for path, why in sorted(special.items())]
+    collected = _guarded("result", artifacts.collect_runs, config, config_id)
+    runs, found = collected if isinstance(collected, tuple) else ([], collected)
+    records += found
     hashes = artifacts.Hashes()
-    records += tables.check_tables(config, options.reference, config_id)
-    paper_records, paper_rows = tables.paper_profile(config, options.reference, options.paper_tolerance)
-    records += paper_records + figures.check_figures(config)
-    records += artifacts.check_params(config, runs)
-    lineage = artifacts.check_lineage(runs, hashes)
-    content = lineage + artifacts.check_backbones(runs, hashes) + artifacts.check_data(runs, hashes)
-    content += artifacts.check_checkpoints(runs)
-    records += content + artifacts.check_histories(runs)
-    records += mlflow_runs.check(config, runs)
+    records += _guarded("tables", tables.check_tables, config, options.reference, config_id)
+    paper = _guarded("paper", tables.paper_profile, config, options.reference, options.paper_tolerance)
+    paper_records, paper_rows = paper if isinstance(paper, tuple) else (paper, [])
+    records += paper_records + _guarded("figures", figures.check_figures, config)
+    records += _guarded("params", artifacts.check_params, config, runs)
+    records += _guarded("identity", identity.check, runs)
+    lineage = _guarded("hashes", artifacts.check_lineage, runs, hashes)
+    content = lineage + _guarded("backbone", artifacts.check_backbones, runs, hashes)
+    content += _guarded("data", artifacts.check_data, runs, hashes)
+    content += _guarded("checkpoint", artifacts.check_checkpoints, runs)
+    records += content + _guarded("history", artifacts.check_histories, runs)
+    checked = _guarded("mlflow", mlflow_runs.check, config, runs)
+    mlflow_records, changed = checked if isinstance(checked, tuple) else (checked, set())
+    records += mlflow_records
+    store = _store(config)
+    records += _guarded("exclusion", exclusions.diverged_records, config, store)
+    records += _guarded("sharpness", sharpness_records.check, config, runs, store)
     consistent = {r["file"] for r in lineage if r["status"] == "pass"}
-    records += dvc_outs.check(runs, consistent)
+    if special:
+        records.append(record("dvc", "fail", "dvc.lock", f"not run: {len(special)} input(s) are not regular files "
+                              "(see `input`), and DVC would open them", "replace them, then audit again"))
+    else:
+        records += _guarded("dvc", dvc_outs.check, runs, consistent)
     by_table = artifacts.runs_by_table(config, runs)
-    records += artifacts.check_metrics(runs)
+    records += _guarded("metrics", artifacts.check_metrics, runs)
     made_under = next((r.result["lineage"].get("numerics") for r in runs if r.result and r.result.get("lineage")), None)
-    records += reference.check(config, made_under)
+    if not special:
+        records += _guarded("reference", reference.check, config, made_under)
     unverified = artifacts.unverified(runs, content)
+    unverified.update({run: "one of its files is not a regular file" for run in runs if run not in unverified
+                       and any(_within(p, d) for p in special for d in _run_dirs(run))})
     sample = sample_runs(by_table, options.reevaluate, options.sample_seed)
-    records += rerun.reevaluate(sample, config.get("evaluation"), unverified)
+    sample += [run for run in runs if run in changed and run not in sample]  # metrics changed after training: always
+    if options.reevaluate == 0:
+        records.append({**record("reevaluate", "warn", "checkpoints", "reevaluate 0: no sampled checkpoint was "
+                                 f"re-evaluated ({len(sample)} whose metrics changed after training were)",
+                                 "audit with `--reevaluate 1` or more (the default is 1 per table)"),
+                        "not_checked": "checkpoints not re-evaluated (reevaluate 0)"})
+    records += _guarded("reevaluate", rerun.reevaluate, sample, config.get("evaluation"), unverified)
+    records += _guarded("remeasure", sharpness_records.remeasure, config, sample, unverified)
     if options.retrain:
         pool = list(dict.fromkeys(r for table_runs in by_table.values() for r in table_runs))
         picked = sample_runs({"all": pool}, options.retrain, options.sample_seed)
-        records += rerun.retrain(config, picked, options.gpu_tolerance, unverified)
+        records += _guarded("retrain", rerun.retrain, config, picked, options.gpu_tolerance, unverified)
     return summarize(name_configfiles(records, configfiles), paper_rows, options)
+
+
+def _read_trees(config: dict) -> list:
+    """Everything the audit (and DVC, the hashes, the re-evaluation) may open."""
+    return [paths.RESULTS, "data/prepared", "models", "checkpoints", "mlruns", "mlflow.db", "dvc.lock", "dvc.yaml"]
+
+
+def _run_dirs(run) -> list:
+    return [paths.prepared_dir(run.task), paths.backbone_dir(run.result.get("backbone", "")), run.checkpoint,
+            run.path.parent]
+
+
+def _within(path, folder) -> bool:
+    return str(path) == str(folder) or str(path).startswith(str(folder).rstrip("/") + "/")
+
+
+def _store(config: dict):
+    try:
+        return stores.open_store(config)
+    except stores.StoreAbsent:
+        return None  # the `mlflow` check says so
+
+
+def _guarded(check: str, fn, *args):
+    """`fn(*args)`, or one failure record naming the file that broke it (never a traceback)."""
+    try:
+        return fn(*args)
+    except Exception as err:  # noqa: BLE001 -- a broken input is a finding; a bug shows its type
+        file = getattr(err, "path", None) or _named_file(str(err)) or "-"
+        detail = " ".join(str(err).split())[:300]
+        return [record(check, "fail", file, f"could not check: {type(err).__name__}: {detail}",
+                       "fix or restore the file named, then audit again")]
+
+
+def _named_file(message: str) -> str | None:
+    head = message.split(": ", 1)[0]
+    return head if ("/" in head or "." in head) and " " not in head else None
 
 
 def name_configfiles(records: list[dict], configfiles) -> list[dict]:
@@ -120,9 +192,18 @@ class AuditFailed(RuntimeError):
 def run_and_write(config: dict, report=None, document=None, options: Options | None = None, configfiles=()) -> dict:
     """Run, write report.md and audit.json (this config's: paths.config_id), print the summary;
     raise AuditFailed unless it passed."""
-    result = run(config, options, configfiles)
     config_id = paths.config_id(configfiles)
-    report, document = write(result, report or paths.audit_report(config_id), document or paths.audit_json(config_id))
+    report, document = report or paths.audit_report(config_id), document or paths.audit_json(config_id)
+    for old in (report, document):  # a verdict of an earlier audit must never outlive a crash of this one
+        Path(old).unlink(missing_ok=True)
+    try:
+        result = run(config, options, configfiles)
+    except Exception as err:
+        line = f"audit FAILED: it crashed: {type(err).__name__}: {' '.join(str(err).split())[:300]}"
+        write_crash(report, line, traceback.format_exc())
+        print(line + f" (report: {report})")
+        raise AuditFailed(line) from err
+    report, document = write(result, report, document)
     text = summary(result, report, document)
     print(text)
     if not result["passed"]:
@@ -135,7 +216,8 @@ def summarize(records: list[dict], paper_rows: list[dict], options: Options) -> 
     failing = ("fail", "warn", "skip") if options.strict else ("fail",)
     order = {s: i for i, s in enumerate(STATUSES)}
     records = sorted(records, key=lambda r: (order[r["status"]], r["check"], r["file"]))
+    not_checked = sorted({r["not_checked"] for r in records if r.get("not_checked")})
     return {
         "passed": not any(counts[s] for s in failing), "counts": counts, "options": asdict(options),
-        "records": records, "paper": paper_rows,
+        "records": records, "paper": paper_rows, "not_checked": not_checked,
     }

@@ -12,6 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from lorarepro import checkpoints, paths, records
+from lorarepro.audit import exclusions, inputs
 from lorarepro.audit.report import record
 from lorarepro.config import ConfigError, column, reported_runs, spec_seeds, specs
 from lorarepro.data.io import fingerprint
@@ -53,16 +54,17 @@ def _indexed(index_path: Path) -> list[tuple[str, str, int]]:
     return [(m[1], m[2], int(m[3])) for m in found if m]
 
 
-def _unfinished(path: Path) -> dict:
-    """A diverged run is a recorded outcome the tables show as missing (a warning, with its cause);
-    a missing or otherwise unfinished result JSON is a failure."""
+def _unfinished(path: Path) -> dict | None:
+    """A diverged run is a recorded outcome the tables show as missing: the `exclusion` check
+    (audit.exclusions) holds it against its own files (None here); a missing, irregular or otherwise
+    unfinished result JSON is a failure."""
+    why = inputs.problem(path)
+    if why is not None:
+        return record("result", "fail", path, f"result JSON {why}", RERUN)
     result = records.load(path)
-    if result is not None:
-        if result.get("status") == "FAILED" and "failed_step" in result:
-            return record("result", "warn", path, f"run diverged at step {result['failed_step']}: "
-                          f"{result.get('error')}; the tables show this seed as missing",
-                          "lower the method's lr (or fix its data) and rerun `snakemake --cores 2`")
-    return record("result", "fail", path, f"result JSON {'not FINISHED' if path.is_file() else 'missing'}", RERUN)
+    if exclusions.is_diverged(result):
+        return None
+    return record("result", "fail", path, "result JSON not FINISHED", RERUN)
 
 
 def collect_runs(config: dict, config_id: str = "") -> tuple[list[Run], list[dict]]:
@@ -77,7 +79,9 @@ def collect_runs(config: dict, config_id: str = "") -> tuple[list[Run], list[dic
             found.append(record("result", "fail", path, str(err), RERUN))
             continue
         if result is None:
-            found.append(_unfinished(path))
+            found += [r for r in [_unfinished(path)] if r is not None]
+        elif not isinstance(result, dict) or not isinstance(result.get("config"), dict):
+            found.append(record("result", "fail", path, "result JSON is not a run record (no config)", RERUN))
         else:
             runs.append(Run(task, method, seed, result))
     return runs, found
@@ -123,7 +127,7 @@ def check_params(config: dict, runs: list[Run]) -> list[dict]:
         key = (run.task, run.method)
         try:  # resolved once per (task, method), as the DAG does
             if key not in expected_of:
-                expected_of[key] = resolve_run(config, *key)
+                expected_of[key] = resolve_run(config, *key).as_dict()
         except ConfigError as err:
             out.append(record("params", "fail", run.path, f"stale: {err}", RERUN))
             continue
@@ -157,17 +161,23 @@ def _data_content(task: str) -> tuple[str | None, list[str]]:
     manifest_path = paths.manifest(task)
     if not manifest_path.is_file():
         return None, [f"{manifest_path} missing"]
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    try:
+        manifest = inputs.read_json(manifest_path)
+        splits = {k: (v["file"], v["sha256"]) for k, v in manifest["splits"].items()}
+    except inputs.BadInput as bad:
+        return None, [str(bad)]
+    except (KeyError, TypeError, AttributeError):
+        return None, [f"{manifest_path}: not a data manifest (no splits with file and sha256)"]
     problems, hashes = [], []
-    for split, entry in manifest["splits"].items():
-        file = paths.prepared_dir(task) / entry["file"]
-        if not file.is_file():
-            problems.append(f"{file} missing")
+    for name, sha256 in splits.values():
+        file = paths.prepared_dir(task) / name
+        if (why := inputs.problem(file)) is not None:
+            problems.append(f"{file} {why}")
             continue
         hashes.append(sha256_file(file))
-        if hashes[-1] != entry["sha256"]:
+        if hashes[-1] != sha256:
             problems.append(f"{file} differs from its manifest entry")
-    if fingerprint(e["sha256"] for e in manifest["splits"].values()) != manifest["sha256"]:
+    if fingerprint(sha for _, sha in splits.values()) != manifest.get("sha256"):
         problems.append(f"{manifest_path}: sha256 is not the fingerprint of its splits")
     return fingerprint(hashes), problems
 
@@ -238,14 +248,17 @@ def _checkpoint_problems(run: Run) -> list[str]:
     problems = [f"pickle weights {name} present (never loaded)" for name in checkpoints.pickle_files(ckpt)]
     lora = run.result["config"].get("adapter") is not None
     weights = ckpt / ("adapter_model.safetensors" if lora else "model.safetensors")
-    if not weights.is_file():
-        return problems + [f"{weights.name} missing"]
+    if (why := inputs.problem(weights)) is not None:
+        return problems + [f"{weights.name} {why}"]
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
         return problems + [f"{weights.name} does not load: {err}"]
     if lora:
-        saved = json.loads((ckpt / "adapter_config.json").read_text()).get("modules_to_save") or []
+        try:
+            saved = inputs.read_json(ckpt / "adapter_config.json").get("modules_to_save") or []
+        except inputs.BadInput as bad:
+            return problems + [f"adapter_config.json {bad.problem}"]
         foreign = [k for k in tensors if "lora_" not in k
                    and not any(k.removeprefix("base_model.model.").startswith(m + ".") for m in saved)]
         problems += [f"adapter carries backbone weight {k} (the backbone must come unchanged from models/)"

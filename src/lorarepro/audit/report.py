@@ -22,14 +22,23 @@ def record(check: str, status: str, file, detail: str = "", fix: str = "") -> di
     return {"check": check, "status": status, "file": str(file), "detail": detail, "fix": fix}
 
 
+def verdict(audit: dict) -> str:
+    """PASSED or FAILED; a pass says what it could not check (`not_checked`: a store absent, nothing
+    re-evaluated), so a missing source of evidence never reads as a plain pass."""
+    if not audit["passed"]:
+        return "FAILED"
+    missing = audit.get("not_checked") or []
+    return "PASSED" + (" — " + "; ".join(missing) if missing else "")
+
+
 def render_markdown(audit: dict) -> str:
     counts = audit["counts"]
-    verdict = "PASSED" if audit["passed"] else "FAILED"
+    verdict_ = verdict(audit)
     checks = sorted({r["check"] for r in audit["records"]})
     per_check = [[c, *(sum(r["check"] == c and r["status"] == s for r in audit["records"]) for s in STATUSES)]
                  for c in checks]
     lines = [
-        f"# Audit: {verdict}", "",
+        f"# Audit: {verdict_}", "",
         f"{sum(counts.values())} checks: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES) + "."
         + (" Strict: warn and skip count as failures." if audit["options"]["strict"] else ""),
         "Exit status 0 only when nothing failed. `lorarepro audit --help` lists the options.", "",
@@ -67,7 +76,7 @@ def _num(value) -> str:
 def summary(audit: dict, report, document) -> str:
     """The verdict, the counts and every fail/warn/skip line, for the terminal and the job log."""
     counts = ", ".join(f"{n} {s}" for s, n in audit["counts"].items())
-    lines = [f"audit {'PASSED' if audit['passed'] else 'FAILED'}: {counts} (report: {report}, {document})"]
+    lines = [f"audit {verdict(audit)}: {counts} (report: {report}, {document})"]
     lines += [f"  {r['status'].upper()} {r['check']} {r['file']}: {r['detail']}" + (f" -- fix: {r['fix']}" if r["fix"] else "")
               for r in audit["records"] if r["status"] in ("fail", "warn", "skip")]
     return "\n".join(lines)
@@ -78,3 +87,9 @@ def write(audit: dict, report: Path | None = None, document: Path | None = None)
     write_text(document, json.dumps(audit, indent=2, sort_keys=True) + "\n")
     write_text(report, render_markdown(audit))
     return report, document
+
+
+def write_crash(report: Path, line: str, details: str) -> Path:
+    """The report of an audit that crashed: FAILED, with the error and its traceback for a bug report."""
+    return write_text(report, f"# Audit: FAILED\n\n{line}\n\nNo verdict: the audit did not finish.\n\n"
+                              f"```\n{details}```\n")

@@ -15,6 +15,7 @@ from lorarepro import checkpoints, families, numerics, paths
 from lorarepro.audit.artifacts import dict_diff
 from lorarepro.audit.report import record
 from lorarepro.data import load_manifest
+from lorarepro.experiment import RunSpec
 
 FIX = "the checkpoint does not give the recorded metrics: restore it (`dvc checkout checkpoints`) or retrain it"
 
@@ -48,12 +49,12 @@ def reevaluate(runs: list, evaluation: dict | None = None, unverified: dict | No
     changed file could carry code or pickles), so their re-evaluation is skipped with the reason."""
     out = []
     for run in runs:
-        out.append(_skipped("reevaluate", run, unverified[run]) if run in (unverified or {})
+        out.append(skipped("reevaluate", run, unverified[run]) if run in (unverified or {})
                    else _reevaluate_one(run, evaluation))
     return out
 
 
-def _skipped(check: str, run, why: str) -> dict:
+def skipped(check: str, run, why: str) -> dict:
     return record(check, "skip", run.path, f"not loaded: {why} (see its failures)",
                   "restore the files (`dvc checkout`) or retrain the run")
 
@@ -75,8 +76,8 @@ def other_numerics(check: str, run) -> dict | None:
 
 def _reevaluate_one(run, evaluation: dict | None) -> dict:
     cfg = run.result["config"]
-    if (skipped := other_numerics("reevaluate", run)) is not None:
-        return skipped
+    if (skip := other_numerics("reevaluate", run)) is not None:
+        return skip
     try:
         metrics, not_run, model = checkpoints.evaluate_saved(cfg, run.seed, evaluation)
     except Exception as err:  # any failure is the finding (corrupt file, missing adapter, ...)
@@ -117,17 +118,17 @@ def retrain(config: dict, runs: list, gpu_tolerance: float, unverified: dict | N
     out = []
     for run in runs:
         if run in (unverified or {}):
-            out.append(_skipped("retrain", run, unverified[run]))
+            out.append(skipped("retrain", run, unverified[run]))
             continue
         cfg = run.result["config"]
         cpu = (run.result.get("resources") or {}).get("device", "cpu") == "cpu"
         if not cpu:
             checkpoints.deterministic(cfg)  # a GPU retrain compares within a tolerance, whatever the CPU numerics
-        elif (skipped := other_numerics("retrain", run)) is not None:
-            out.append(skipped)
+        elif (skip := other_numerics("retrain", run)) is not None:
+            out.append(skip)
             continue
         with scratch_workspace():
-            again = train_one(config, cfg, run.seed)
+            again = train_one(config, RunSpec.of(cfg), run.seed)
         if cpu:
             recorded = {"metrics": run.result["metrics"], "final_loss": run.result["train"]["final_loss"],
                         "checkpoint_sha256": run.result["lineage"]["checkpoint_sha256"]}
