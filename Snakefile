@@ -4,7 +4,6 @@
 #      snakemake --profile workflow/profiles/slurm --configfile workflow/configs/paper.yaml
 #          (a config with `standalone: true` is complete: params.yaml is not merged under it)
 import os
-import shlex
 from pathlib import Path
 
 from snakemake.utils import min_version, validate

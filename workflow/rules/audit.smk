@@ -31,7 +31,9 @@ rule crate:
     output:
         directory("build/crate"),
     params:
-        configfiles=" ".join(f"--configfile {shlex.quote(f)}" for f in CONFIGFILES),
+        configfiles=CONFIGFILES,
     localrule: True
-    shell:
-        "lorarepro crate --out {output} {params.configfiles}"
+    log:
+        str(paths.log("crate")),
+    script:
+        "../scripts/job.py"

@@ -153,3 +153,11 @@ def report_captions(smk):
         from lorarepro.reporting.captions import write_all  # deferred: pandas
 
         write_all(smk.config, smk.input.index, smk.input.audit)
+
+
+def crate(smk):
+    with logged(smk.log[0]):
+        from lorarepro.pipeline.crate import build  # deferred: rocrate, the optional extra `crate`
+
+        summary = build(Path(smk.output[0]), config=smk.config, configfiles=smk.params.configfiles)
+        print(f"wrote {summary['path']}: {summary['runs']} training runs, {len(summary['files'])} files")
