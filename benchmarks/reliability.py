@@ -382,7 +382,10 @@ def kill9_trainer_alone(base: Project) -> tuple[str, bool]:
     first = proc.wait(timeout=600)
     runs = mlflow_status(p, "sentiment/lora_long/seed0")
     again = p.snakemake("--forcerun", LONG0)  # the same command again
-    resumed = "resume: continuing from" in p.path("logs/train/sentiment/lora_long/seed0.log").read_text()
+    # the job's log: one per (task, method) locally (jobs: auto), one per seed where jobs run per seed
+    log = next(p.path(f) for f in ("logs/train/sentiment/lora_long.log", "logs/train/sentiment/lora_long/seed0.log")
+               if p.path(f).is_file())
+    resumed = "resume: continuing from" in log.read_text()
     same = again.returncode == 0 and stable(p.path(LONG0)) == stable(base.path(LONG0))
     status, _ = p.audit()
     observed = (f"killed mid-run: {killed}; first exit {first}; MLflow runs of the seed: {runs}; rerun exit "
@@ -509,6 +512,8 @@ def prefixless_encoder(base: Project) -> tuple[str, bool]:
 
 
 ENCODER_SCRIPT = r'''
+from lorarepro import numerics
+numerics.pin("portable", 1)  # before torch starts, as every lorarepro process
 import json, copy, yaml, pandas as pd
 from pathlib import Path
 from transformers import BertConfig, BertModel
