@@ -5,10 +5,9 @@ import shutil
 
 import pytest
 
-from lorarepro import paths
+from lorarepro import paths, records
 from lorarepro.audit import exclusions, identity, sharpness_records
 from lorarepro.audit.artifacts import Run
-from lorarepro.hashing import sha256_file
 
 CARD = """---
 library_name: peft
@@ -73,8 +72,11 @@ def _sharpness_setup(tmp_path, monkeypatch):
               "tables": [{"id": "x", "tasks": ["t"], "methods": ["m"], "sharpness": True}]}
     path = paths.run_sharpness("t", "m", 0)
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"task": "t", "method": "m", "seed": 0, "expected_sharpness": {"0.05": 0.2}}))
-    paths.pair_sharpness("t", "m").write_text(json.dumps({"measured": [str(path)], "sha256": {str(path): sha256_file(path)}}))
+    record = {"task": "t", "method": "m", "seed": 0, "expected_sharpness": {"0.05": 0.2}, "seconds": 1.5}
+    path.write_text(json.dumps(record))
+    digest = records.sharpness_digest(record)  # timings aside
+    assert digest == records.sharpness_digest({**record, "seconds": 9.9})
+    paths.pair_sharpness("t", "m").write_text(json.dumps({"measured": [str(path)], "sha256": {str(path): digest}}))
     return config, path, Run("t", "m", 0, {"lineage": {}})
 
 

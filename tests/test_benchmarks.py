@@ -71,7 +71,7 @@ def test_memory_probe_reports_extra_over_lora(bench):
     args = bench.parse_args([*TINY, "--memory-tokens", "8"])
     memory = bench.peak_memory(args, ("lora", "sam_w"))
     assert memory["methods"]["lora"]["extra_mb"] == 0.0
-    assert set(memory["methods"]["sam_w"]) == {"step_peak_mb", "extra_mb", "extra_vs_largest_weight"}
+    assert set(memory["methods"]["sam_w"]) == {"step_peak_mb", "extra_mb", "extra_vs_largest_weight", "repeats_mb"}
     assert "VmHWM" in memory["how"] and memory["tokens"] == 8
 
 

@@ -366,7 +366,7 @@ def test_run_without_judge_finishes_with_not_run_and_the_table_says_so(chat_work
     assert entry["runs"] == [str(paths.run_result("chat_tiny", "lora_r8", 0))]
     run = artifacts.Run("chat_tiny", "lora_r8", 0, result)
     assert [r["status"] for r in artifacts.check_metrics([run])] == ["info"]
-    assert [r["status"] for r in mlflow_runs.check(cfg, [run])] == ["pass"]
+    assert [r["status"] for r in mlflow_runs.check(cfg, [run])[0]] == ["pass"], mlflow_runs.check(cfg, [run])[0]
     assert [r["status"] for r in rerun.reevaluate([run])] == ["pass"]  # not run again, for the same reason
     # with a judge set later, the saved checkpoint is scored without training again; the result records
     # the judge (never a key), MLflow gets the metrics and loses the not-run tags
@@ -379,7 +379,7 @@ def test_run_without_judge_finishes_with_not_run_and_the_table_says_so(chat_work
     assert json.loads(paths.run_result("chat_tiny", "lora_r8", 0).read_text()) == judged
     assert set(judged) == set(result) - {"not_run"} | {"evaluation"} and judged["train"] == result["train"]
     run = artifacts.Run("chat_tiny", "lora_r8", 0, judged)
-    assert [r["status"] for r in mlflow_runs.check(cfg, [run])] == ["pass"]
+    assert [r["status"] for r in mlflow_runs.check(cfg, [run])[0]] == ["pass"], mlflow_runs.check(cfg, [run])[0]
     assert not any(k.startswith("not_run") for k in tracking.mlflow_client(cfg)[0].get_run(judged["lineage"]["mlflow_run_id"]).data.tags)
     assert [r["status"] for r in rerun.reevaluate([run], cfg["evaluation"])] == ["pass"]
     assert [r["status"] for r in artifacts.check_metrics([run])] == ["pass"]

@@ -10,6 +10,7 @@ went NaN/inf) is a recorded outcome the tables show as diverged.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -98,3 +99,11 @@ def stable(record: dict, volatile: tuple[str, ...] = VOLATILE) -> dict:
         if isinstance(node, dict):
             node.pop(last, None)
     return out
+
+
+def sharpness_digest(record: dict) -> str:
+    """The content hash of a sharpness record without its timings (SHARPNESS_VOLATILE): what its job
+    writes into the pair file and MLflow and the audit holds the record against; deterministic, so
+    the pair file stays byte-identical across runs."""
+    text = json.dumps(stable(record, SHARPNESS_VOLATILE), sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

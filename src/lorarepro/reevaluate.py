@@ -24,7 +24,7 @@ def evaluate_checkpoint(config: dict, task: str, method: str, seed: int) -> dict
         updated["judge"] = judge.describe((evaluation or {}).get("judge"), metrics)
     records.write(updated)
     run_id = (result.get("lineage") or {}).get("mlflow_run_id")
-    if run_id and tracking.log_metrics(config, run_id, tracking.run_metrics(updated)):
+    if run_id and tracking.log_metrics(config, run_id, tracking.run_metrics(updated), evaluated=True):
         client = tracking.mlflow_client(config)[0]
         for split in stale:
             client.delete_tag(run_id, f"not_run.{split}")

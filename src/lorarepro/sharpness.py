@@ -34,7 +34,6 @@ from lorarepro import checkpoints, families, numerics, paths, records, tracking
 from lorarepro.atomic import write_json
 from lorarepro.config import sharpness_runs
 from lorarepro.data import load_split
-from lorarepro.hashing import sha256_file
 from lorarepro.methods.lora import linear_targets
 
 RADII = (0.01, 0.02, 0.05, 0.1)
@@ -314,7 +313,7 @@ def measure_pair(config: dict, task: str, method: str, detail_seeds: list[int] |
             continue
         detail = detail_seeds is None or seed in detail_seeds
         done.append(measure_run(config, task, method, seed, detail=detail, **options))
-        written = sha256_file(paths.run_sharpness(task, method, seed))
+        written = records.sharpness_digest(done[-1])  # timings aside: the pair file stays deterministic
         hashes[str(paths.run_sharpness(task, method, seed))] = written
         _log_to_mlflow(config, result, done[-1], written)
     write_json(paths.pair_sharpness(task, method), {

@@ -329,7 +329,7 @@ def _parent_artifacts(config: dict, config_id: str) -> dict[str, list[Path]]:
 EVALUATED_AGAIN = "lorarepro.evaluated_again"  # metrics a later evaluation changed, comma-separated
 
 
-def log_metrics(config: dict, run_id: str, values: dict) -> bool:
+def log_metrics(config: dict, run_id: str, values: dict, evaluated: bool = False) -> bool:
     """Add metrics to an existing (possibly finished) run, e.g. flatness measured after training.
 
     A result JSON pulled from elsewhere (a clone, `dvc pull`) names a run of another store: warn
@@ -342,7 +342,9 @@ def log_metrics(config: dict, run_id: str, values: dict) -> bool:
             raise
         warnings.warn(f"MLflow run {run_id} is not in {client.tracking_uri}; metrics {sorted(values)} not logged")
         return False
-    changed = {k for k, v in values.items() if k in tracked.metrics and tracked.metrics[k] != float(v)}
+    # `evaluated` (lorarepro evaluate): a split scored now for the first time changed the record too
+    changed = {k for k, v in values.items() if (k in tracked.metrics and tracked.metrics[k] != float(v))
+               or (evaluated and k not in tracked.metrics)}
     if changed:  # the audit accepts a metric's earlier values only for these (lorarepro evaluate)
         before = set(filter(None, tracked.tags.get(EVALUATED_AGAIN, "").split(",")))
         Tracker(client, run_id).tags({EVALUATED_AGAIN: ",".join(sorted(before | changed))})

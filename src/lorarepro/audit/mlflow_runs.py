@@ -23,6 +23,7 @@ fails; otherwise (a clone that pulled the results) the verdict says "MLflow not 
 
 from __future__ import annotations
 
+import json
 import math
 
 from lorarepro import paths, records, tracking
@@ -178,6 +179,11 @@ def _history_problems(store, run, run_id: str, tags: dict) -> tuple[list[str], b
     return problems, again or bool(changed)
 
 
+def _same(a, b) -> bool:
+    """Equal as JSON holds them (a NaN, a metric not run, equals a NaN)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
 def _artifact_problems(store, tracked, run) -> tuple[list[str], bool]:
     """The result JSON and config.json that training logged as artifacts, against the files now:
     (problems, whether the evaluable part differs, i.e. metrics were rewritten after training)."""
@@ -191,13 +197,13 @@ def _artifact_problems(store, tracked, run) -> tuple[list[str], bool]:
         return [f"logged result JSON artifact {bad}"], False
     current = run.result
     keys = sorted((logged.keys() | current.keys()) - set(EVALUABLE))
-    differ = [k for k in keys if logged.get(k, "<absent>") != current.get(k, "<absent>")]
+    differ = [k for k in keys if not _same(logged.get(k, "<absent>"), current.get(k, "<absent>"))]
     for key in differ[:LIMIT]:
         problems.append(f"field {key!r} differs from the result JSON training logged ({_short(_diff(logged.get(key), current.get(key)))})")
-    evaluated = any(logged.get(k) != current.get(k) for k in EVALUABLE)
+    evaluated = any(not _same(logged.get(k), current.get(k)) for k in EVALUABLE)
     if evaluated:
         named = set(filter(None, tracked.tags.get(tracking.EVALUATED_AGAIN, "").split(",")))
-        moved = {k for k, v in tracking.run_metrics(current).items() if tracking.run_metrics(logged).get(k) != v}
+        moved = {k for k, v in tracking.run_metrics(current).items() if not _same(tracking.run_metrics(logged).get(k), v)}
         unnamed = sorted(moved - named)
         if unnamed:
             problems.append(f"metrics {unnamed} differ from the result JSON training logged, and no "

@@ -11,13 +11,13 @@ not the tables were rebuilt from it.
 
 from __future__ import annotations
 
+import json
 import math
 
 from lorarepro import paths, records
 from lorarepro.audit import inputs
 from lorarepro.audit.report import record
 from lorarepro.config import sharpness_runs
-from lorarepro.hashing import sha256_file
 
 FIX = ("the flatness record differs from what its job wrote: measure again (`snakemake --cores 2 --forcerun "
        "sharpness`), never edit it")
@@ -64,7 +64,7 @@ def _problems(run, path, pair, store) -> list[str]:
         return [bad.problem]
     problems = [f"names {k} {measures.get(k)!r}, path says {v!r}" for k, v in
                 (("task", run.task), ("method", run.method), ("seed", run.seed)) if measures.get(k) != v]
-    content = sha256_file(path)
+    content = records.sharpness_digest(measures)
     if isinstance(pair, str):
         problems.append(f"pair file {pair}")
     else:
@@ -112,11 +112,16 @@ def remeasure(config: dict, runs: list, unverified: dict | None = None) -> list[
         again = measure_run(config, run.task, run.method, run.seed, detail=detail, write=False, **options)
         a = records.stable(recorded, records.SHARPNESS_VOLATILE)
         b = records.stable(again, records.SHARPNESS_VOLATILE)
-        differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not _lanczos_noise(a.get(k), b.get(k)))
+        differ = sorted(k for k in a.keys() | b.keys() if not _same(a.get(k), b.get(k)) and not _lanczos_noise(a.get(k), b.get(k)))
         out.append(record("remeasure", "fail", path, "recorded vs measured again differ in " + ", ".join(
             f"{k} ({_show(a.get(k))} vs {_show(b.get(k))})" for k in differ[:3]), FIX) if differ else
             record("remeasure", "pass", path, "measured again: identical (timings aside)"))
     return out
+
+
+def _same(a, b) -> bool:
+    """Equal as the record stores them (a NaN, e.g. an unconverged λ_max, equals a NaN)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def _lanczos_noise(a, b) -> bool:
