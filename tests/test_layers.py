@@ -81,7 +81,8 @@ def _import_graph() -> dict[str, set[str]]:
                 base = node.module or ""
                 if node.level:  # a relative import
                     base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
-                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+                # `from pkg import sub` runs pkg's __init__ too: an edge to both
+                targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
             else:
                 continue
             graph[name] |= {t for t in targets if t in modules and t != name}

@@ -12,7 +12,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from lorarepro import checkpoints, paths, records
-from lorarepro.audit import exclusions, inputs
+from lorarepro.audit.exclusions import is_diverged
+from lorarepro.audit.inputs import BadInput, problem, read_json
 from lorarepro.audit.report import record
 from lorarepro.config import ConfigError, column, reported_runs, spec_seeds, specs
 from lorarepro.data.io import fingerprint
@@ -58,11 +59,11 @@ def _unfinished(path: Path) -> dict | None:
     """A diverged run is a recorded outcome the tables show as missing: the `exclusion` check
     (audit.exclusions) holds it against its own files (None here); a missing, irregular or otherwise
     unfinished result JSON is a failure."""
-    why = inputs.problem(path)
+    why = problem(path)
     if why is not None:
         return record("result", "fail", path, f"result JSON {why}", RERUN)
     result = records.load(path)
-    if exclusions.is_diverged(result):
+    if is_diverged(result):
         return None
     return record("result", "fail", path, "result JSON not FINISHED", RERUN)
 
@@ -162,16 +163,16 @@ def _data_content(task: str) -> tuple[str | None, list[str]]:
     if not manifest_path.is_file():
         return None, [f"{manifest_path} missing"]
     try:
-        manifest = inputs.read_json(manifest_path)
+        manifest = read_json(manifest_path)
         splits = {k: (v["file"], v["sha256"]) for k, v in manifest["splits"].items()}
-    except inputs.BadInput as bad:
+    except BadInput as bad:
         return None, [str(bad)]
     except (KeyError, TypeError, AttributeError):
         return None, [f"{manifest_path}: not a data manifest (no splits with file and sha256)"]
     problems, hashes = [], []
     for name, sha256 in splits.values():
         file = paths.prepared_dir(task) / name
-        if (why := inputs.problem(file)) is not None:
+        if (why := problem(file)) is not None:
             problems.append(f"{file} {why}")
             continue
         hashes.append(sha256_file(file))
@@ -248,7 +249,7 @@ def _checkpoint_problems(run: Run) -> list[str]:
     problems = [f"pickle weights {name} present (never loaded)" for name in checkpoints.pickle_files(ckpt)]
     lora = run.result["config"].get("adapter") is not None
     weights = ckpt / ("adapter_model.safetensors" if lora else "model.safetensors")
-    if (why := inputs.problem(weights)) is not None:
+    if (why := problem(weights)) is not None:
         return problems + [f"{weights.name} {why}"]
     try:
         tensors = load_file(str(weights))
@@ -256,8 +257,8 @@ def _checkpoint_problems(run: Run) -> list[str]:
         return problems + [f"{weights.name} does not load: {err}"]
     if lora:
         try:
-            saved = inputs.read_json(ckpt / "adapter_config.json").get("modules_to_save") or []
-        except inputs.BadInput as bad:
+            saved = read_json(ckpt / "adapter_config.json").get("modules_to_save") or []
+        except BadInput as bad:
             return problems + [f"adapter_config.json {bad.problem}"]
         foreign = [k for k in tensors if "lora_" not in k
                    and not any(k.removeprefix("base_model.model.").startswith(m + ".") for m in saved)]

@@ -20,7 +20,7 @@ import math
 import re
 
 from lorarepro import paths
-from lorarepro.audit import inputs
+from lorarepro.audit.inputs import BadInput, problem, read_json, read_text
 from lorarepro.audit.mlflow_runs import identity_problems  # one identity rule for every run
 from lorarepro.audit.report import record
 from lorarepro.config import reported_runs
@@ -56,8 +56,8 @@ def evidence(task: str, method: str, seed: int, result: dict, store=None) -> lis
 def _history(task: str, method: str, seed: int, step: int) -> list[str]:
     path = paths.run_history(task, method, seed)
     try:
-        lines = inputs.read_text(path).splitlines()
-    except inputs.BadInput as bad:
+        lines = read_text(path).splitlines()
+    except BadInput as bad:
         return [f"loss history {bad}"]
     if not lines or lines[0].split(",")[:2] != ["step", "loss"]:
         return [f"loss history {path} has no step,loss header"]
@@ -82,8 +82,8 @@ def _checkpoint(task: str, method: str, seed: int, result: dict) -> list[str]:
     if names != ["status.json"]:
         return [f"checkpoint directory holds {names[:4]}: a diverged run leaves only status.json (no weights)"]
     try:
-        status = inputs.read_json(folder / "status.json")
-    except inputs.BadInput as bad:
+        status = read_json(folder / "status.json")
+    except BadInput as bad:
         return [str(bad)]
     failure = {k: result.get(k) for k in ("status", "error", "failed_step")}
     return [] if status == failure else [f"{folder}/status.json {status} differs from the record's failure {failure}"]
@@ -114,8 +114,8 @@ def diverged_records(config: dict, store=None) -> list[dict]:
         for seed in seeds:
             path = paths.run_result(task, method, seed)
             try:
-                result = inputs.read_json(path) if inputs.problem(path) is None else None
-            except inputs.BadInput:
+                result = read_json(path) if problem(path) is None else None
+            except BadInput:
                 continue  # the `result` check names it
             if not is_diverged(result):
                 continue
@@ -142,8 +142,8 @@ def excluded_runs(config: dict, pairs=None, store=None) -> dict[tuple[str, str],
         entry = {"excluded": [], "unsupported": {}}
         for seed in runs.get(tuple(pair), []):
             try:
-                result = inputs.read_json(paths.run_result(*pair, seed))
-            except inputs.BadInput:
+                result = read_json(paths.run_result(*pair, seed))
+            except BadInput:
                 continue  # missing or malformed: not an exclusion (the audit's `result` check names it)
             if not is_diverged(result):
                 continue

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from lorarepro.audit import inputs
+from lorarepro.audit.inputs import BadInput, read_text
 from lorarepro.audit.report import record
 
 FIX = ("the run's files belong to another run: restore them (`dvc checkout`, `git checkout -- results/runs`) "
@@ -30,8 +30,8 @@ def record_problems(result: dict, task: str, method: str, seed: int) -> list[str
 def card_problems(card_path, task: str, method: str, seed: int) -> list[str]:
     """The model card's title, seed line and tags against the path; a missing card is a problem."""
     try:
-        text = inputs.read_text(card_path)
-    except inputs.BadInput as bad:
+        text = read_text(card_path)
+    except BadInput as bad:
         return [f"model card {bad.problem}"]
     title, line = _TITLE.search(text), _SEED.search(text)
     if title is None or line is None:

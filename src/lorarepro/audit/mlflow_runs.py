@@ -27,7 +27,7 @@ import json
 import math
 
 from lorarepro import paths, records, tracking
-from lorarepro.audit import inputs
+from lorarepro.audit.inputs import BadInput, problem, read_json
 from lorarepro.audit.report import record
 from lorarepro.audit.stores import StoreAbsent, local_artifacts, open_store
 
@@ -143,11 +143,11 @@ def _same(logged, expected: float) -> bool:
 def _sharpness(run) -> dict | None:
     """The run's sharpness record, where one exists (its form is the `sharpness` check's finding)."""
     path = paths.run_sharpness(run.task, run.method, run.seed)
-    if inputs.problem(path) is not None:
+    if problem(path) is not None:
         return None
     try:
-        return inputs.read_json(path)
-    except inputs.BadInput:
+        return read_json(path)
+    except BadInput:
         return None
 
 
@@ -192,8 +192,8 @@ def _artifact_problems(store, tracked, run) -> tuple[list[str], bool]:
         return [f"artifacts of run {tracked.run_id} not found (mlruns/)"], False
     problems = []
     try:
-        logged = inputs.read_json(folder / run.path.name)
-    except inputs.BadInput as bad:
+        logged = read_json(folder / run.path.name)
+    except BadInput as bad:
         return [f"logged result JSON artifact {bad}"], False
     current = run.result
     keys = sorted((logged.keys() | current.keys()) - set(EVALUABLE))
@@ -209,8 +209,8 @@ def _artifact_problems(store, tracked, run) -> tuple[list[str], bool]:
             problems.append(f"metrics {unnamed} differ from the result JSON training logged, and no "
                             "`lorarepro evaluate` changed them")
     try:
-        config = inputs.read_json(folder / "config.json")
-    except inputs.BadInput as bad:
+        config = read_json(folder / "config.json")
+    except BadInput as bad:
         problems.append(f"logged config artifact {bad}")
     else:
         expected = {**(current.get("config") or {}), "seed": run.seed}

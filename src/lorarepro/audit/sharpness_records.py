@@ -15,7 +15,7 @@ import json
 import math
 
 from lorarepro import paths, records
-from lorarepro.audit import inputs
+from lorarepro.audit.inputs import BadInput, read_json
 from lorarepro.audit.report import record
 from lorarepro.config import sharpness_runs
 
@@ -42,8 +42,8 @@ def check(config: dict, runs: list, store=None) -> list[dict]:
         key = (run.task, run.method)
         if key not in pairs:
             try:
-                pairs[key] = inputs.read_json(paths.pair_sharpness(*key))
-            except inputs.BadInput as bad:
+                pairs[key] = read_json(paths.pair_sharpness(*key))
+            except BadInput as bad:
                 pairs[key] = str(bad)
         problems = _problems(run, path, pairs[key], store)
         unhashed = [p for p in problems if p.startswith(UNHASHED)]
@@ -59,8 +59,8 @@ def check(config: dict, runs: list, store=None) -> list[dict]:
 
 def _problems(run, path, pair, store) -> list[str]:
     try:
-        measures = inputs.read_json(path)
-    except inputs.BadInput as bad:
+        measures = read_json(path)
+    except BadInput as bad:
         return [bad.problem]
     problems = [f"names {k} {measures.get(k)!r}, path says {v!r}" for k, v in
                 (("task", run.task), ("method", run.method), ("seed", run.seed)) if measures.get(k) != v]
@@ -101,8 +101,8 @@ def remeasure(config: dict, runs: list, unverified: dict | None = None) -> list[
             out.append({**skipped("remeasure", run, unverified[run]), "file": str(path)})
             continue
         try:
-            recorded = inputs.read_json(path)
-        except inputs.BadInput as bad:
+            recorded = read_json(path)
+        except BadInput as bad:
             out.append(record("remeasure", "skip", path, f"nothing to compare: {bad.problem} (see `sharpness`)"))
             continue
         if (skip := other_numerics("remeasure", run)) is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from lorarepro import tracking
-from lorarepro.audit import inputs
+from lorarepro.audit.inputs import problem
 
 
 @dataclass
@@ -71,7 +71,7 @@ class SqliteStore:
 
     def __init__(self, db: Path):
         self.where = str(db)
-        why = inputs.problem(db)
+        why = problem(db)
         if why is not None:
             raise StoreAbsent(self.where, f"MLflow store {why}" if why != "missing" else "MLflow store not found")
         if db.stat().st_size == 0:

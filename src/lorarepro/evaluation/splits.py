@@ -1,7 +1,8 @@
 """Scoring a model on a task's evaluation splits (or lm-evaluation-harness's benchmarks), and what
 the run record holds about how a metric was scored."""
 
-from lorarepro.evaluation import harness, judge
+from lorarepro.evaluation.harness import evaluate as evaluate_benchmark
+from lorarepro.evaluation.judge import describe as describe_judge
 from lorarepro.evaluation.outcome import NotRun
 
 
@@ -14,7 +15,7 @@ def evaluate_splits(family, model, tokenizer, splits: dict, manifest: dict, max_
     needs it (the manifest's `metric`), so the other families keep their signature. `details`, if
     given, receives each split's Score details."""
     if manifest.get("metric") == "lm_eval":  # the harness's benchmarks replace the prepared splits
-        jobs = {name: (lambda spec=spec, name=name: harness.evaluate(model, tokenizer, name, spec, evaluation))
+        jobs = {name: (lambda spec=spec, name=name: evaluate_benchmark(model, tokenizer, name, spec, evaluation))
                 for name, spec in manifest["lm_eval"].items()}
     else:
         options = {"evaluation": evaluation} if manifest.get("metric", "exact_match") != "exact_match" else {}
@@ -38,4 +39,4 @@ def record_entries(metric: str, evaluation: dict | None, metrics: dict) -> dict:
     judge (`judge`); nothing for the other metrics, whose results keep their keys."""
     if metric != "mt_bench":
         return {}
-    return {"judge": judge.describe((evaluation or {}).get("judge"), metrics)}
+    return {"judge": describe_judge((evaluation or {}).get("judge"), metrics)}
