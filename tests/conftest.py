@@ -2,6 +2,7 @@
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,28 @@ class FakeResponse:
             import requests  # deferred: only tests of downloads need it
 
             raise requests.HTTPError(f"{self.status} Client Error")
+
+
+@pytest.fixture
+def repo(finished, tmp_path, monkeypatch):
+    """A copy of the session's finished pipeline to tamper with; in-process commands run inside it."""
+    copy = tmp_path / "repo"
+    shutil.copytree(finished, copy, symlinks=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("LORAREPRO_MLFLOW_PARENT", raising=False)
+    return copy
+
+
+def run_audit(**options) -> dict:
+    """The audit of the finished pipeline's config, in process (default: no re-evaluation)."""
+    from lorarepro import audit
+    from lorarepro.experiment import load
+
+    config = load("params.yaml", FINISHED_CONFIG)
+    return audit.run(config, audit.Options.from_config(config, **{"reevaluate": 0, **options}), [FINISHED_CONFIG])
+
+
+def failing(result: dict) -> dict:
+    """{(check, file): detail} of an audit's failures."""
+    return {(r["check"], r["file"]): r["detail"] for r in result["records"] if r["status"] == "fail"}

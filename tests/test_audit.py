@@ -3,35 +3,18 @@ temporary DVC project), then each tampering case is made in a copy of that finis
 must be caught; the untampered copy passes with exit status 0."""
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import finished_config
+from conftest import finished_config, run_audit
 from workspace import run_as_user
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def repo(finished, tmp_path, monkeypatch):
-    """A copy of the finished repository to tamper with; the audit runs in it, in process."""
-    copy = tmp_path / "repo"
-    shutil.copytree(finished, copy, symlinks=True)
-    monkeypatch.chdir(copy)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return copy
-
-
-def run_audit(**options) -> dict:
-    from lorarepro import audit
-    from lorarepro.experiment import load
-
-    config = load("params.yaml", "small.yaml")
-    return audit.run(config, audit.Options.from_config(config, **{"reevaluate": 0, **options}), ["small.yaml"])
 
 
 def failures(result: dict) -> set[tuple[str, str]]:

@@ -1,13 +1,13 @@
 """Run identity end to end, exclusions with evidence, and the flatness records in the lineage."""
 
 import json
-import shutil
 
 import pytest
 
 from lorarepro import paths, records
 from lorarepro.audit import exclusions, identity, sharpness_records
 from lorarepro.audit.artifacts import Run
+from conftest import failing, run_audit
 
 CARD = """---
 library_name: peft
@@ -93,25 +93,6 @@ def test_sharpness_record_as_written_passes_and_an_edited_one_fails(tmp_path, mo
 
 # ----------------------------------------------------------------------------- on a finished pipeline
 
-@pytest.fixture
-def repo(finished, tmp_path, monkeypatch):
-    copy = tmp_path / "repo"
-    shutil.copytree(finished, copy, symlinks=True)
-    monkeypatch.chdir(copy)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return copy
-
-
-def run_audit(**options) -> dict:
-    from lorarepro import audit
-    from lorarepro.experiment import load
-
-    config = load("params.yaml", "small.yaml")
-    return audit.run(config, audit.Options.from_config(config, **{"reevaluate": 0, **options}), ["small.yaml"])
-
-
-def failing(result: dict) -> dict:
-    return {(r["check"], r["file"]): r["detail"] for r in result["records"] if r["status"] == "fail"}
 
 
 @pytest.mark.slow

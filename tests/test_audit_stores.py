@@ -8,6 +8,7 @@ import sqlite3
 import pytest
 
 from lorarepro.audit import stores
+from conftest import failing, run_audit
 
 RUN = "results/runs/digits/lora_r8/seed0.json"
 
@@ -47,25 +48,6 @@ def test_the_store_is_read_read_only(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- on a finished pipeline
 
-@pytest.fixture
-def repo(finished, tmp_path, monkeypatch):
-    copy = tmp_path / "repo"
-    shutil.copytree(finished, copy, symlinks=True)
-    monkeypatch.chdir(copy)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return copy
-
-
-def run_audit(**options) -> dict:
-    from lorarepro import audit
-    from lorarepro.experiment import load
-
-    config = load("params.yaml", "small.yaml")
-    return audit.run(config, audit.Options.from_config(config, **{"reevaluate": 0, **options}), ["small.yaml"])
-
-
-def failing(result: dict) -> dict:
-    return {(r["check"], r["file"]): r["detail"] for r in result["records"] if r["status"] == "fail"}
 
 
 def _client(repo):

@@ -32,15 +32,6 @@ def snakemake(cwd: Path, *args: str, config: str = CONFIG) -> subprocess.Complet
     return sh(cwd, sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", config, *args)
 
 
-@pytest.fixture
-def tree(finished, tmp_path, monkeypatch):
-    """A copy of the finished project to tamper with; in-process commands run inside it."""
-    copy = tmp_path / "repo"
-    shutil.copytree(finished, copy, symlinks=True)
-    monkeypatch.chdir(copy)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("LORAREPRO_MLFLOW_PARENT", raising=False)
-    return copy
 
 
 def cli(*args: str) -> int:
@@ -77,10 +68,10 @@ def plant_tokenizer_code(model_dir: Path, flag: Path) -> None:
 
 
 @pytest.mark.slow
-def test_code_planted_in_the_backbone_never_runs_in_the_audit(tree):
-    plant_tokenizer_code(tree / "models" / "t5-tiny", tree / "PLANTED")
+def test_code_planted_in_the_backbone_never_runs_in_the_audit(repo):
+    plant_tokenizer_code(repo / "models" / "t5-tiny", repo / "PLANTED")
     records = audit_records("--reevaluate", "10")
-    assert not (tree / "PLANTED").exists()
+    assert not (repo / "PLANTED").exists()
     assert ("backbone", "models/t5-tiny/model.safetensors") in {(r["check"], r["file"]) for r in with_status(records, "fail")}
     skipped = with_status(records, "skip", "reevaluate")
     assert skipped and all("not loaded" in r["detail"] for r in skipped)
@@ -108,13 +99,13 @@ class _Planted:
 
 
 @pytest.mark.slow
-def test_a_pickle_beside_the_adapter_is_refused_by_evaluate_with_a_clear_error(tree, capsys):
-    ckpt = tree / "checkpoints" / "sentiment" / "lora_r8" / "seed0"
+def test_a_pickle_beside_the_adapter_is_refused_by_evaluate_with_a_clear_error(repo, capsys):
+    ckpt = repo / "checkpoints" / "sentiment" / "lora_r8" / "seed0"
     (ckpt / "adapter_model.bin").write_bytes(pickle.dumps(_Planted()))
     assert cli("evaluate", "sentiment", "lora_r8", "--configfile", CONFIG, "--seeds", "0") == 1
     err = capsys.readouterr().err
     assert "pickle weights ['adapter_model.bin']" in err and "Traceback" not in err
-    assert not (tree / "PICKLE_RAN").exists()
+    assert not (repo / "PICKLE_RAN").exists()
 
 
 # ---------------------------------------------------------------- 2. a real encoder checkpoint
@@ -161,31 +152,31 @@ def test_encoder_saved_without_the_class_prefix_reevaluates_bit_identical(params
 # ---------------------------------------------------------------- 3. the report of a failed audit
 
 @pytest.mark.slow
-def test_a_failed_audit_keeps_the_report_its_message_points_to(tree):
-    flip = tree / "checkpoints" / "sentiment" / "lora_r8" / "seed0" / "adapter_model.safetensors"
+def test_a_failed_audit_keeps_the_report_its_message_points_to(repo):
+    flip = repo / "checkpoints" / "sentiment" / "lora_r8" / "seed0" / "adapter_model.safetensors"
     data = bytearray(flip.read_bytes())
     data[-9] ^= 1
     flip.write_bytes(bytes(data))
-    done = snakemake(tree, "--forcerun", "audit")
+    done = snakemake(repo, "--forcerun", "audit")
     assert done.returncode != 0
     assert "report: results/audit/report.small.md" in done.stdout + done.stderr
-    report = (tree / "results" / "audit" / "report.small.md").read_text()
+    report = (repo / "results" / "audit" / "report.small.md").read_text()
     assert report.startswith("# Audit: FAILED") and f"`hashes` `{RUN}`" in report
 
 
 # ---------------------------------------------------------------- 4. one config's run and another's audit
 
 @pytest.mark.slow
-def test_another_configs_run_leaves_this_configs_audit_alone(tree, params):
+def test_another_configs_run_leaves_this_configs_audit_alone(repo, params):
     other = finished_config(params)
     other["tables"][0]["id"] = "table_other"
-    (tree / "other.yaml").write_text(yaml.safe_dump(other))
-    done = snakemake(tree, config="other.yaml")
+    (repo / "other.yaml").write_text(yaml.safe_dump(other))
+    done = snakemake(repo, config="other.yaml")
     assert done.returncode == 0, done.stderr[-3000:]
     assert not with_status(audit_records("--reevaluate", "0"), "fail")
-    index = json.loads((tree / "results" / "tables" / "index.small.json").read_text())
+    index = json.loads((repo / "results" / "tables" / "index.small.json").read_text())
     assert "table_small" in [t["id"] for t in index["tables"]] and "table_other" not in json.dumps(index)
-    (tree / "results" / "tables" / "index.small.json").unlink()
+    (repo / "results" / "tables" / "index.small.json").unlink()
     [missing] = with_status(audit_records("--reevaluate", "0"), "fail", "tables")
     assert "`snakemake --cores 2 --configfile small.yaml --forcerun tables`" in missing["fix"]
 
@@ -241,15 +232,15 @@ def test_the_next_invocation_ends_what_an_ended_pipeline_left_running(store, tmp
 # ---------------------------------------------------------------- 6. a corrupt prepared data file
 
 @pytest.mark.slow
-def test_a_corrupt_data_file_stops_snakemake_before_any_job_deletes_results(tree):
-    path = tree / "data" / "prepared" / "sentiment" / "test.parquet"
+def test_a_corrupt_data_file_stops_snakemake_before_any_job_deletes_results(repo):
+    path = repo / "data" / "prepared" / "sentiment" / "test.parquet"
     data = bytearray(path.read_bytes())
     data[100] ^= 1
     path.write_bytes(bytes(data))
-    kept = {p: p.stat().st_mtime_ns for d in ("results/runs", "checkpoints") for p in (tree / d).rglob("*") if p.is_file()}
-    dry = snakemake(tree, "--dry-run")
+    kept = {p: p.stat().st_mtime_ns for d in ("results/runs", "checkpoints") for p in (repo / d).rglob("*") if p.is_file()}
+    dry = snakemake(repo, "--dry-run")
     assert dry.returncode != 0 and "data/prepared/sentiment/test.parquet: content differs" in dry.stdout + dry.stderr
-    forced = snakemake(tree, "--forcerun", "train")
+    forced = snakemake(repo, "--forcerun", "train")
     assert forced.returncode != 0 and "data/prepared/sentiment/test.parquet" in forced.stdout + forced.stderr
     assert {p: p.stat().st_mtime_ns for p in kept if p.exists()} == kept
 
@@ -277,7 +268,7 @@ def _rewrite_metric(value_shift: float) -> None:
 
 
 @pytest.mark.slow
-def test_a_metric_rewritten_in_mlflow_after_training_is_caught(tree):
+def test_a_metric_rewritten_in_mlflow_after_training_is_caught(repo):
     _rewrite_metric(3.0)
     found = with_status(audit_records("--reevaluate", "0"), "fail")
     assert {f["file"] for f in found} == {RUN}  # the run, and nothing else
@@ -285,8 +276,8 @@ def test_a_metric_rewritten_in_mlflow_after_training_is_caught(tree):
 
 
 @pytest.mark.slow
-def test_an_edited_loss_history_is_caught(tree):
-    path = tree / "results" / "runs" / "sentiment" / "lora_r8" / "seed0.history.csv"
+def test_an_edited_loss_history_is_caught(repo):
+    path = repo / "results" / "runs" / "sentiment" / "lora_r8" / "seed0.history.csv"
     lines = path.read_text().splitlines()
     step, loss, lr = lines[2].split(",")
     lines[2] = f"{step},{float(loss) * 0.5:.6g},{lr}"
@@ -295,12 +286,12 @@ def test_an_edited_loss_history_is_caught(tree):
     assert ("mlflow", RUN) in failed  # MLflow's train_loss series is the independent record
     path.write_text("\n".join(lines[:-1]) + "\n")  # a step cut off
     failed = {(r["check"], r["file"]) for r in with_status(audit_records("--reevaluate", "0"), "fail")}
-    assert ("history", str(path.relative_to(tree))) in failed
+    assert ("history", str(path.relative_to(repo))) in failed
 
 
 @pytest.mark.slow
-def test_an_edited_figure_is_caught(tree):
-    path = tree / "results" / "figures" / "training_curves.png"
+def test_an_edited_figure_is_caught(repo):
+    path = repo / "results" / "figures" / "training_curves.png"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 1
     path.write_bytes(bytes(data))
@@ -311,11 +302,11 @@ def test_an_edited_figure_is_caught(tree):
 # ---------------------------------------------------------------- 8. a fresh clone's audit
 
 @pytest.mark.slow
-def test_snakemake_timestamps_and_a_clone_without_dvcs_cache_raise_no_dvc_warning(tree):
-    (tree / "checkpoints" / "sentiment" / "lora_r8" / "seed0" / ".snakemake_timestamp").unlink()  # Snakemake's, not a result
+def test_snakemake_timestamps_and_a_clone_without_dvcs_cache_raise_no_dvc_warning(repo):
+    (repo / "checkpoints" / "sentiment" / "lora_r8" / "seed0" / ".snakemake_timestamp").unlink()  # Snakemake's, not a result
     records = audit_records("--reevaluate", "1", "--strict")  # --strict: 0 re-evaluated is itself a warning
     assert not with_status(records, "warn") and not with_status(records, "fail")
-    shutil.rmtree(tree / ".dvc" / "cache")  # what a fresh clone has: dvc.lock, no directory manifests
+    shutil.rmtree(repo / ".dvc" / "cache")  # what a fresh clone has: dvc.lock, no directory manifests
     records = audit_records("--reevaluate", "1", "--strict")
     assert not with_status(records, "warn") and not with_status(records, "fail")
     assert with_status(records, "pass", "dvc")
