@@ -1,6 +1,7 @@
-"""Content hashes for lineage: files, directories (sorted relative paths + bytes)."""
+"""Content hashes for lineage: files, directories (sorted relative paths + bytes), JSON values."""
 
 import hashlib
+import json
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -17,6 +18,14 @@ def sha256_file(path: Path) -> str:
 # Not content: our backbone marker (it holds the hash) and the empty file Snakemake adds to every
 # directory() output after the job, which would otherwise change a checkpoint's hash after the fact.
 NOT_CONTENT = ("lorarepro_backbone.json", ".snakemake_timestamp")
+
+
+def sha256_json(value) -> str:
+    """The hash of a value's canonical JSON (sorted keys, no whitespace; tuples as lists, other
+    non-JSON values as their str), so equal settings hash equally."""
+    plain = json.loads(json.dumps(value, sort_keys=True, default=str))  # keys as strings, then sorted as such
+    text = json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def sha256_dir(path: Path, exclude: tuple[str, ...] = NOT_CONTENT) -> str:

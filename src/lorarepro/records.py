@@ -101,6 +101,12 @@ def stable(record: dict, volatile: tuple[str, ...] = VOLATILE) -> dict:
     return out
 
 
+def json_equal(a, b) -> bool:
+    """Equal as a record stores them in JSON: exact values, and a NaN (a metric not run, an
+    unconverged λ_max) equals a NaN."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
 def sharpness_digest(record: dict) -> str:
     """The content hash of a sharpness record without its timings (SHARPNESS_VOLATILE): what its job
     writes into the pair file and MLflow and the audit holds the record against; deterministic, so

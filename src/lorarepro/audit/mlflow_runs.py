@@ -23,8 +23,6 @@ fails; otherwise (a clone that pulled the results) the verdict says "MLflow not 
 
 from __future__ import annotations
 
-import json
-import math
 
 from lorarepro import paths, records, tracking
 from lorarepro.audit.inputs import BadInput, problem, read_json
@@ -114,7 +112,7 @@ def _check_run(store, run) -> tuple[dict, bool, bool]:
         expected.update(tracking.run_metrics(sharpness=sharpness))
     metrics = tracked.metrics
     problems += [f"metric {k}: result {v}, MLflow {metrics.get(k)}" for k, v in sorted(expected.items())
-                 if not _same(metrics.get(k), v)][:LIMIT]
+                 if not records.json_equal(metrics.get(k), v)][:LIMIT]
     lineage = result.get("lineage") or {}
     tags = {k: str(v) for k, v in lineage.items() if k not in ("mlflow_run_id", "numerics")}
     tags.update({f"numerics.{k}": str(v) for k, v in (lineage.get("numerics") or {}).items()})  # one tag per setting
@@ -132,12 +130,6 @@ def _check_run(store, run) -> tuple[dict, bool, bool]:
         return record("mlflow", "fail", run.path, "; ".join(problems), FIX), True, changed
     return (record("mlflow", "pass", run.path, f"run {run_id}: FINISHED, same identity, params, metrics, tags and "
                    "artifacts" + (" (metrics evaluated again: re-evaluated below)" if changed else "")), True, changed)
-
-
-def _same(logged, expected: float) -> bool:
-    if logged is None:
-        return False
-    return logged == expected or (math.isnan(logged) and math.isnan(expected))
 
 
 def _sharpness(run) -> dict | None:
@@ -179,11 +171,6 @@ def _history_problems(store, run, run_id: str, tags: dict) -> tuple[list[str], b
     return problems, again or bool(changed)
 
 
-def _same(a, b) -> bool:
-    """Equal as JSON holds them (a NaN, a metric not run, equals a NaN)."""
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-
-
 def _artifact_problems(store, tracked, run) -> tuple[list[str], bool]:
     """The result JSON and config.json that training logged as artifacts, against the files now:
     (problems, whether the evaluable part differs, i.e. metrics were rewritten after training)."""
@@ -197,13 +184,13 @@ def _artifact_problems(store, tracked, run) -> tuple[list[str], bool]:
         return [f"logged result JSON artifact {bad}"], False
     current = run.result
     keys = sorted((logged.keys() | current.keys()) - set(EVALUABLE))
-    differ = [k for k in keys if not _same(logged.get(k, "<absent>"), current.get(k, "<absent>"))]
+    differ = [k for k in keys if not records.json_equal(logged.get(k, "<absent>"), current.get(k, "<absent>"))]
     for key in differ[:LIMIT]:
         problems.append(f"field {key!r} differs from the result JSON training logged ({_short(_diff(logged.get(key), current.get(key)))})")
-    evaluated = any(not _same(logged.get(k), current.get(k)) for k in EVALUABLE)
+    evaluated = any(not records.json_equal(logged.get(k), current.get(k)) for k in EVALUABLE)
     if evaluated:
         named = set(filter(None, tracked.tags.get(tracking.EVALUATED_AGAIN, "").split(",")))
-        moved = {k for k, v in tracking.run_metrics(current).items() if not _same(tracking.run_metrics(logged).get(k), v)}
+        moved = {k for k, v in tracking.run_metrics(current).items() if not records.json_equal(tracking.run_metrics(logged).get(k), v)}
         unnamed = sorted(moved - named)
         if unnamed:
             problems.append(f"metrics {unnamed} differ from the result JSON training logged, and no "

@@ -11,7 +11,6 @@ not the tables were rebuilt from it.
 
 from __future__ import annotations
 
-import json
 import math
 
 from lorarepro import paths, records
@@ -112,16 +111,11 @@ def remeasure(config: dict, runs: list, unverified: dict | None = None) -> list[
         again = measure_run(config, run.task, run.method, run.seed, detail=detail, write=False, **options)
         a = records.stable(recorded, records.SHARPNESS_VOLATILE)
         b = records.stable(again, records.SHARPNESS_VOLATILE)
-        differ = sorted(k for k in a.keys() | b.keys() if not _same(a.get(k), b.get(k)) and not _lanczos_noise(a.get(k), b.get(k)))
+        differ = sorted(k for k in a.keys() | b.keys() if not records.json_equal(a.get(k), b.get(k)) and not _lanczos_noise(a.get(k), b.get(k)))
         out.append(record("remeasure", "fail", path, "recorded vs measured again differ in " + ", ".join(
             f"{k} ({_show(a.get(k))} vs {_show(b.get(k))})" for k in differ[:3]), FIX) if differ else
             record("remeasure", "pass", path, "measured again: identical (timings aside)"))
     return out
-
-
-def _same(a, b) -> bool:
-    """Equal as the record stores them (a NaN, e.g. an unconverged λ_max, equals a NaN)."""
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def _lanczos_noise(a, b) -> bool:

@@ -26,7 +26,6 @@ so the times are those of the checkout where the pipeline ran: build the crate t
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import re
 import shutil
@@ -34,7 +33,7 @@ from pathlib import Path
 
 from lorarepro import paths
 from lorarepro.config import claim_comparisons, column, spec_seeds, specs
-from lorarepro.hashing import sha256_file
+from lorarepro.hashing import sha256_file, sha256_json
 from lorarepro.records import FINISHED, load
 
 OUT = Path("build") / "crate"  # /build/ is git-ignored: the crate holds times and a per-checkout verdict
@@ -67,10 +66,6 @@ def _record_times(record: dict, path: Path) -> tuple[str, str, str]:
     end = path.stat().st_mtime
     seconds = float((record.get("resources") or {}).get("seconds") or 0.0)
     return _iso(end - seconds), _iso(end), TIMES_NOTE
-
-
-def _json_hash(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def _files(root: Path, pattern: str) -> list[Path]:
@@ -179,15 +174,15 @@ def build(out: Path = OUT, *, root: Path = Path("."), config: dict | None = None
             "url": f"{paths.backbone_dir(record['backbone'])}/", "sha256": lineage.get("backbone_sha256"),
             "description": "not bundled: built or downloaded by the pipeline (content hash)"})
         layout = record.get("config") or {}
-        parameters = shared_entity(f"#parameters/{task}/{method}/{_json_hash(layout)[:12]}", {
+        parameters = shared_entity(f"#parameters/{task}/{method}/{sha256_json(layout)[:12]}", {
             "@type": "PropertyValue", "name": f"run settings of {task}/{method} (the record's `config`)",
             "value": json.dumps(layout, sort_keys=True), "encodingFormat": "application/json"})
         numerics = lineage.get("numerics") or {}
-        fingerprint = shared_entity(f"#numerics/{_json_hash(numerics)[:12]}", {
+        fingerprint = shared_entity(f"#numerics/{sha256_json(numerics)[:12]}", {
             "@type": "PropertyValue", "name": "numerics fingerprint (record lineage.numerics)",
             "value": json.dumps(numerics, sort_keys=True), "encodingFormat": "application/json"})
         versions = record.get("versions") or {}
-        versions_entity = shared_entity(f"#versions/{_json_hash(versions)[:12]}", {
+        versions_entity = shared_entity(f"#versions/{sha256_json(versions)[:12]}", {
             "@type": "PropertyValue", "name": "software versions (record versions)",
             "value": json.dumps(versions, sort_keys=True), "encodingFormat": "application/json"})
         for name, version in versions.items():

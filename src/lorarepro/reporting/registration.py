@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from lorarepro import atomic, paths, records
+from lorarepro.hashing import sha256_json
 
 PATH = paths.REGISTRATION
 FORMAT = 1
@@ -85,12 +85,6 @@ class RegistrationError(ValueError):
 def _canonical(value):
     """Plain JSON data (tuples as lists, keys as strings), so equal configs hash equally."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def sha256(value) -> str:
-    """The hash of a value's canonical JSON (sorted keys, no whitespace)."""
-    text = json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _strip_execution(resources: dict | None) -> dict:
@@ -193,7 +187,7 @@ def _record_hash(path: Path) -> str | None:
         return None
     data = json.loads(path.read_text(encoding="utf-8"))
     volatile = records.SHARPNESS_VOLATILE if path.name.endswith(".sharpness.json") else records.VOLATILE
-    return sha256(records.stable(data, volatile))
+    return sha256_json(records.stable(data, volatile))
 
 
 def analysis(root: Path = Path(".")) -> dict | None:
@@ -207,7 +201,7 @@ def analysis(root: Path = Path(".")) -> dict | None:
     output = json.loads(path.read_text(encoding="utf-8"))
     runs = _run_paths(output)
     inputs = {run: _record_hash(Path(root) / run) for run in runs}
-    return {"file": ANALYSIS_FILE.as_posix(), "sha256": sha256(_rounded(output)), "inputs_sha256": sha256(inputs),
+    return {"file": ANALYSIS_FILE.as_posix(), "sha256": sha256_json(_rounded(output)), "inputs_sha256": sha256_json(inputs),
             "runs": len(runs), "left_out": list(ANALYSIS_VOLATILE), "float_digits": DIGITS}
 
 
@@ -224,9 +218,9 @@ def _pins(config: dict, root: Path) -> dict:
     file = claims_file(config, root)
     return {
         "regime": {"keys": list(REGIME_KEYS), "not_regime": NOT_REGIME, "execution_only_resources": list(EXECUTION_ONLY),
-                   "sha256": sha256(values), "values": values},
+                   "sha256": sha256_json(values), "values": values},
         "claims": {"file": None if file is None else Path(config["claims"]["reference"]).as_posix(),
-                   "file_sha256": sha256(claims["file"]), "comparisons_sha256": sha256(claims["comparisons"]),
+                   "file_sha256": sha256_json(claims["file"]), "comparisons_sha256": sha256_json(claims["comparisons"]),
                    "values": claims},
         "analysis": analysis(root),
     }
@@ -294,7 +288,7 @@ def update(registration: dict | None, config: dict, root: Path = Path("."), reas
             raise RegistrationError("the config differs from the registration in " + ", ".join(keys)
                                     + "; a deviation needs its reason (--reason TEXT)")
         deviation = {"date": date or _today(), "keys": keys, "reason": reason.strip(), "commit": None,
-                     "regime_sha256": {"before": registration["regime"]["sha256"], "after": sha256(regime(config))}}
+                     "regime_sha256": {"before": registration["regime"]["sha256"], "after": sha256_json(regime(config))}}
         out["deviations"].append(deviation)
     out.update(_pins(config, root))
     if commit:
