@@ -50,6 +50,11 @@ def finished(task: str, method: str, seed: int) -> dict | None:
     return load_finished(paths.run_result(task, method, seed))
 
 
+def is_diverged(result: dict | None) -> bool:
+    """Whether a result JSON records a diverged run: FAILED at a recorded step (its loss went NaN/inf)."""
+    return isinstance(result, dict) and result.get("status") == "FAILED" and "failed_step" in result
+
+
 def write(result: dict) -> Path:
     """Write (or rewrite) a run's result JSON, atomically; its path comes from task, method and seed."""
     return write_json(paths.run_result(result["task"], result["method"], result["seed"]), result)

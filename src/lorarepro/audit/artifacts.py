@@ -12,7 +12,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from lorarepro import checkpoints, paths, records
-from lorarepro.audit.exclusions import is_diverged
 from lorarepro.audit.inputs import BadInput, problem, read_json
 from lorarepro.audit.report import record
 from lorarepro.config import ConfigError, column, reported_runs, spec_seeds, specs
@@ -63,7 +62,7 @@ def _unfinished(path: Path) -> dict | None:
     if why is not None:
         return record("result", "fail", path, f"result JSON {why}", RERUN)
     result = records.load(path)
-    if is_diverged(result):
+    if records.is_diverged(result):
         return None
     return record("result", "fail", path, "result JSON not FINISHED", RERUN)
 

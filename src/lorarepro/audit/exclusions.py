@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 
-from lorarepro import paths
+from lorarepro import paths, records
 from lorarepro.audit.inputs import BadInput, problem, read_json, read_text
 from lorarepro.audit.mlflow_runs import identity_problems  # one identity rule for every run
 from lorarepro.audit.report import record
@@ -29,10 +29,6 @@ from lorarepro.hashing import NOT_CONTENT
 _ERROR = re.compile(r" is (?P<value>[-+]?(nan|inf)) at step (?P<step>\d+)$")
 FIX = ("a run excluded as diverged must show the divergence in its own files: restore its files, or "
        "retrain it (delete its result JSON and rerun `snakemake --cores 2`)")
-
-
-def is_diverged(result: dict | None) -> bool:
-    return isinstance(result, dict) and result.get("status") == "FAILED" and "failed_step" in result
 
 
 def evidence(task: str, method: str, seed: int, result: dict, store=None) -> list[str]:
@@ -117,7 +113,7 @@ def diverged_records(config: dict, store=None) -> list[dict]:
                 result = read_json(path) if problem(path) is None else None
             except BadInput:
                 continue  # the `result` check names it
-            if not is_diverged(result):
+            if not records.is_diverged(result):
                 continue
             problems = evidence(task, method, seed, result, store)
             if problems:
@@ -145,7 +141,7 @@ def excluded_runs(config: dict, pairs=None, store=None) -> dict[tuple[str, str],
                 result = read_json(paths.run_result(*pair, seed))
             except BadInput:
                 continue  # missing or malformed: not an exclusion (the audit's `result` check names it)
-            if not is_diverged(result):
+            if not records.is_diverged(result):
                 continue
             problems = evidence(*pair, seed, result, store)
             if problems:

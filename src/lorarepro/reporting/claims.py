@@ -20,6 +20,8 @@ is fixed before any run (lorarepro.reporting.stats):
   benchmark (results/benchmarks/), the runs' own cost shown "at this scale";
 - a run whose validation accuracy is not significantly above the majority-class share is collapsed:
   kept, counted, and each verdict is given again without its pairs;
+- a run whose loss went NaN/inf (diverged: no score) is left out with its seed, counted per method, and
+  each verdict is given again with it included at its arm's worst on that task (STAND_IN);
 - the secondary tests, one per pair and task, are Holm-corrected within the claim;
 - a positive control (role `control`: a known effect) must come out reproduced, else the design is
   too weak to judge anything and every verdict says so.
@@ -30,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +60,8 @@ UNITS = {"accuracy": "points", "severity_slope": "points per severity level", "s
          "time_saving": "fraction of the control's time"}
 CSV_COLUMNS = ["claim", "role", "statement", "measure", "kind", "paper_value", "paper_source", "effect",
                "ci_lo", "ci_hi", "ci_sim_lo", "ci_sim_hi", "n", "p", "p_holm", "mde", "verdict", "paper_mirrored",
-               "scale", "collapsed_pairs", "effect_without_collapsed", "verdict_without_collapsed", "note"]
+               "scale", "collapsed_pairs", "effect_without_collapsed", "verdict_without_collapsed",
+               "diverged_runs", "effect_with_diverged", "verdict_with_diverged", "note"]
 NOT_TESTABLE = "not testable at this scale"
 DEPENDS = "depends on the paper number"
 COLLAPSE_ALPHA = 0.05  # one-sided binomial test of a run's validation accuracy against the majority share
@@ -209,6 +213,41 @@ def collapsed(task: str, method: str, seed: int, rate: tuple[int, float] | None)
     return bool(sps.binomtest(hits, size, majority, alternative="greater").pvalue >= COLLAPSE_ALPHA)
 
 
+# ----------------------------------------------------------------------------- diverged runs
+
+# What a diverged run (its record holds no score) counts as where a claim includes it: its arm's worst on
+# that task, in the claim's own measure. Unlike a chance level, this is defined for every measure and
+# always counts against the arm (a treatment at chance on every severity would *gain* slope).
+STAND_IN = ("its arm's worst on that task: a diverged treatment run takes the lowest effect its pair of methods "
+            "showed on the task over the finished seeds, a diverged control run the highest, a pair where both "
+            "diverged no difference (0)")
+
+
+def diverged_pairs(cells: list, seeds: list[int]) -> dict:
+    """{(cell, seed): (treatment diverged, control diverged)} for each pair holding a diverged run."""
+    out = {}
+    for cell in cells:
+        for s in seeds:
+            arms = tuple(records.is_diverged(records.read(cell[1], m, s)) for m in cell[0])
+            if any(arms):
+                out[(cell, s)] = arms
+    return out
+
+
+def with_diverged(values: dict, gone: dict) -> dict:
+    """The per-seed values with each diverged run included at STAND_IN; a pair whose other run is missing
+    (neither finished nor diverged) stays out, as it would had this one finished."""
+    out = {cell: dict(by_seed) for cell, by_seed in values.items()}
+    for (cell, s), (treatment, control) in gone.items():
+        done = [v for v in values[cell].values() if v is not None]
+        other = cell[0][1] if treatment else cell[0][0]
+        if treatment and control:
+            out[cell][s] = 0.0
+        elif done and records.finished(cell[1], other, s) is not None:
+            out[cell][s] = min(done) if treatment else max(done)
+    return out
+
+
 # ----------------------------------------------------------------------------- the paper's numbers
 
 
@@ -337,11 +376,36 @@ def _tests(values: dict, cells: list, seeds: list[int], each: bool, alpha: float
     return out
 
 
+def _reading(values: dict, cells: list, seeds: list[int], claim: dict, mirrored: dict | None, alpha: float,
+             keep=lambda c, s: True) -> dict:
+    """The claim's estimate and verdict read again on other per-seed values or on the pairs `keep` holds:
+    how a verdict depends on its collapsed or diverged runs."""
+    kept = _per_seed(values, cells, seeds, keep)
+    tests = _tests(values, cells, seeds, claim.get("quantifier") == "each", alpha, keep)
+    return {**_test_record(paired_test(list(kept.values()), [0.0] * len(kept))),
+            "verdict": _decide(tests, claim, mirrored, alpha)[0]}
+
+
+def _diverged(values: dict, cells: list, seeds: list[int], claim: dict, mirrored: dict | None, alpha: float,
+              verdict: str) -> dict:
+    """The claim's diverged runs (left out: their result paths, the count per method, the pairs holding
+    one) and its estimate and verdict with them included at STAND_IN, and whether that verdict differs."""
+    gone = diverged_pairs(cells, seeds)
+    runs = dict.fromkeys((cell[1], m, s) for (cell, s), arms in gone.items() for m, hit in zip(cell[0], arms) if hit)
+    included = None
+    if gone:
+        included = _reading(with_diverged(values, gone), cells, seeds, claim, mirrored, alpha)
+        included["changes"] = included["verdict"] != verdict
+    return {"runs": [str(paths.run_result(*run)) for run in runs], "by_method": dict(Counter(m for _, m, _ in runs)),
+            "pairs": len(gone), "of": len(cells) * len(seeds), "with": included}
+
+
 def analyse(claim_id: str, claim: dict, comparison: dict, seeds: list[int], config: dict, reference: dict,
             rates: dict, alpha: float = ALPHA) -> dict:
     """One claim: the primary test (95%) and the test its verdict reads (at `alpha`: the simultaneous
     level within the primary family), the Holm-corrected secondary tests, the paper's cells for the
-    mirrored tasks, the collapsed pairs and the verdict without them."""
+    mirrored tasks, the collapsed pairs and the verdict without them, the diverged runs and the verdict
+    with them."""
     cells = [(tuple(pair), task) for pair in comparison["pairs"] for task in comparison["tasks"]]
     values = {cell: {s: measure(claim, cell[1], *cell[0], s) for s in seeds} for cell in cells}
     flags = {cell: {s: [collapsed(cell[1], m, s, rates.get(cell[1])) for m in cell[0]] for s in seeds} for cell in cells}
@@ -352,12 +416,7 @@ def analyse(claim_id: str, claim: dict, comparison: dict, seeds: list[int], conf
     verdict, against = _decide(_tests(values, cells, seeds, each, alpha), claim, mirrored, alpha)
     applicable = any(f is not None for cell in cells for s in per_seed for f in flags[cell][s])
     bad = {(cell, s) for cell in cells for s in per_seed if any(flags[cell][s])}
-    clean = None
-    if applicable:
-        keep = lambda cell, s: (cell, s) not in bad  # noqa: E731
-        kept = _per_seed(values, cells, seeds, keep)
-        clean = {**_test_record(paired_test(list(kept.values()), [0.0] * len(kept))),
-                 "verdict": _decide(_tests(values, cells, seeds, each, alpha, keep), claim, mirrored, alpha)[0]}
+    clean = _reading(values, cells, seeds, claim, mirrored, alpha, lambda c, s: (c, s) not in bad) if applicable else None
     secondary = []
     if len(cells) > 1:
         for (treatment, control), task in cells:
@@ -378,6 +437,7 @@ def analyse(claim_id: str, claim: dict, comparison: dict, seeds: list[int], conf
         if alpha < ALPHA else None, "p_holm": None,
         "verdict": verdict, "verdict_against": against,
         "collapsed": {"pairs": len(bad), "of": len(cells) * len(per_seed), "without": clean} if applicable else None,
+        "diverged": _diverged(values, cells, seeds, claim, mirrored, alpha, verdict),
         "secondary": secondary,
         "runs": _runs(comparison, seeds),
     }
@@ -387,6 +447,7 @@ def at_scale(row: dict, claim: dict, found: tuple[Path, dict] | None) -> dict:
     """A scale-bound claim (time, memory): its verdict from the overhead benchmark at the largest shape it
     measured; the embedded runs' cost stays beside it, descriptive, "at this scale"."""
     here = {k: row[k] for k in ("n", "effect", "ci95", "p", "mde", "sd", "zero_spread")}
+    row = {**row, "diverged": {**row["diverged"], "with": None}}  # the benchmark's verdict reads none of the runs
     measured = benchmark_test(claim, found[1]) if found else None
     if measured is None:
         return {**row, "at_this_scale": here, "scale": None, "no_interval": False, "verdict": NOT_TESTABLE,
@@ -421,6 +482,9 @@ def _note(row: dict, design_ok: bool) -> str:
     if cells and cells["missing"]:
         notes.append(f"the paper has no cell for {', '.join(cells['missing'])} in {cells['table']}: "
                      "judged against the headline number")
+    included = row["diverged"]["with"]
+    if included and included["changes"]:
+        notes.append(f"the verdict changes with its {_diverged_count(row)} included: {included['verdict']}")
     if not design_ok and row["role"] != "control":
         notes.append("positive control not reproduced: the design is too weak to judge this")
     return "; ".join(notes)
@@ -453,6 +517,7 @@ def analyse_all(config: dict, reference: dict | None = None) -> dict:
         row["note"] = _note(row, design_ok)
     return {"alpha": ALPHA, "power": POWER, "min_primary_seeds": MIN_PRIMARY_SEEDS, "primary_family": family,
             "collapse_test": {"alpha": COLLAPSE_ALPHA, "split": "validation", "alternative": "greater"},
+            "diverged_stand_in": {"treatment": "min", "control": "max", "both": 0.0},  # STAND_IN, per cell
             "benchmark": {"path": str(found[0]), "sha256": sha256_file(found[0])} if found else None,
             "positive_controls": [r["claim"] for r in controls], "design_ok": design_ok if controls else None,
             "control_effects": {r["claim"]: {"effect": r["effect"], "mde": r["mde"]} for r in controls}, "claims": rows}
@@ -495,6 +560,9 @@ def _verdict_text(row: dict) -> str:
     if row["verdict"] == DEPENDS:
         text += f" ({row['verdict_against']['headline']} against the headline number, " \
                 f"{row['verdict_against']['mirrored']} against the mirrored tasks' cells)"
+    included = row["diverged"]["with"]
+    if included and included["changes"]:
+        text += f"; **{included['verdict']}** with its {_diverged_count(row)} included"
     return text
 
 
@@ -513,6 +581,21 @@ def _collapsed_text(row: dict) -> str:
             f"{_interval(clean['effect'], clean['ci95'])}, n {clean['n']}: {clean['verdict']}")
 
 
+def _diverged_count(row: dict) -> str:
+    k = len(row["diverged"]["runs"])
+    return f"{k} diverged run{'s' * (k != 1)}"
+
+
+def _diverged_text(row: dict) -> str:
+    found, included = row["diverged"], row["diverged"]["with"]
+    arms = ", ".join(f"{method} {k}" for method, k in found["by_method"].items())
+    text = f"{_diverged_count(row)} ({arms}) in {found['pairs']} of {found['of']} pairs (task × seed), left out"
+    if included is None:
+        return text + "; the verdict reads the overhead benchmark, not these runs"
+    return (text + f"; with them included {_interval(included['effect'], included['ci95'])}, n {included['n']}: "
+            f"{included['verdict']}" + (" (the verdict changes)" if included["changes"] else ""))
+
+
 TITLE = ("**Claims.** Each claim of the paper against this profile's runs (workflow/configs/claims.yaml; the "
          "comparisons are the config's `claims:`).")
 COST_TITLE = (f"**Claims on training cost.** The claims of the paper whose measure is a measured cost (wall time per "
@@ -527,6 +610,7 @@ def _method_text(analysis: dict) -> list[str]:
     family = analysis.get("primary_family") or []
     k = max(len(family), 1)
     collapse = analysis["collapse_test"]
+    diverged = len({run for r in analysis["claims"] for run in r["diverged"]["runs"]})
     return [
         f"The effect of one seed is treatment minus control in the claim's unit, averaged over its pairs and tasks; "
         f"`n` seeds paired; paired t-test at α = {ALPHA} with its 95% interval; MDE = the smallest true effect "
@@ -545,6 +629,13 @@ def _method_text(analysis: dict) -> list[str]:
         f"majority-class share (one-sided exact binomial test at the split's size, α = {collapse['alpha']}; the "
         "labels are read from the prepared split, data/prepared/<task>/). Collapsed runs stay in the analysis; "
         "each claim gives how many of its pairs hold one and its estimate and verdict without those pairs.", "",
+        "A run is *diverged* when its training loss went NaN/inf: its result JSON is FAILED at that step and holds "
+        "no score. Diverged runs are left out, their seeds with them (as for a missing run); the audit holds each "
+        "against the run's own loss history, checkpoint and MLflow run, and fails an exclusion it cannot re-derive. "
+        "A claim with diverged runs gives how many (per method) and its estimate and verdict with them included, "
+        f"each at {STAND_IN}; a verdict that changes with them says so beside it. "
+        + (f"Of the runs these claims compare, {diverged} diverged." if diverged
+           else "None of the runs these claims compare diverged."), "",
     ]
 
 
@@ -585,6 +676,8 @@ def render_markdown(config: dict, analysis: dict, title: str = TITLE) -> str:
             lines.append(f"  - at this scale (this profile's runs, descriptive): {_interval(here['effect'], here['ci95'])}, "
                          f"n {here['n']}")
         lines.append(f"  - {_collapsed_text(r)}")
+        if r["diverged"]["runs"]:
+            lines.append(f"  - {_diverged_text(r)}")
         for s in r["secondary"]:
             lines.append(f"  - {s['treatment']} vs {s['control']} on {s['task']}: {_interval(s['effect'], s['ci95'])}, "
                          f"n {s['n']}, p {_num(s['p'], '.3g')}, Holm {_num(s['p_holm'], '.3g')}, MDE {_num(s['mde'], '.3g')}")
@@ -594,6 +687,7 @@ def render_markdown(config: dict, analysis: dict, title: str = TITLE) -> str:
 def render_csv(analysis: dict) -> str:
     def csv_row(r: dict) -> dict:
         paper, cells, found = r.get("paper") or {}, r.get("paper_cells") or {}, r.get("collapsed") or {}
+        included = r["diverged"]["with"] or {}
         ci, sim = r["ci95"] or [None, None], r.get("ci_simultaneous") or [None, None]
         return {"claim": r["claim"], "role": r["role"], "statement": r["statement"], "measure": r["measure"],
                 "kind": r["kind"], "paper_value": paper.get("value"), "paper_source": paper.get("source"),
@@ -601,9 +695,11 @@ def render_csv(analysis: dict) -> str:
                 "n": r["n"], "p": r["p"], "p_holm": r["p_holm"], "mde": r["mde"], "verdict": r["verdict"],
                 "paper_mirrored": cells.get("value"), "scale": r.get("scale"), "collapsed_pairs": found.get("pairs"),
                 "effect_without_collapsed": (found.get("without") or {}).get("effect"),
-                "verdict_without_collapsed": (found.get("without") or {}).get("verdict"), "note": r["note"]}
+                "verdict_without_collapsed": (found.get("without") or {}).get("verdict"),
+                "diverged_runs": len(r["diverged"]["runs"]), "effect_with_diverged": included.get("effect"),
+                "verdict_with_diverged": included.get("verdict"), "note": r["note"]}
     numeric = ["effect", "ci_lo", "ci_hi", "ci_sim_lo", "ci_sim_hi", "p", "p_holm", "mde", "paper_mirrored",
-               "effect_without_collapsed"]
+               "effect_without_collapsed", "effect_with_diverged"]
     frame = pd.DataFrame([csv_row(r) for r in analysis["claims"]], columns=CSV_COLUMNS)
     return frame.astype({c: float for c in numeric}).round(6).to_csv(index=False)
 
