@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from lorarepro import checkpoints, families, paths
+from lorarepro.checkpoints.saving import canonical_adapter_config, hub_base
 from lorarepro.data import load_split
 from lorarepro.experiment import resolve_run
 from lorarepro.hashing import sha256_dir
@@ -74,8 +75,8 @@ def test_hub_backbone_is_named_by_its_id(tmp_path, monkeypatch):
     marker.write_text(json.dumps({"source": "hub", "model": "google-t5/t5-base", "revision": "abc123"}))
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "models/t5-base",
                                                                "target_modules": ["v", "q"], "task_type": None}))
-    hub = checkpoints._hub_base("t5-base")
-    checkpoints._canonical_adapter_config(tmp_path / "adapter_config.json", "SEQ_2_SEQ_LM", hub)
+    hub = hub_base("t5-base")
+    canonical_adapter_config(tmp_path / "adapter_config.json", "SEQ_2_SEQ_LM", hub)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config == {"base_model_name_or_path": "google-t5/t5-base", "revision": "abc123",
                       "target_modules": ["q", "v"], "task_type": "SEQ_2_SEQ_LM"}
