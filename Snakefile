@@ -2,8 +2,10 @@
 # Run: snakemake --cores 2        (the embedded default, params.yaml)
 #      snakemake --cores 2 --configfile my_overrides.yaml   (deep-merged over params.yaml)
 #      snakemake --profile workflow/profiles/slurm --configfile workflow/configs/paper.yaml
-#          (a config with `standalone: true` is complete: params.yaml is not merged under it)
+#          (a config with `standalone: true` is complete: params.yaml is not merged under it, and its
+#          outputs go under outputs/<config id>/)
 import os
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
@@ -41,14 +43,29 @@ from lorarepro import numerics
 numerics.pin(config["numerics"], config["threads"])
 
 from lorarepro import paths
-from lorarepro.config import (backbone_seed, check_local, claim_comparisons, jobs_mode, reported_runs, resources,
-                              sharpness_runs, specs, train_priorities)
+from lorarepro.config import (backbone_seed, check_local, claim_comparisons, jobs_mode, own_experiment, reported_runs,
+                              resources, sharpness_runs, specs, train_priorities)
 from lorarepro.experiment import check
-from lorarepro.pipeline.checks import check_reporting
+from lorarepro.pipeline.checks import check_reporting, replaced_defaults
+
+# This invocation's --configfile files: its tables index, metrics summary, claims and audit carry their
+# names (lorarepro.paths.config_id), so that another config's run never overwrites the default's; a
+# standalone config writes everything under outputs/<config id>/ (chosen here, once: jobs inherit it).
+CONFIGFILES = [os.path.relpath(f) for f in workflow.overwrite_configfiles]
+CONFIG_ID = paths.config_id(CONFIGFILES)
+paths.select(CONFIG_ID, config["standalone"])
+if config["standalone"] and paths.PARAMS.is_file():  # its MLflow runs apart from the default's too
+    config["mlflow"]["experiment"] = own_experiment(config, CONFIG_ID, read_yaml(paths.PARAMS))
 
 # cross-references (unknown task in a table, rank above a layer's size) before any job; every run's
 # settings resolved once, here, and handed to its train job (workflow/rules/train.smk)
 RUN_SPECS = check(config)
+# A config merged over params.yaml shares the default's paths: say, once, which of the default's files
+# its changed runs would replace (a cluster job parses this file again and says nothing).
+if workflow.is_main_process and CONFIG_ID and not config["standalone"] and paths.PARAMS.is_file():
+    notice = replaced_defaults(config, RUN_SPECS, CONFIG_ID)
+    if notice:
+        print(notice, file=sys.stderr, flush=True)
 if workflow.local_exec and not workflow.output_settings.dryrun:  # a dry run (a GPU grid on a laptop) only lists jobs
     check_local(config, os.cpu_count())
 check_reporting(config)  # every figure's drawer exists, before any job trains

@@ -3,6 +3,7 @@ and whether the pipeline and `lorarepro audit` behave as the README says.
 
     python benchmarks/reliability.py                  # ~7 min on 2 CPUs -> results/benchmarks/reliability.json
     python benchmarks/reliability.py --only table_cell,full_disk --keep /tmp/rel   # some cases; keep the copies
+    python benchmarks/reliability.py --code /tmp/old --out /tmp/old.json   # another checkout's code (an older commit)
 
 A finished default run takes ~8 minutes of 2 CPUs, so the finished run here is built from a reduced
 config (the embedded default shrunk as tests/conftest.py `reduced` does: 2 tasks, 3 methods, 2 seeds,
@@ -17,9 +18,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import sqlite3
@@ -33,9 +36,11 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+CODE = REPO  # the checkout COPIED comes from, and whose package the commands run (--code)
 OUT = REPO / "results" / "benchmarks" / "reliability.json"
 CONFIG = "reliability.yaml"
 COPIED = ("Snakefile", "params.yaml", "workflow", "src/lorarepro", "dvc.yaml", ".dvcignore")
+DEFAULT_TREES = ("results", "checkpoints", "data", "models", "logs")  # the folders a run at the repository root writes
 LORA0 = "results/runs/sentiment/lora_r8/seed0.json"
 LONG0 = "results/runs/sentiment/lora_long/seed0.json"
 
@@ -43,7 +48,7 @@ LONG0 = "results/runs/sentiment/lora_long/seed0.json"
 def reduced_config() -> dict:
     """The embedded default, shrunk: sentiment (tiny T5) and digits (tiny ViT), full fine-tuning,
     LoRA and a longer LoRA run (for the kills), seeds 0 and 1, step checkpoints every 20 steps."""
-    cfg = yaml.safe_load((REPO / "params.yaml").read_text())
+    cfg = yaml.safe_load((CODE / "params.yaml").read_text())
     cfg["seeds"] = [0, 1]
     cfg["checkpoint_every"] = 20
     cfg["tasks"] = {k: {**cfg["tasks"][k], "sizes": {"train": 64, "validation": 16, "test": 32}}
@@ -74,7 +79,7 @@ class Project:
 
     def env(self) -> dict:
         env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "LORAREPRO_MLFLOW_PARENT")}
-        env["PYTHONPATH"] = str(REPO / "src")
+        env["PYTHONPATH"] = str(CODE / "src")
         return env
 
     def sh(self, *cmd: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -88,12 +93,18 @@ class Project:
 
     def audit(self, *args: str, config: str = CONFIG) -> tuple[int, list[dict]]:
         """`lorarepro audit --configfile reliability.yaml ARGS`: (exit status, records)."""
-        done = self.lorarepro("audit", "--configfile", config, *args)
-        path = self.root / "results" / "audit" / f"audit.{Path(config).stem}.json"
+        done = self.lorarepro("audit", "--configfile", config, "--json", self.audit_json(config), *args)
+        path = self.path(self.audit_json(config))
         records = json.loads(path.read_text())["records"] if path.is_file() else []
         if done.returncode not in (0, 1):
             raise RuntimeError(f"lorarepro audit exited {done.returncode}: {done.stderr[-2000:]}")
         return done.returncode, records
+
+    @staticmethod
+    def audit_json(config: str = CONFIG) -> str:
+        """Where the matrix has `lorarepro audit` write its JSON: the manual audit's own place, named
+        explicitly so that any version of the code (--code) writes it there."""
+        return f"results/audit/manual/audit.{Path(config).stem}.json"
 
     def path(self, relative: str) -> Path:
         return self.root / relative
@@ -108,7 +119,7 @@ def build(root: Path) -> tuple[Project, float]:
     """The finished run: the workflow copied, `dvc init`, snakemake, `dvc commit`; (project, seconds)."""
     root.mkdir(parents=True)
     for item in COPIED:
-        src, dst = REPO / item, root / item
+        src, dst = CODE / item, root / item
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, dst))
     (root / "profiles").symlink_to("workflow/profiles")
@@ -161,6 +172,24 @@ def mlflow_status(project: Project, run_name: str) -> list[str]:
         return [s for (s,) in db.execute("select status from runs where name = ? order by start_time", (run_name,))]
 
 
+def edit_cell(p: Project) -> None:
+    """Half a point onto LoRA's sentiment mean in results/tables/table_small.csv."""
+    path = p.path("results/tables/table_small.csv")
+    lines = path.read_text().splitlines()
+    mean = lines[0].split(",").index("mean")
+    row = next(i for i, line in enumerate(lines) if ",lora_r8," in line and ",sentiment," in line)
+    fields = lines[row].split(",")
+    fields[mean] = str(float(fields[mean]) + 0.5)
+    lines[row] = ",".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def tree_hashes(p: Project) -> dict[str, str]:
+    """sha256 of every file under DEFAULT_TREES, by relative path."""
+    return {str(f.relative_to(p.root)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for tree in DEFAULT_TREES for f in sorted(p.path(tree).rglob("*")) if f.is_file()}
+
+
 # ----------------------------------------------------------------------------- the cases
 
 CASES: dict = {}
@@ -210,14 +239,7 @@ def metric_in_result_json(base: Project) -> tuple[str, bool]:
 @case("table_cell", "an edited table cell fails the table, naming the cell")
 def table_cell(base: Project) -> tuple[str, bool]:
     p = base.copy("table_cell")
-    path = p.path("results/tables/table_small.csv")
-    lines = path.read_text().splitlines()
-    mean = lines[0].split(",").index("mean")
-    row = next(i for i, line in enumerate(lines) if ",lora_r8," in line and ",sentiment," in line)
-    fields = lines[row].split(",")
-    fields[mean] = str(float(fields[mean]) + 0.5)
-    lines[row] = ",".join(fields)
-    path.write_text("\n".join(lines) + "\n")
+    edit_cell(p)
     status, records = p.audit()
     seen, ok = caught(records, status, ("tables", "results/tables/table_small.csv"))
     detail = next((r["detail"] for r in records if r["file"] == "results/tables/table_small.csv" and r["status"] == "fail"), "")
@@ -540,7 +562,7 @@ build("bert-bare", config)
 prepare_task("pairs", config["tasks"]["pairs"], 0, Path("data/prepared/pairs"))
 result = train_one(config, resolve_run(config, "pairs", "lora_r8"), seed=0)
 print(json.dumps(rerun.reevaluate([artifacts.Run("pairs", "lora_r8", 0, result)])[0]))
-''' % str(REPO / "params.yaml")
+''' % str(CODE / "params.yaml")
 
 
 @case("17.3_failed_audit_keeps_report", "a failing audit in the pipeline (a checkpoint byte) exits non-zero; the "
@@ -951,10 +973,11 @@ def _fifo(base: Project, name: str, relative: str, *wanted: tuple[str, str]) -> 
     p.path(relative).unlink()
     os.mkfifo(p.path(relative))
     try:
-        done = p.sh(sys.executable, "-m", "lorarepro", "audit", "--configfile", CONFIG, "--reevaluate", "all", timeout=120)
+        done = p.sh(sys.executable, "-m", "lorarepro", "audit", "--configfile", CONFIG, "--json", p.audit_json(),
+                    "--reevaluate", "all", timeout=120)
     except subprocess.TimeoutExpired:
         return "the audit hung (killed after 120 s)", False
-    records = json.loads(p.path(f"results/audit/audit.{Path(CONFIG).stem}.json").read_text())["records"]
+    records = json.loads(p.path(p.audit_json()).read_text())["records"]
     seen, ok = caught(records, done.returncode, ("input", relative), *wanted)
     return seen + f"; one line, no traceback: {_one_line(done)}", ok and _one_line(done)
 
@@ -964,10 +987,127 @@ def _fifo(base: Project, name: str, relative: str, *wanted: tuple[str, str]) -> 
 def result_not_json(base: Project) -> tuple[str, bool]:
     p = base.copy("result_not_json")
     p.path(LORA1).write_text("{broken")
-    done = p.lorarepro("audit", "--configfile", CONFIG, "--reevaluate", "0")
-    records = json.loads(p.path(f"results/audit/audit.{Path(CONFIG).stem}.json").read_text())["records"]
+    done = p.lorarepro("audit", "--configfile", CONFIG, "--json", p.audit_json(), "--reevaluate", "0")
+    records = json.loads(p.path(p.audit_json()).read_text())["records"]
     seen, ok = caught(records, done.returncode, ("result", LORA1))
     return seen + f"; no traceback: {_one_line(done)}", ok and _one_line(done)
+
+
+def _jobs(done: subprocess.CompletedProcess) -> list[str]:
+    """The rules of the jobs a Snakemake run (or dry run) names."""
+    return re.findall(r"^(?:local)?rule (\w+):", output(done), flags=re.M)
+
+
+@case("27.6_manual_audit_then_pipeline_audit", "a manual `lorarepro audit` never writes the audit rule's output "
+      "(results/audit/audit.reliability.json): after a passing one `snakemake -n` has nothing to do; after a failing one "
+      "(an edited table) `snakemake` runs its own audit, which fails `tables` on results/tables/table_small.csv in "
+      "results/audit/report.reliability.md")
+def manual_audit_then_pipeline_audit(base: Project) -> tuple[str, bool]:
+    p = base.copy("manual_audit_then_pipeline_audit")
+    rule_output = p.path(f"results/audit/audit.{Path(CONFIG).stem}.json")
+    before = rule_output.read_bytes(), rule_output.stat().st_mtime_ns
+    # as a user runs it: no --json, the default files
+    passing = p.lorarepro("audit", "--configfile", CONFIG, "--reevaluate", "0").returncode
+    idle = _jobs(p.snakemake("--dry-run"))
+    edit_cell(p)
+    failing = p.lorarepro("audit", "--configfile", CONFIG, "--reevaluate", "0").returncode
+    untouched = (rule_output.read_bytes(), rule_output.stat().st_mtime_ns) == before
+    ran = p.snakemake()
+    report = p.path(f"results/audit/report.{Path(CONFIG).stem}.md")
+    text = report.read_text() if report.is_file() else ""
+    named = "`tables` `results/tables/table_small.csv`" in text
+    observed = (f"manual audits exit {passing} then {failing}; rule output untouched: {untouched}; jobs after the passing "
+                f"one: {idle}; snakemake exit {ran.returncode}, ran audit: {'audit' in _jobs(ran)}, its report "
+                f"{text.splitlines()[0] if text else '(missing)'!r} names the table: {named}")
+    return observed, (passing == 0 and failing == 1 and untouched and idle == [] and ran.returncode != 0
+                      and "audit" in _jobs(ran) and text.startswith("# Audit: FAILED") and named)
+
+
+def _one_run(cfg: dict) -> dict:
+    """`cfg` cut to LoRA on sentiment, seed 0, one table (the finished run's table id): a run of its own, quickly."""
+    cfg.update(seeds=[0], figures=[])
+    cfg["tasks"] = {"sentiment": cfg["tasks"]["sentiment"]}
+    cfg["backbones"] = {"t5-tiny": cfg["backbones"]["t5-tiny"]}
+    cfg["training"] = {"nlu": cfg["training"]["nlu"]}
+    cfg["methods"] = {"lora_r8": {**cfg["methods"]["lora_r8"], "training": {"lr": 0.002}}}  # not the finished run's
+    cfg["tables"] = [{**cfg["tables"][0], "tasks": ["sentiment"], "methods": ["lora_r8"]}]
+    return cfg
+
+
+@case("27.7a_standalone_config_apart", "a standalone config (`standalone: true`, alone.yaml) writes everything under "
+      "outputs/alone/: every file of the finished run under results/, checkpoints/, data/, models/ and logs/ stays "
+      "byte-identical, the finished run's MLflow experiment gains no run, and its own audit "
+      "(outputs/alone/results/audit/audit.alone.json) passes with `dvc` as information only")
+def standalone_config_apart(base: Project) -> tuple[str, bool]:
+    p = base.copy("standalone_config_apart")
+    p.path("alone.yaml").write_text(yaml.safe_dump({**_one_run(reduced_config()), "standalone": True}, sort_keys=False))
+    before, runs = tree_hashes(p), _experiment_runs(p)
+    done = p.snakemake(config="alone.yaml")
+    after = tree_hashes(p)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    audit = p.path("outputs/alone/results/audit/audit.alone.json")
+    records = json.loads(audit.read_text())["records"] if audit.is_file() else []
+    dvc = sorted({r["status"] for r in records if r["check"] == "dvc"})
+    passed = audit.is_file() and json.loads(audit.read_text())["passed"]
+    table = p.path("outputs/alone/results/tables/table_small.csv").is_file()
+    observed = (f"snakemake exit {done.returncode}; changed under the finished run's folders: {len(changed)} "
+                f"{changed[:3]}; its experiment's runs {runs} -> {_experiment_runs(p)}; own table: {table}; own audit "
+                f"passed: {passed}, dvc statuses {dvc}")
+    return observed, (done.returncode == 0 and not changed and _experiment_runs(p) == runs and table and passed
+                      and dvc == ["info"])
+
+
+def _experiment_runs(p: Project) -> int:
+    """Runs in the MLflow experiment of the finished run (params.yaml's, which reliability.yaml keeps)."""
+    name = reduced_config()["mlflow"]["experiment"]
+    with sqlite3.connect(p.path("mlflow.db")) as db:
+        return db.execute("select count(*) from runs join experiments using (experiment_id) where experiments.name = ?",
+                          (name,)).fetchone()[0]
+
+
+@case("27.7b_merging_config_notice", "a config merged over params.yaml that changes a run of the default's "
+      "(lora_r8's learning rate) is told at the DAG (`snakemake -n`), in one line printed once, that it will replace "
+      "the default's files, counting them and naming results/tables/table_small.csv first; a config whose runs are "
+      "its own (reliability.yaml) is told nothing")
+def merging_config_notice(base: Project) -> tuple[str, bool]:
+    p = base.copy("merging_config_notice")
+    own = [line for line in output(p.snakemake("--dry-run")).splitlines() if "will replace" in line]
+    p.path("params.yaml").write_text(p.path(CONFIG).read_text())  # the finished runs become the default's
+    p.path("change.yaml").write_text(yaml.safe_dump({"methods": {"lora_r8": {"training": {"lr": 0.002}}}}))
+    done = p.snakemake("--dry-run", config="change.yaml")
+    lines = [line for line in output(done).splitlines() if "will replace" in line]
+    first = lines[0] if lines else ""
+    named = "changes 2 of the default's runs" in first and "files at the paths they share: results/tables/table_small.csv" in first
+    return f"-n exit {done.returncode}; notice lines: {len(lines)}: {first[:230]!r}; reliability.yaml's: {len(own)}", (
+        done.returncode == 0 and len(lines) == 1 and named and not own)
+
+
+@case("27.7c_other_config_no_dvc_warning", "a run of the finished config regenerated after `dvc commit` (full_ft "
+      "digits seed 0: checkpoint and result JSON agree) warns `dvc` on results/runs/digits/full_ft/seed0.json in that "
+      "config's audit; another config's audit (other.yaml: table_other, LoRA only) passes with --strict: `dvc` gives "
+      "no warning, only information on dvc.lock about what it did not make")
+def other_config_no_dvc_warning(base: Project) -> tuple[str, bool]:
+    from lorarepro.hashing import sha256_dir
+
+    p = base.copy("other_config_no_dvc_warning")
+    other = reduced_config()
+    other["tables"][0].update(id="table_other", methods=["lora_r8"])
+    other["figures"] = []
+    p.path("other.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    ran = p.snakemake(config="other.yaml")
+    regenerated = "results/runs/digits/full_ft/seed0.json"
+    checkpoint = p.path("checkpoints/digits/full_ft/seed0")
+    flip_byte(checkpoint / "model.safetensors")
+    result = json.loads(p.path(regenerated).read_text())
+    result["lineage"]["checkpoint_sha256"] = sha256_dir(checkpoint)  # as a retrain would record it
+    p.path(regenerated).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    _, own = p.audit("--reevaluate", "0")
+    warned = [r["file"] for r in own if r["check"] == "dvc" and r["status"] == "warn"]
+    status, records = p.audit("--strict", "--reevaluate", "1", config="other.yaml")
+    dvc = [(r["status"], r["file"]) for r in records if r["check"] == "dvc" and r["status"] != "pass"]
+    return (f"finished config's dvc warnings: {warned}; other config's run exit {ran.returncode}, its audit --strict "
+            f"exit {status}, dvc beyond pass: {dvc}"), (
+        warned == [regenerated] and ran.returncode == 0 and status == 0 and dvc == [("info", "dvc.lock")])
 
 
 # ----------------------------------------------------------------------------- the matrix
@@ -995,7 +1135,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated case names (default: all)")
     parser.add_argument("--keep", type=Path, help="build in this new directory and keep it")
+    parser.add_argument("--code", type=Path, default=REPO, help="copy the code and workflow (Snakefile, params.yaml, "
+                        "workflow/, src/lorarepro, dvc.yaml, .dvcignore) from this checkout, e.g. an older commit's "
+                        "(default: this one)")
+    parser.add_argument("--out", type=Path, help=f"write the JSON here (default {OUT.relative_to(REPO)}, written "
+                        "only when every case runs)")
     args = parser.parse_args(argv)
+    global CODE
+    CODE = args.code.resolve()
+    missing = [item for item in COPIED if not (CODE / item).exists()]
+    if missing:
+        raise SystemExit(f"--code {args.code}: not a checkout of this project (missing {missing})")
     names = args.only.split(",") if args.only else list(CASES)
     unknown = sorted(set(names) - set(CASES))
     if unknown:
@@ -1009,16 +1159,18 @@ def main(argv: list[str] | None = None) -> int:
             "finished_run": {"config": "reduced (benchmarks/reliability.py reduced_config): 2 tasks (sentiment on the "
                              "tiny T5, digits on the tiny ViT), full_ft, lora_r8 and lora_long, seeds 0 and 1, tiny "
                              "sizes; not the full params.yaml (~8 CPU-minutes)", "seconds": round(seconds, 1)},
+            **({"code": str(CODE)} if CODE != REPO else {}),  # another checkout's code (--code)
             "cases": rows, "passed": sum(r["pass"] for r in rows), "total": len(rows),
             "matrix_seconds": round(time.perf_counter() - start, 1),
         }
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    if not args.only:
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"wrote {OUT}")
+    out = args.out or (None if args.only else OUT)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"wrote {out}")
     print(f"{document['passed']} of {document['total']} cases pass")
     return 0 if document["passed"] == document["total"] else 1
 

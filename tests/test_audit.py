@@ -39,12 +39,12 @@ def cli_audit(*args: str) -> int:
 
 def test_untampered_repository_passes_with_exit_0(repo, capsys):
     assert cli_audit("--reevaluate", "2", "--retrain", "1", "--strict") == 0, capsys.readouterr().out
-    result = json.loads((repo / "results" / "audit" / "audit.small.json").read_text())
+    result = json.loads((repo / "results" / "audit" / "manual" / "audit.small.json").read_text())
     checks = {r["check"] for r in result["records"] if r["status"] == "pass"}
     assert {"tables", "tables.runs", "params", "hashes", "mlflow", "dvc", "checkpoint", "backbone",
             "data", "reevaluate", "retrain"} <= checks
     assert result["counts"]["fail"] == result["counts"]["warn"] == result["counts"]["skip"] == 0
-    report = (repo / "results" / "audit" / "report.small.md").read_text()
+    report = (repo / "results" / "audit" / "manual" / "report.small.md").read_text()
     assert report.startswith("# Audit: PASSED")
     assert "Paper vs reproduced" in report
     paper = next(r for r in result["paper"] if r["method"] == "lora_r8")
@@ -56,7 +56,7 @@ def test_changed_checkpoint_byte_fails_with_exit_1(repo, capsys):
     assert cli_audit() == 1
     out = capsys.readouterr().out
     assert f"FAIL hashes {RUN}" in out and f"FAIL dvc {RUN}" in out
-    report = (repo / "results" / "audit" / "report.small.md").read_text()
+    report = (repo / "results" / "audit" / "manual" / "report.small.md").read_text()
     first = report.split("## Every check (failures first)")[1].strip().splitlines()[0]
     assert first.startswith("- **FAIL**") and "fix:" in first
 

@@ -43,8 +43,8 @@ def cli(*args: str) -> int:
 def audit_records(*args: str) -> list[dict]:
     """`lorarepro audit --configfile small.yaml ARGS` in process; its records."""
     cli("audit", "--configfile", CONFIG, *args)
-    path = Path("results/audit/audit.small.json")  # per config (paths.config_id)
-    return json.loads((path if path.is_file() else Path("results/audit/audit.json")).read_text())["records"]
+    path = Path("results/audit/manual/audit.small.json")  # per config (paths.config_id); apart from the pipeline's
+    return json.loads((path if path.is_file() else Path("results/audit/manual/audit.json")).read_text())["records"]
 
 
 def with_status(records: list[dict], status: str, check: str | None = None) -> list[dict]:

@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     audit = commands.add_parser(
         "audit", help="trace every table cell to its runs and verify every artifact", formatter_class=raw,
-        description="Writes results/audit/report.md and audit.json; exit status 0 only when every check passes.",
+        description="Writes results/audit/manual/report.md and audit.json (the pipeline's own audit, its rule, writes "
+                    "results/audit/report.md and audit.json); exit status 0 only when every check passes.",
         epilog=EXAMPLES)
     _config_arguments(audit)
     audit.add_argument("--reevaluate", type=_count_or_all, metavar="K",
@@ -51,8 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--paper-tolerance", type=float, metavar="X",
                        help="judge reproduced vs paper cells within ±X points (default: shown, not judged)")
     audit.add_argument("--strict", action="store_true", default=None, help="warn and skip fail too")
-    audit.add_argument("--report", help="report path (default results/audit/report.md)")
-    audit.add_argument("--json", help="JSON path (default results/audit/audit.json)")
+    audit.add_argument("--report", help="report path (default results/audit/manual/report.md)")
+    audit.add_argument("--json", help="JSON path (default results/audit/manual/audit.json)")
     evaluate = commands.add_parser(
         "evaluate", help="evaluate finished runs again from their checkpoints (e.g. MT-Bench once a judge is set)",
         description="Rewrites the runs' result JSONs (metrics, not_run, judge) and MLflow metrics; trains nothing. "
@@ -142,6 +143,7 @@ def _load(command: str, args) -> dict | None:
         print(f"lorarepro {command}: {err}", file=sys.stderr)
         return None
     numerics.pin(config["numerics"], config["threads"])  # before the command imports torch
+    paths.select(paths.config_id(args.configfile), config["standalone"])  # where the pipeline put this config's outputs
     return config
 
 
@@ -185,20 +187,28 @@ def audit(args) -> int:
     config = _load("audit", args)
     if config is None:
         return 2
+    # Its own files, never the audit rule's: Snakemake reruns its audit from those files' age alone
+    config_id = paths.config_id(args.configfile)
+    report = Path(args.report) if args.report else paths.manual_audit_report(config_id)
+    document = Path(args.json) if args.json else paths.manual_audit_json(config_id)
+    pipeline = {paths.audit_report(config_id).resolve(), paths.audit_json(config_id).resolve()}
+    taken = next((p for p in (report, document) if p.resolve() in pipeline), None)
+    if taken is not None:
+        print(f"lorarepro audit: {taken} is the pipeline's own audit file (its audit rule writes it); "
+              "choose another --report/--json path", file=sys.stderr)
+        return 2
     from lorarepro import audit as auditing  # deferred: torch, MLflow, DVC, after numerics.pin
     try:
         options = auditing.Options.from_config(
             config, reevaluate=args.reevaluate, sample_seed=args.sample_seed, retrain=args.retrain,
             gpu_tolerance=args.gpu_tolerance, paper_tolerance=args.paper_tolerance, strict=args.strict)
     except (ValueError, TypeError) as err:
-        config_id = paths.config_id(args.configfile)
-        for old in (args.report or paths.audit_report(config_id), args.json or paths.audit_json(config_id)):
-            Path(old).unlink(missing_ok=True)  # no earlier verdict outlives an audit that did not run
+        for old in (report, document):
+            old.unlink(missing_ok=True)  # no earlier verdict outlives an audit that did not run
         print(f"lorarepro audit: {err}", file=sys.stderr)
         return 2
     try:
-        auditing.run_and_write(config, args.report and Path(args.report), args.json and Path(args.json), options,
-                               configfiles=args.configfile)
+        auditing.run_and_write(config, report, document, options, configfiles=args.configfile)
     except auditing.AuditFailed:
         return 1
     return 0
@@ -271,7 +281,7 @@ def crate(args) -> int:
     except (ImportError, FileNotFoundError, ValueError) as err:
         print(f"lorarepro crate: {err}", file=sys.stderr)
         return 1
-    audit_note = "no audit verdict (run lorarepro audit first)" if summary["audit"] is None else \
+    audit_note = "no audit verdict (run the pipeline first: its audit rule writes it)" if summary["audit"] is None else \
         f"audit passed: {summary['audit']['passed']}"
     print(f"wrote {summary['path']}: {summary['runs']} training runs, {len(summary['files'])} files; {audit_note}"
           + (f"; skipped unfinished: {len(summary['skipped'])}" if summary["skipped"] else ""))

@@ -189,6 +189,14 @@ def resources(config: dict, rule: str, task: str | None = None) -> dict:
     return out
 
 
+def own_experiment(config: dict, config_id: str, default: dict) -> str:
+    """A standalone config's MLflow experiment: its own name, or, where it names the embedded default's
+    (`default`: params.yaml as read; e.g. a copy of it made standalone), that name with its config id
+    appended, so that its runs never join the default's experiment."""
+    name = config["mlflow"]["experiment"]
+    return f"{name}-{config_id}" if name == (default.get("mlflow") or {}).get("experiment") else name
+
+
 def backbone_seed(config: dict) -> int:
     """The backbones' own draw; data_seed's value where a config does not set one (older configs)."""
     return config.get("backbone_seed", config["data_seed"])

@@ -8,6 +8,8 @@ rule audit:
         # missing, so their train jobs rerun instead of the audit failing on absent files.
         checkpoint_dirs(RUNS),
     output:
+        # Written by this job only (a manual `lorarepro audit` writes results/audit/manual/): its age
+        # against the inputs alone decides whether the audit runs again.
         json=str(paths.audit_json(CONFIG_ID)),
     params:
         audit=config.get("audit"),  # a changed setting reruns the audit

@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 from lorarepro.data import verify_dataset
@@ -21,10 +20,6 @@ JOBS = jobs_mode(config, workflow.local_exec)
 def train_rule(task, method):
     """The name of the per_method train rule of (task, method)."""
     return f"train__{task}__{method}"
-# This invocation's --configfile files: its tables index, metrics summary and audit carry their
-# names (lorarepro.paths.config_id), so that another config's run never overwrites the default's.
-CONFIGFILES = [os.path.relpath(f) for f in workflow.overwrite_configfiles]
-CONFIG_ID = paths.config_id(CONFIGFILES)
 
 
 def rule_resources(rule):

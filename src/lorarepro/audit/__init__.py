@@ -115,7 +115,7 @@ def run(config: dict, options: Options | None = None, configfiles=()) -> dict:
         records.append(record("dvc", "fail", "dvc.lock", f"not run: {len(special)} input(s) are not regular files "
                               "(see `input`), and DVC would open them", "replace them, then audit again"))
     else:
-        records += _guarded("dvc", dvc_outs.check, runs, consistent)
+        records += _guarded("dvc", dvc_outs.check, runs, consistent, config_id)
     by_table = artifacts.runs_by_table(config, runs)
     records += _guarded("metrics", artifacts.check_metrics, runs)
     made_under = next((r.result["lineage"].get("numerics") for r in runs if r.result and r.result.get("lineage")), None)
@@ -142,7 +142,8 @@ def run(config: dict, options: Options | None = None, configfiles=()) -> dict:
 
 def _read_trees(config: dict) -> list:
     """Everything the audit (and DVC, the hashes, the re-evaluation) may open."""
-    return [paths.RESULTS, "data/prepared", "models", "checkpoints", "mlruns", "mlflow.db", "dvc.lock", "dvc.yaml"]
+    return [paths.RESULTS, paths.DATA / "prepared", paths.MODELS, paths.CHECKPOINTS, "mlruns", "mlflow.db", "dvc.lock",
+            "dvc.yaml"]
 
 
 def _run_dirs(run) -> list:

@@ -7,6 +7,12 @@ result JSON disagrees with the content too (tampering, or a partial restore), an
 result JSON agrees with the content: the outputs were regenerated after the last `dvc commit`
 (e.g. after changing params.yaml). The default pipeline is deterministic, so on a fresh clone its
 checkpoints equal the committed dvc.lock and this check passes.
+
+Scope. dvc.yaml's stage is the embedded default's pipeline, so only the default's audit warns about
+every changed output. Another config's audit judges its own runs (a config merged over params.yaml
+writes them where DVC tracks the default's) and says once, as information, how many tracked outputs
+changed that none of its runs made; a standalone config's outputs (outputs/<config id>/) are outside
+every DVC output: one information record says that DVC was not checked for it.
 """
 
 from __future__ import annotations
@@ -20,12 +26,16 @@ COMMIT = "record the regenerated outputs: `dvc commit` (then commit dvc.lock)"
 SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"  # Snakemake's marker in every directory output
 
 
-def check(runs: list, consistent: set[str], root: str | Path = ".") -> list[dict]:
-    """`consistent`: result JSON paths whose recorded hashes equal the current content."""
+def check(runs: list, consistent: set[str], config_id: str = "", root: str | Path = ".") -> list[dict]:
+    """`consistent`: result JSON paths whose recorded hashes equal the current content; `config_id`:
+    the audited config's (paths.config_id: "" is the embedded default)."""
     root = Path(root)
     if not (root / "dvc.yaml").is_file():
         return [record("dvc", "skip", "dvc.yaml", "not a DVC project: outputs are verified by content hash only",
                        "`dvc init` and add dvc.yaml to version data, backbones and checkpoints")]
+    if paths.root() != Path("."):
+        return [record("dvc", "info", "dvc.yaml", f"DVC tracks the default's outputs (params.yaml); this standalone "
+                       f"config's are under {paths.root()}/, so DVC was not checked for it")]
     if not (root / "dvc.lock").is_file():
         return [record("dvc", "warn", "dvc.lock", "DVC has not recorded these outputs", COMMIT)]
     try:
@@ -48,6 +58,10 @@ def check(runs: list, consistent: set[str], root: str | Path = ".") -> list[dict
             out.append(record("dvc", "fail", run.path, detail + " (and the result JSON disagrees)",
                               "restore the recorded outputs: `dvc checkout` (or `dvc pull`)"))
     rest = {p: k for p, k in changed.items() if p not in claimed}
+    if config_id and rest:  # the default's outputs (or a third config's): their own config's audit judges them
+        first = "; ".join(f"{p} {k}" for p, k in sorted(rest.items())[:4])
+        return out + [record("dvc", "info", "dvc.lock", f"{len(rest)} DVC-tracked output(s) changed that no run of "
+                             f"this config made, not judged for it (the audit of the config that made them does): {first}")]
     for path, kind in sorted(rest.items()):
         out.append(record("dvc", "warn", path, f"{kind} since dvc.lock (no run's artifact)", COMMIT))
     return out

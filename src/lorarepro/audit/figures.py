@@ -21,7 +21,7 @@ def check_figures(config: dict) -> list[dict]:
         return []
     runs = (paths.RESULTS / "runs").resolve()
     with tempfile.TemporaryDirectory(prefix="lorarepro-figures-") as tmp:
-        (Path(tmp) / paths.RESULTS).mkdir()
+        (Path(tmp) / paths.RESULTS).mkdir(parents=True)  # a standalone config's: outputs/<id>/results
         if runs.is_dir():
             os.symlink(runs, Path(tmp) / paths.RESULTS / "runs")
         with contextlib.chdir(tmp):

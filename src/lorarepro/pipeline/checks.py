@@ -1,8 +1,15 @@
 """Config checks that need the reporting layer, which the domain's `experiment.check` may not
 import: the Snakefile runs them before any job (so `snakemake -n` already fails), the CLI after
-loading a config."""
+loading a config; and what a config merged over params.yaml would replace of the default's files."""
 
-from lorarepro.config import ConfigError
+import json
+from pathlib import Path
+
+from lorarepro import paths
+from lorarepro.config import ConfigError, column, read, reported_runs, specs
+from lorarepro.experiment import run_specs
+
+SHOWN = 3  # paths named in the notice; the rest are counted
 
 
 def check_reporting(config: dict) -> None:
@@ -22,3 +29,49 @@ def check_reporting(config: dict) -> None:
             key = f"figures.{spec['id']}.kind" if "kind" in spec else f"figures.{spec['id']}"
             raise ConfigError(f"config key '{key}': no figure kind '{kind}' (known: {sorted(FIGURES)}); a figure is "
                               "drawn by its `kind`, which defaults to its id")
+
+
+def replaced_defaults(config: dict, runs: dict, config_id: str) -> str | None:
+    """One line naming the embedded default's files (params.yaml's runs, tables and figures) that this
+    config, merged over params.yaml, would replace at the paths they share; None when it replaces none.
+    `runs`: this config's resolved runs (experiment.check). A seed counts where its (task, method)
+    resolves to other settings than the default's and its result JSON holds the default's run now:
+    its record, loss history, flatness and checkpoint, and the tables and figures of the same id as
+    the default's that read it."""
+    default = read(paths.PARAMS)
+    theirs, seeds = run_specs(default), reported_runs(default)
+    ours = reported_runs(config)
+    changed, files = set(), []
+    for pair in sorted(runs.keys() & theirs.keys()):
+        if runs[pair].as_dict() == theirs[pair].as_dict():
+            continue
+        for seed in sorted(set(ours[pair]) & set(seeds[pair])):
+            if _recorded(paths.run_result(*pair, seed)) == theirs[pair].as_dict():  # the default's run, not yet replaced
+                changed.add(pair)
+                files += [p for p in (paths.run_result(*pair, seed), paths.run_history(*pair, seed),
+                                      paths.run_sharpness(*pair, seed), paths.checkpoint_dir(*pair, seed)) if p.exists()]
+    shown = []
+    for kind, where, variants in (("tables", paths.table, ("", "_significance", "_cost")), ("figures", paths.figure, ("",))):
+        for name, spec in specs(config, kind).items():
+            if name in specs(default, kind) and any((column(t)[0], m) in changed for t in spec["tasks"] for m in spec["methods"]):
+                shown += [p for v in variants for p in sorted(where(name + v, "*").parent.glob(f"{name}{v}.*"))]
+    files = shown + files  # the tables first: what a reader of the default looks at
+    if not files:
+        return None
+    return (f"WARNING: config '{config_id}' changes {len(changed)} of the default's runs (params.yaml: "
+            f"{_first([f'{t}/{m}' for t, m in sorted(changed)])}) and will replace {len(files)} of the default's files "
+            f"at the paths they share: {_first(files)}; a complete config with `standalone: true` writes under "
+            f"{paths.OUTPUTS / config_id}/ instead")
+
+
+def _first(items: list) -> str:
+    more = f" and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
+    return ", ".join(str(i) for i in items[:SHOWN]) + more
+
+
+def _recorded(path: Path) -> dict | None:
+    """The run settings a result JSON records (its `config`), or None when it is absent or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("config")
+    except (OSError, ValueError, AttributeError):
+        return None
