@@ -10,7 +10,7 @@ from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
-from lorarepro.config import read_yaml
+from lorarepro.core.config import read_yaml
 
 min_version("9.0")
 
@@ -36,20 +36,20 @@ if workflow.config_settings.overwrite_config.get("standalone"):
 
 validate(config, "workflow/schemas/params.schema.yaml")
 
-from lorarepro import numerics
+from lorarepro.core import numerics
 
 # Before anything imports torch: this process's environment reaches every job, the warm server and
 # torchrun's ranks (a cluster job parses this file again and pins itself).
 numerics.pin(config["numerics"], config["threads"])
 
-from lorarepro import paths
-from lorarepro.config import (backbone_seed, check_local, claim_comparisons, jobs_mode, own_experiment, reported_runs,
+from lorarepro.core import paths
+from lorarepro.core.config import (backbone_seed, check_local, claim_comparisons, jobs_mode, own_experiment, reported_runs,
                               resources, sharpness_runs, specs, train_priorities)
-from lorarepro.experiment import check
+from lorarepro.domain.experiment import check
 from lorarepro.pipeline.checks import check_reporting, replaced_defaults
 
 # This invocation's --configfile files: its tables index, metrics summary, claims and audit carry their
-# names (lorarepro.paths.config_id), so that another config's run never overwrites the default's; a
+# names (lorarepro.core.paths.config_id), so that another config's run never overwrites the default's; a
 # standalone config writes everything under outputs/<config id>/ (chosen here, once: jobs inherit it).
 CONFIGFILES = [os.path.relpath(f) for f in workflow.overwrite_configfiles]
 CONFIG_ID = paths.config_id(CONFIGFILES)

@@ -123,7 +123,7 @@ def profile(log: str, clone: Path, cores: int) -> dict:
 
 
 def numerics_of(clone: Path) -> dict | None:
-    """The numerics fingerprint the run's records were made under (lorarepro.numerics)."""
+    """The numerics fingerprint the run's records were made under (lorarepro.core.numerics)."""
     for path in sorted((clone / "results" / "runs").rglob("seed*.json")):
         if not path.name.endswith(".sharpness.json"):
             return json.loads(path.read_text()).get("lineage", {}).get("numerics")

@@ -1,10 +1,10 @@
 """Step-time and memory overhead of Flat-LoRA (exact, in-place) and SAM-W over LoRA.
 
-Cost model (lorarepro.methods.flat): one noise draw is O(m*n) random numbers; a pass through the layer is
+Cost model (lorarepro.domain.methods.flat): one noise draw is O(m*n) random numbers; a pass through the layer is
 O(tokens*m*n) FLOPs. So the overhead depends on the tokens per micro-batch and, for the in-place mode
 (two draws per optimizer step, not per micro-batch), on gradient accumulation. This script measures
-that dependence with the real implementations (lorarepro.methods.flat.FlatLoRA, lorarepro.methods.sam.SAM)
-driven by the real training loop (lorarepro.training.loop.train_steps) on one of three models (`--model`):
+that dependence with the real implementations (lorarepro.domain.methods.flat.FlatLoRA, lorarepro.domain.methods.sam.SAM)
+driven by the real training loop (lorarepro.stages.training.loop.train_steps) on one of three models (`--model`):
 - `stack` (default): a PEFT-LoRA stack of linears shaped like Llama-2-7B's MLP (4096 <-> 11008), scaled
   down; a sweep over tokens per micro-batch;
 - `llama-2-7b`: the full Llama-2-7B architecture built from its config (transformers' LlamaConfig,
@@ -46,10 +46,10 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from lorarepro.atomic import temp_sibling, write_json
-from lorarepro.training.loop import train_steps
-from lorarepro.methods.flat import FlatLoRA
-from lorarepro.methods.sam import SAM
+from lorarepro.core.atomic import temp_sibling, write_json
+from lorarepro.stages.training.loop import train_steps
+from lorarepro.domain.methods.flat import FlatLoRA
+from lorarepro.domain.methods.sam import SAM
 
 METHODS = ("lora", "flat_exact", "flat_inplace", "sam_w")
 OUT_DIR = Path("results/benchmarks")
@@ -66,7 +66,7 @@ MODELS = ("stack", *LLAMA)
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 OUT_NAME = {"stack": "flat_overhead", "llama-2-7b": "flat_overhead_7b", "tiny": "flat_overhead_tiny"}
 # Targets at 2,048 tokens per micro-batch: (method, accumulation, limit on time_ratio); the stack's are
-# CPU limits, the 7B's GPU limits (the cost model in lorarepro.methods.flat), with its limit on extra peak memory.
+# CPU limits, the 7B's GPU limits (the cost model in lorarepro.domain.methods.flat), with its limit on extra peak memory.
 TARGETS = {"stack": (("flat_exact", 1, 1.25), ("flat_inplace", 16, 1.05)),
            "llama-2-7b": (("flat_exact", 1, 1.10), ("flat_inplace", 8, 1.02))}
 MEMORY_LIMIT_GB = {"llama-2-7b": 0.12}

@@ -11,7 +11,7 @@
 `run` copies the workflow twice into a temporary directory and runs `snakemake --profile
 workflow/profiles/gpu-local --resources gpu=<visible GPUs>` in each from scratch (local execution, so
 jobs start warm: lorarepro.pipeline.warm), then compares the two: every run's result and sharpness JSON
-without its volatile keys (lorarepro.records; the checkpoint's sha256 is among what is kept, so the
+without its volatile keys (lorarepro.domain.records; the checkpoint's sha256 is among what is kept, so the
 weights must match bit for bit) and loss history. Files derived from timings (table_sam's ms/step,
 the overhead claim) differ between any two runs and are listed apart. Writes
 results/benchmarks/gpu_pipeline.json: the GPU, the device every training job reports, wall seconds,
@@ -108,7 +108,7 @@ def device() -> dict:
 
 def pipeline(root: Path, gpus: int, cores: int | None, configfile: str | None) -> dict:
     """The pipeline from scratch in `root` with the gpu-local profile: wall seconds, jobs, what the jobs report."""
-    from lorarepro import records
+    from lorarepro.domain import records
 
     cmd = [sys.executable, "-m", "snakemake", "--profile", PROFILE, "--resources", f"gpu={gpus}"]
     cmd += ["--cores", str(cores)] if cores else []

@@ -1,8 +1,8 @@
 """What portable numerics cost, and what each candidate setting gives: the pretraining of the embedded
-ViT and T5 backbones (their real code, lorarepro.backbone.pretrain, shortened to --steps) under
+ViT and T5 backbones (their real code, lorarepro.stages.backbone.pretrain, shortened to --steps) under
 
 - native: torch's own choices on this CPU (ATen's best kernels, MKL's automatic dispatch, oneDNN on);
-- portable: lorarepro.numerics as shipped (ATen AVX2, MKL CNR COMPATIBLE, oneDNN off, NumPy x86-64-v3);
+- portable: lorarepro.core.numerics as shipped (ATen AVX2, MKL CNR COMPATIBLE, oneDNN off, NumPy x86-64-v3);
 - portable-scalar: the same with ATen's `default` (non-vectorised) kernels, the floor every x86-64 CPU has;
 - native-mkl-avx2: native with MKL_CBWR=AVX2 (cheap, but MKL documents it as reproducible on Intel CPUs
   only: on others it falls back to automatic dispatch), to show what that branch would save.
@@ -36,7 +36,7 @@ SETTINGS = {  # name -> (numerics mode, extra environment)
 CHILD = """
 import json, sys, time, yaml
 from pathlib import Path
-from lorarepro import numerics
+from lorarepro.core import numerics
 mode, name, steps, override, workdir = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]), Path(sys.argv[5])
 numerics.pin(mode, 1)
 import os
@@ -45,9 +45,9 @@ import torch
 torch.set_num_threads(1)
 torch.backends.mkldnn.enabled = mode != "portable"  # as numerics.apply, without its check of the (varied) pin
 torch.use_deterministic_algorithms(True)
-from lorarepro import families
-from lorarepro.backbone import pretrain
-from lorarepro.data import prepare_pretext
+from lorarepro.domain import families
+from lorarepro.stages.backbone import pretrain
+from lorarepro.domain.data import prepare_pretext
 cfg = yaml.safe_load(open("params.yaml"))["backbones"][name]
 cfg["pretrain"]["steps"] = steps
 pretext = workdir / f"pretext-{name}"
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
             native = results[backbone]["native"]["median_seconds"]
             for entry in results[backbone].values():
                 entry["vs_native"] = round(entry["median_seconds"] / native, 3)
-    out = {"what": "backbone pretraining steps under each numerics setting (lorarepro.numerics)", "steps": args.steps,
+    out = {"what": "backbone pretraining steps under each numerics setting (lorarepro.core.numerics)", "steps": args.steps,
            "repeats": args.repeats, "machine": machine(), "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")

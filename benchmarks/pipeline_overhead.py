@@ -48,7 +48,7 @@ def probe_job(args: dict) -> None:
     from lorarepro.pipeline.jobs import logged
 
     with logged(args["log"]):
-        import lorarepro.training.train as train
+        import lorarepro.stages.training.train as train
 
         def first_step(*_args, **_kwargs):
             cpu = os.times()
@@ -56,7 +56,7 @@ def probe_job(args: dict) -> None:
             raise SystemExit(0)
 
         train.train_steps = first_step
-        from lorarepro.experiment import resolve_run
+        from lorarepro.domain.experiment import resolve_run
 
         config = yaml.safe_load(open(args["config"]))
         train.train_task_method(config, resolve_run(config, "sentiment", "lora_r8"))
@@ -166,7 +166,7 @@ def startup_times(repo: Path, config: str, repeats: int) -> dict:
 
     sys.path.insert(0, str(ROOT / "src"))
     from lorarepro.pipeline import warm
-    from lorarepro.config import deep_merge
+    from lorarepro.core.config import deep_merge
 
     cfg = yaml.safe_load((repo / config).read_text()) if config != "params.yaml" else {}
     merged = repo / ".benchmark_config.yaml"
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["noop_rerun_seconds"] = noop_times(repo, config, args.repeats)
         report["job_startup_seconds"] = startup_times(repo, config, args.repeats)
     report["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
-    from lorarepro.atomic import write_json
+    from lorarepro.core.atomic import write_json
 
     write_json(Path(args.out), report)
     print(json.dumps(report, indent=2))

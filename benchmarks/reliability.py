@@ -161,8 +161,8 @@ def mtimes(project: Project, *dirs: str) -> dict[Path, int]:
 
 
 def stable(path: Path) -> dict:
-    """A result JSON without its volatile keys (lorarepro.records.stable): what two identical runs share."""
-    from lorarepro import records
+    """A result JSON without its volatile keys (lorarepro.domain.records.stable): what two identical runs share."""
+    from lorarepro.domain import records
 
     return records.stable(json.loads(path.read_text()))
 
@@ -300,7 +300,7 @@ def data_file_edited(base: Project) -> tuple[str, bool]:
 def data_regenerated_other_seed(base: Project) -> tuple[str, bool]:
     p = base.copy("data_regenerated_other_seed")
     cfg = reduced_config()
-    script = ("import sys, json; from lorarepro.data import prepare_task; "
+    script = ("import sys, json; from lorarepro.domain.data import prepare_task; "
               "prepare_task('digits', json.loads(sys.argv[1]), int(sys.argv[2]), 'data/prepared/digits')")
     check(p.sh(sys.executable, "-c", script, json.dumps(cfg["tasks"]["digits"]), str(cfg["data_seed"] + 1)), "prepare_task")
     status, records = p.audit()
@@ -534,17 +534,17 @@ def prefixless_encoder(base: Project) -> tuple[str, bool]:
 
 
 ENCODER_SCRIPT = r'''
-from lorarepro import numerics
+from lorarepro.core import numerics
 numerics.pin("portable", 1)  # before torch starts, as every lorarepro process
 import json, copy, yaml, pandas as pd
 from pathlib import Path
 from transformers import BertConfig, BertModel
 from lorarepro.audit import artifacts, rerun
-from lorarepro.backbone import build
-from lorarepro.data import prepare_task
-from lorarepro.experiment import resolve_run
-from lorarepro.families.common import build_tokenizer
-from lorarepro.training.train import train_one
+from lorarepro.stages.backbone import build
+from lorarepro.domain.data import prepare_task
+from lorarepro.domain.experiment import resolve_run
+from lorarepro.domain.families.common import build_tokenizer
+from lorarepro.stages.training.train import train_one
 
 tok = build_tokenizer(["the", "cat", "dog", "sat", "ran", "a", "mat", "park"])
 BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -622,7 +622,7 @@ def _forge_metric(p: Project, result_path: str, shift: float, rewrite_history: b
     MLflow's API (a new value logged) or, with `rewrite_history`, in its database (every logged value)."""
     from mlflow.tracking import MlflowClient
 
-    from lorarepro.tracking import run_metrics  # MLflow's name of the test metric (e.g. test_accuracy)
+    from lorarepro.core.tracking import run_metrics  # MLflow's name of the test metric (e.g. test_accuracy)
 
     path = p.path(result_path)
     result = json.loads(path.read_text())
@@ -810,7 +810,7 @@ def _with_rank(cfg: dict, rank: int) -> dict:
 @case("17.10e_headerless_glue_tsv", "a headerless GLUE TSV (CoLA) named by header fields: the error says the file is "
       "read by position and how to name its fields")
 def headerless_glue_tsv(base: Project) -> tuple[str, bool]:
-    from lorarepro.data import prepare_task
+    from lorarepro.domain.data import prepare_task
 
     work = base.root.parent / "headerless_glue_tsv"
     (work / "CoLA").mkdir(parents=True)
@@ -896,7 +896,7 @@ def mlflow_set_tag_forgery(base: Project) -> tuple[str, bool]:
 def mlflow_log_metric_with_tag(base: Project) -> tuple[str, bool]:
     from mlflow.tracking import MlflowClient
 
-    from lorarepro.tracking import EVALUATED_AGAIN, run_metrics
+    from lorarepro.core.tracking import EVALUATED_AGAIN, run_metrics
 
     p = base.copy("mlflow_log_metric_with_tag")
     result = json.loads(p.path(FULL0).read_text())
@@ -1087,7 +1087,7 @@ def merging_config_notice(base: Project) -> tuple[str, bool]:
       "config's audit; another config's audit (other.yaml: table_other, LoRA only) passes with --strict: `dvc` gives "
       "no warning, only information on dvc.lock about what it did not make")
 def other_config_no_dvc_warning(base: Project) -> tuple[str, bool]:
-    from lorarepro.hashing import sha256_dir
+    from lorarepro.core.hashing import sha256_dir
 
     p = base.copy("other_config_no_dvc_warning")
     other = reduced_config()

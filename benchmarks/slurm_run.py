@@ -117,9 +117,9 @@ def granted(run_id: str) -> list[dict]:
 
 def differences(local: Path, other: Path) -> list[str]:
     """What differs between two runs' results/: run and sharpness JSONs compared without their
-    volatile keys (lorarepro.records); the audit and report captions with MLflow run ids masked
+    volatile keys (lorarepro.domain.records); the audit and report captions with MLflow run ids masked
     (each run has its own); every other file (tables, metrics, claims, histories, figures) byte for byte."""
-    from lorarepro import records
+    from lorarepro.domain import records
 
     def files(root: Path) -> set[Path]:
         return {p.relative_to(root) for p in (root / "results").rglob("*") if p.is_file()}
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_seconds": {"slurm": slurm["wall_seconds"], "local": local["wall_seconds"]},
         "identical_to_local": not diff,
         "differences": diff,
-        "compared": "results/: run and sharpness JSONs without volatile keys (lorarepro.records.stable), audit and "
+        "compared": "results/: run and sharpness JSONs without volatile keys (lorarepro.domain.records.stable), audit and "
                     "captions with MLflow run ids masked, everything else byte for byte",
         "cluster": {"node": nodes[0] if nodes else None, "partition": partition(), "slurm": slurm_version(),
                     "status_flags": list(CLUSTER_FLAGS)},

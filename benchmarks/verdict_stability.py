@@ -48,12 +48,12 @@ OUT_DIR = REPO / "results" / "benchmarks"
 REFERENCE = "reference"
 OVERRIDES = "stability.yaml"
 DEFAULT_BACKBONE_SEEDS = [1235]
-BACKBONE_MARKER = "lorarepro_backbone.json"  # lorarepro.paths.BACKBONE_MARKER (the clone's own package is not importable here)
+BACKBONE_MARKER = "lorarepro_backbone.json"  # lorarepro.core.paths.BACKBONE_MARKER (the clone's own package is not importable here)
 CLAIM_FIELDS = ("verdict", "effect", "ci95", "p", "mde", "role")
 # lorarepro.reporting.claims.COST_MEASURES, for a claims.json from before claims_cost.json: verdicts on
 # a measured cost, which can move with the run, not only with the numerics
 TIME_MEASURES = ("time_overhead", "time_saving", "memory_overhead")
-# Variables lorarepro.numerics sets or the libraries it pins read: inherited ones must not leak into a condition
+# Variables lorarepro.core.numerics sets or the libraries it pins read: inherited ones must not leak into a condition
 NUMERICS_ENV = ("LORAREPRO_NUMERICS", "ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA",
                 "NPY_DISABLE_CPU_FEATURES", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # The benchmark's own session (an MLflow server, a parent run, a warm job server) is not the clone's

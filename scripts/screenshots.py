@@ -2,7 +2,7 @@
 MLflow's runs (table, and charts of score and cost), the pipeline's run, one training run, and a
 table in the Snakemake report.
 
-Starts `mlflow ui` on the project's store (lorarepro.tracking.mlflow_client: MLFLOW_TRACKING_URI or
+Starts `mlflow ui` on the project's store (lorarepro.core.tracking.mlflow_client: MLFLOW_TRACKING_URI or
 the config's, default sqlite:///mlflow.db) on a free local port, and photographs it with headless
 Chromium (`apt-get install -y chromium`). Makes results/report.html first if it is missing.
 
@@ -24,8 +24,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from lorarepro import paths, tracking
-from lorarepro.config import read_yaml
+from lorarepro.core import paths, tracking
+from lorarepro.core.config import read_yaml
 
 REPORT = Path("results/report.html")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorarepro import numerics
+from lorarepro.core import numerics
 
 # The suite computes as the default pipeline does (params.yaml: portable, one thread): pinned before
 # torch is first imported, so a test may call training code in this process.
@@ -18,7 +18,7 @@ import torch  # noqa: E402  (after the pinning, on purpose)
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A local copy of FastChat's llm_judge data files at the pinned commit (lorarepro.pinned.FASTCHAT_COMMIT),
+# A local copy of FastChat's llm_judge data files at the pinned commit (lorarepro.core.pinned.FASTCHAT_COMMIT),
 # for the tests that compare with them verbatim: judge_prompts.jsonl, question.jsonl and
 # reference_answer/gpt-4.jsonl (or the flattened reference_answer_gpt-4.jsonl). Without it those tests skip.
 FASTCHAT_ENV = "LORAREPRO_FASTCHAT_DATA"
@@ -187,7 +187,7 @@ def repo(finished, tmp_path, monkeypatch):
 def run_audit(**options) -> dict:
     """The audit of the finished pipeline's config, in process (default: no re-evaluation)."""
     from lorarepro import audit
-    from lorarepro.experiment import load
+    from lorarepro.domain.experiment import load
 
     config = load("params.yaml", FINISHED_CONFIG)
     return audit.run(config, audit.Options.from_config(config, **{"reevaluate": 0, **options}), [FINISHED_CONFIG])

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from lorarepro.experiment import DISTRIBUTED as DEFAULTS
-from lorarepro.training.ranks import Ranks, accelerator
-from lorarepro.training.loop import step_plan, train_steps
-from lorarepro.methods.flat import FlatLoRA
-from lorarepro.methods.sam import SAM
+from lorarepro.domain.experiment import DISTRIBUTED as DEFAULTS
+from lorarepro.stages.training.ranks import Ranks, accelerator
+from lorarepro.stages.training.loop import step_plan, train_steps
+from lorarepro.domain.methods.flat import FlatLoRA
+from lorarepro.domain.methods.sam import SAM
 
 
 class Tiny(nn.Module):
@@ -85,7 +85,7 @@ def main(out: str) -> None:
         with open(out, "w") as fh:
             json.dump({"world": ranks.world, "perturbed_spread": spread_w, "adapter_spread": spread_lora,
                        "noise_abs_sum": noise, "sam_gap": sam_gap, "sam_moved": sam_moved}, fh)
-    dist.barrier()  # destroy together (see lorarepro.training.ranks.Ranks.close)
+    dist.barrier()  # destroy together (see lorarepro.stages.training.ranks.Ranks.close)
     dist.destroy_process_group()
 
 

@@ -1,13 +1,13 @@
-"""Adapter kinds (lorarepro.methods.lora): which kind an `adapter:` entry selects through the one
+"""Adapter kinds (lorarepro.domain.methods.lora): which kind an `adapter:` entry selects through the one
 registry, and what each kind answers the trainer (resumable, init gradient steps, optimizer groups,
 callbacks, the module the loop calls, what saving needs), on tiny models without training."""
 
 import pytest
 import torch
 
-from lorarepro.methods import lora
-from lorarepro.registry import UnknownName
-from lorarepro.training.loop import make_optimizer
+from lorarepro.domain.methods import lora
+from lorarepro.core.registry import UnknownName
+from lorarepro.stages.training.loop import make_optimizer
 
 LORA = {"type": "lora", "r": 2, "alpha": 4}
 ENTRIES = {

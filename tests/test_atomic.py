@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from lorarepro import atomic, paths
-from lorarepro.atomic import OutputError, atomic_dir, write_json, write_text
-from lorarepro.experiment import resolve_run
-from lorarepro.training.train import train_one
+from lorarepro.core import atomic, paths
+from lorarepro.core.atomic import OutputError, atomic_dir, write_json, write_text
+from lorarepro.domain.experiment import resolve_run
+from lorarepro.stages.training.train import train_one
 
 
 def _disk_full(*args, **kwargs):
@@ -48,7 +48,7 @@ def test_other_errors_pass_through_unchanged(tmp_path):
 
 READ_ONLY_WRITE = """
 import os, sys
-from lorarepro.atomic import OutputError, write_text
+from lorarepro.core.atomic import OutputError, write_text
 os.setgid(65534); os.setuid(65534)  # nobody: root ignores directory permissions
 try:
     write_text(sys.argv[1], "x")

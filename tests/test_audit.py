@@ -32,7 +32,7 @@ RUN = "results/runs/digits/lora_r8/seed0.json"
 
 def cli_audit(*args: str) -> int:
     """`lorarepro audit --configfile small.yaml ...` in process (the pipeline ran the real command)."""
-    from lorarepro.cli import main
+    from lorarepro.pipeline.cli import main
 
     return main(["audit", "--configfile", "small.yaml", *args])
 
@@ -85,8 +85,8 @@ def test_edited_table_cell(repo):
 
 
 def test_data_regenerated_with_another_seed(repo, params):
-    from lorarepro import paths
-    from lorarepro.data import prepare_task
+    from lorarepro.core import paths
+    from lorarepro.domain.data import prepare_task
 
     cfg = finished_config(params)
     prepare_task("digits", cfg["tasks"]["digits"], cfg["data_seed"] + 1, paths.prepared_dir("digits"))
@@ -139,7 +139,7 @@ def test_snakemake_report_holds_every_table_figure_caption_and_the_audit(repo):
 
 def test_outputs_regenerated_after_dvc_commit_warn_rather_than_fail(repo):
     """DVC's record is stale but the result JSON agrees with the content: `dvc commit`, not tampering."""
-    from lorarepro.hashing import sha256_dir
+    from lorarepro.core.hashing import sha256_dir
 
     ckpt = repo / "checkpoints/digits/lora_r8/seed0"
     flip_byte(ckpt / "adapter_model.safetensors")

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from lorarepro import paths, records
+from lorarepro.core import paths
+from lorarepro.domain import records
 from lorarepro.audit import exclusions, identity, sharpness_records
 from lorarepro.audit.artifacts import Run
 from conftest import failing, run_audit

@@ -50,7 +50,7 @@ def test_report_lists_failures_first_with_file_and_fix():
 
 
 def test_cli_refuses_a_bad_config_with_exit_2(tmp_path, monkeypatch, capsys):
-    from lorarepro.cli import main
+    from lorarepro.pipeline.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["audit"]) == 2

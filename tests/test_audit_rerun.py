@@ -22,14 +22,14 @@ TABLE = "results/tables/table_small.csv"
 @pytest.fixture
 def here(repo, monkeypatch):
     """The finished pipeline's copy, with this process's output root the repository's (the CLI selects it)."""
-    from lorarepro import paths
+    from lorarepro.core import paths
 
     monkeypatch.setenv(paths.ROOT_ENV, ".")
     return repo
 
 
 def cli_audit(*args: str) -> int:
-    from lorarepro.cli import main
+    from lorarepro.pipeline.cli import main
 
     return main(["audit", "--configfile", FINISHED_CONFIG, "--reevaluate", "0", *args])
 

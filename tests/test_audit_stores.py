@@ -86,7 +86,7 @@ def test_set_tag_after_the_run_with_a_matching_record_fails_against_the_logged_r
 
 @pytest.mark.slow
 def test_log_metric_with_the_evaluated_again_tag_is_re_evaluated_and_fails(repo):
-    from lorarepro.tracking import EVALUATED_AGAIN
+    from lorarepro.core.tracking import EVALUATED_AGAIN
 
     run = "results/runs/digits/full_ft/seed0.json"
     result = json.loads((repo / run).read_text())

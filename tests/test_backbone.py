@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from lorarepro import families, paths
-from lorarepro.backbone import copy_local
-from lorarepro.hashing import sha256_dir
+from lorarepro.core import paths
+from lorarepro.domain import families
+from lorarepro.stages.backbone import copy_local
+from lorarepro.core.hashing import sha256_dir
 
 
 @pytest.mark.parametrize("backbone, family", [("t5-tiny", "nlu"), ("vit-tiny", "vision"), ("llama-tiny", "generation")])
@@ -21,7 +22,7 @@ def test_pretrained_backbone_is_a_complete_hf_directory(workspace, backbone, fam
     if fam.TEXT:
         assert (bdir / "tokenizer.json").is_file()
     task = next(t for t, c in workspace["tasks"].items() if c["family"] == family)
-    from lorarepro.data import load_manifest
+    from lorarepro.domain.data import load_manifest
 
     model, tokenizer = fam.load_for_task(bdir, load_manifest(paths.prepared_dir(task)))
     assert sum(p.numel() for p in model.parameters()) > 10_000

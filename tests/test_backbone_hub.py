@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorarepro import backbone, paths
-from lorarepro.experiment import resolve_run
+from lorarepro.core import paths
+from lorarepro.stages import backbone
+from lorarepro.domain.experiment import resolve_run
 
 
 def fake_snapshot(hub_dir):
@@ -38,10 +39,10 @@ def test_hub_backbone_keeps_safetensors_and_drops_pickles(workspace, tmp_path, m
 
 
 def test_bf16_backbone_with_fp32_adapters_trains(workspace):
-    from lorarepro import families
-    from lorarepro.data import load_manifest, load_split
-    from lorarepro.methods.flat import FlatLoRA
-    from lorarepro.training.train import load_model, wrap_adapter
+    from lorarepro.domain import families
+    from lorarepro.domain.data import load_manifest, load_split
+    from lorarepro.domain.methods.flat import FlatLoRA
+    from lorarepro.stages.training.train import load_model, wrap_adapter
 
     cfg = {**workspace, "backbones": {**workspace["backbones"], "llama-tiny": {**workspace["backbones"]["llama-tiny"], "dtype": "bfloat16"}}}
     run = resolve_run(cfg, "arithmetic", "flat_lora_r8")
@@ -67,8 +68,8 @@ def test_pristine_weights_are_read_from_sharded_checkpoints(workspace, tmp_path)
     """Hub models of 7B ship as model-0000k-of-0000n.safetensors; in-place Flat restores from all shards."""
     from transformers import LlamaForCausalLM
 
-    from lorarepro.methods import lora
-    from lorarepro.checkpoints import backbone_weights as pristine_targets
+    from lorarepro.domain.methods import lora
+    from lorarepro.domain.checkpoints import backbone_weights as pristine_targets
 
     model = LlamaForCausalLM.from_pretrained(str(paths.backbone_dir("llama-tiny")))
     model.save_pretrained(tmp_path / "sharded", max_shard_size="40KB", safe_serialization=True)

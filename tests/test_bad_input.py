@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import ROOT
-from lorarepro import paths
-from lorarepro.config import ConfigError
-from lorarepro.experiment import resolve_run, validate
-from lorarepro.training.train import train_one
+from lorarepro.core import paths
+from lorarepro.core.config import ConfigError
+from lorarepro.domain.experiment import resolve_run, validate
+from lorarepro.stages.training.train import train_one
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_corrupt_parquet_fails_at_job_start_naming_it(scratch, damage):
 
 
 def test_unreadable_parquet_names_the_file(tmp_path):
-    from lorarepro.data import load_split
+    from lorarepro.domain.data import load_split
 
     (tmp_path / "train.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(ValueError, match=f"cannot read parquet file {tmp_path / 'train.parquet'}"):
@@ -85,8 +85,8 @@ def test_trust_remote_code_only_when_the_backbone_entry_says_so(workspace, tmp_p
     (tests/test_faults.py plants code behind such a claim)."""
     from transformers import AutoTokenizer
 
-    from lorarepro.backbone import copy_local
-    from lorarepro.families import common
+    from lorarepro.stages.backbone import copy_local
+    from lorarepro.domain.families import common
 
     source = paths.backbone_dir("t5-tiny").resolve()
     monkeypatch.chdir(tmp_path)

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lorarepro import paths
+from lorarepro.core import paths
 from lorarepro.audit.tables import check_tables
-from lorarepro.config import ConfigError, read_claims
+from lorarepro.core.config import ConfigError, read_claims
 from lorarepro.reporting import claims, tables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,7 +204,7 @@ def test_the_claims_file_is_checked(tmp_path):
 def test_every_claim_measure_the_claims_file_accepts_is_registered():
     """A claims file's `measure` is checked against config.CLAIM_MEASURES before any run (the
     foundation cannot import reporting); each must have its registered function and its unit."""
-    from lorarepro.config import CLAIM_MEASURES
+    from lorarepro.core.config import CLAIM_MEASURES
     from lorarepro.reporting.claims import MEASURES, UNITS
 
     assert set(MEASURES) == set(CLAIM_MEASURES) == set(UNITS)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from lorarepro import paths
+from lorarepro.core import paths
 from lorarepro.reporting import claims
 from test_claims import SEEDS, config, write_run
 

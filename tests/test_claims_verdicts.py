@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from lorarepro import paths
-from lorarepro.config import ConfigError
-from lorarepro.hashing import sha256_file
+from lorarepro.core import paths
+from lorarepro.core.config import ConfigError
+from lorarepro.core.hashing import sha256_file
 from lorarepro.reporting import claims
 from test_claims import SEEDS, config, gains, write_run
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lorarepro import cli
+from lorarepro.pipeline import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,8 @@ import copy
 import pytest
 import yaml
 
-from lorarepro.config import ConfigError, deep_merge
-from lorarepro.experiment import load, resolve_run, validate
+from lorarepro.core.config import ConfigError, deep_merge
+from lorarepro.domain.experiment import load, resolve_run, validate
 
 
 def test_params_yaml_is_valid(params):

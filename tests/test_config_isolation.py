@@ -1,5 +1,5 @@
 """Issue 27, a config never silently replaces another's results: a standalone config writes everything
-under outputs/<config id>/ (lorarepro.paths.select), a config merged over params.yaml that changes a
+under outputs/<config id>/ (lorarepro.core.paths.select), a config merged over params.yaml that changes a
 run of the default's is told once, at the DAG, which of the default's files it would replace, and the
 audit's DVC check judges only what the audited config made."""
 
@@ -17,7 +17,7 @@ import yaml
 from conftest import FINISHED_CONFIG, finished_config, run_audit
 from workspace import run_as_user, user_env
 
-from lorarepro import paths
+from lorarepro.core import paths
 
 DEFAULT_TREES = ("results", "checkpoints", "data", "models", "logs")
 NOTICE = re.compile(r"^WARNING: config '.*' changes", flags=re.M)
@@ -42,7 +42,7 @@ def hashes(root: Path) -> dict[str, str]:
 
 
 def test_importing_paths_changes_nothing(tmp_path):
-    code = ("import os; before = dict(os.environ); from lorarepro import paths; "
+    code = ("import os; before = dict(os.environ); from lorarepro.core import paths; "
             "assert dict(os.environ) == before and not os.listdir('.'); print(paths.RESULTS)")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                           env={k: v for k, v in user_env(src=True).items() if k != paths.ROOT_ENV})
@@ -61,13 +61,13 @@ def test_a_standalone_config_alone_gets_its_own_root_and_jobs_inherit_it(default
     # the default's committed records and the content-addressed caches stay where they are
     assert (paths.REGISTRATION, paths.BENCHMARKS, paths.JUDGE_CACHE) == (
         Path("results/preregistration.json"), Path("results/benchmarks"), Path("judge_cache"))
-    code = "from lorarepro import paths; print(paths.log('train', 't', 'm'))"
+    code = "from lorarepro.core import paths; print(paths.log('train', 't', 'm'))"
     job = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)  # a job: this environment
     assert job.stdout.strip() == "outputs/paper/logs/train/t/m.log"
 
 
 def test_a_standalone_copy_of_the_default_gets_its_own_mlflow_experiment():
-    from lorarepro.config import own_experiment
+    from lorarepro.core.config import own_experiment
 
     default = {"mlflow": {"experiment": "lorarepro-embedded"}}
     assert own_experiment({"mlflow": {"experiment": "lorarepro-embedded"}}, "mine", default) == "lorarepro-embedded-mine"
@@ -145,7 +145,7 @@ def test_a_merging_config_that_changes_a_default_run_is_told_which_files_it_repl
 def test_the_dvc_check_judges_only_what_the_audited_config_made(repo, default_root, monkeypatch):
     from lorarepro import audit
     from lorarepro.audit import dvc_outs
-    from lorarepro.experiment import load
+    from lorarepro.domain.experiment import load
 
     extra = repo / "checkpoints" / "elsewhere" / "lora_r8" / "seed0" / "adapter_model.safetensors"
     extra.parent.mkdir(parents=True)

@@ -7,8 +7,8 @@ import copy
 
 import pytest
 
-from lorarepro.config import ConfigError, check_local, validate_schema
-from lorarepro.experiment import check
+from lorarepro.core.config import ConfigError, check_local, validate_schema
+from lorarepro.domain.experiment import check
 
 
 @pytest.mark.parametrize("where, value", [

@@ -1,4 +1,4 @@
-"""Tests of lorarepro.data: determinism, disjointness, manifests, task rules, errors."""
+"""Tests of lorarepro.domain.data: determinism, disjointness, manifests, task rules, errors."""
 
 import hashlib
 import json
@@ -8,15 +8,15 @@ from itertools import product
 import numpy as np
 import pytest
 
-from lorarepro.data import (
+from lorarepro.domain.data import (
     load_manifest,
     load_split,
     prepare_pretext,
     prepare_task,
     vocabulary,
 )
-from lorarepro.data import generation, nlu, vision
-from lorarepro.data.io import GENERATORS, fingerprint
+from lorarepro.domain.data import generation, nlu, vision
+from lorarepro.domain.data.io import GENERATORS, fingerprint
 
 SEED = 1234
 TASKS = {  # the shape of params.yaml `tasks:` entries, smaller where it keeps the tests fast

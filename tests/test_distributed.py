@@ -1,4 +1,4 @@
-"""Data-parallel training (lorarepro.training.ranks, lorarepro.pipeline.launcher) with real ranks: torch.distributed.run, CPU, gloo.
+"""Data-parallel training (lorarepro.stages.training.ranks, lorarepro.pipeline.launcher) with real ranks: torch.distributed.run, CPU, gloo.
 
 Agreement with one process (same global batch): ranks split every micro-batch and DDP averages their
 gradients, so the N-rank run is the 1-process run up to floating-point summation order. Measured
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from lorarepro import paths
-from lorarepro.config import ConfigError
-from lorarepro.experiment import validate
+from lorarepro.core import paths
+from lorarepro.core.config import ConfigError
+from lorarepro.domain.experiment import validate
 from lorarepro.pipeline.launcher import run_ranks
 
 TASK = "arithmetic"
@@ -63,7 +63,7 @@ def _mlflow_runs(uri: str) -> list:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora_r8", "flat_lora_r8"])
 def test_two_ranks_match_one_process(ddp_workspace, tmp_path, monkeypatch, method):
-    from lorarepro.experiment import resolve_run
+    from lorarepro.domain.experiment import resolve_run
     from lorarepro.pipeline.launcher import train_job
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'one.db'}")
@@ -129,7 +129,7 @@ def test_a_dying_rank_fails_the_job_without_hanging(tmp_path):
     ({"training": {"nlu": {"distributed": {"processes": 2, "fsdp": True}}}}, "training.nlu.distributed"),
 ])
 def test_bad_distributed_settings_name_the_key(params, change, key):
-    from lorarepro.config import deep_merge
+    from lorarepro.core.config import deep_merge
 
     cfg = deep_merge(params, {"training": {"nlu": {"distributed": {"processes": 2}}}})
     validate(cfg)  # CPU ranks: no GPU resources declared

@@ -5,11 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
-from lorarepro import families
-from lorarepro.backbone import copy_local
-from lorarepro.data import load_manifest, load_split, prepare_task
-from lorarepro.families.common import build_tokenizer
-from lorarepro.training.loop import make_optimizer, step_plan, train_steps
+from lorarepro.domain import families
+from lorarepro.stages.backbone import copy_local
+from lorarepro.domain.data import load_manifest, load_split, prepare_task
+from lorarepro.domain.families.common import build_tokenizer
+from lorarepro.stages.training.loop import make_optimizer, step_plan, train_steps
 
 WORDS = ["the", "cat", "dog", "sat", "ran", "a", "mat", "park"]
 
@@ -42,7 +42,7 @@ def mrpc_like(tmp_path):
 
 
 def test_encoder_classifier_with_lora_trains_its_head_and_evaluates(roberta_dir, mrpc_like):
-    from lorarepro.methods import lora
+    from lorarepro.domain.methods import lora
 
     nlu = families.get("nlu")
     manifest = load_manifest(mrpc_like)
@@ -66,7 +66,7 @@ def test_encoder_classifier_with_lora_trains_its_head_and_evaluates(roberta_dir,
 
 
 def test_t5_stays_text_to_text(workspace):
-    from lorarepro import paths
+    from lorarepro.core import paths
 
     nlu = families.get("nlu")
     manifest = load_manifest(paths.prepared_dir("sentiment"))

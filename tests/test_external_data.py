@@ -1,4 +1,4 @@
-"""External datasets (lorarepro.data.external): every local format, and the hub path through
+"""External datasets (lorarepro.domain.data.external): every local format, and the hub path through
 `datasets.load_dataset` on a local dataset directory (no network)."""
 
 import io
@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from conftest import FASTCHAT_SKIP, FakeResponse, fastchat_file
-from lorarepro.config import ConfigError
-from lorarepro.experiment import validate
-from lorarepro.data import load_manifest, load_split, prepare_task
+from lorarepro.core.config import ConfigError
+from lorarepro.domain.experiment import validate
+from lorarepro.domain.data import load_manifest, load_split, prepare_task
 
 SST = pd.DataFrame({"sentence": ["a fine film", "dull and long", "great fun", "awful"], "label": [1, 0, 1, 0]})
 
@@ -153,7 +153,7 @@ def test_config_check_refuses_unknown_prompt_placeholder(params):
     ("no digits here", None),
 ])
 def test_answers_are_extracted_from_decoded_text(text, expected):
-    from lorarepro.families.generation import extract_answer
+    from lorarepro.domain.families.generation import extract_answer
 
     assert extract_answer(text) == expected
 
@@ -162,8 +162,8 @@ def test_generation_filters_follow_the_official_loaders(workspace, tmp_path):
     """MetaMathQA's GSM rows (`where`), the solution cut before "The answer is:" and Code-Feedback's
     answer through its first code block (`transforms`), the token-length filter in the backbone's own
     tokens (`max_tokens`), and the slice taken from the rows that pass, as the official loaders do."""
-    from lorarepro import paths
-    from lorarepro.families.common import load_tokenizer
+    from lorarepro.core import paths
+    from lorarepro.domain.families.common import load_tokenizer
 
     tokenizer = load_tokenizer(paths.backbone_dir("llama-tiny"))
     long = " ".join(["one two three"] * 40)
@@ -256,7 +256,7 @@ def no_download(monkeypatch):
 
 def fastchat_copy(root: Path, questions: Path, references: Path) -> Path:
     """A folder in FastChat's repository layout whose two MT-Bench files link to the given ones."""
-    from lorarepro import pinned
+    from lorarepro.core import pinned
 
     for name, target in (("questions", questions), ("references", references)):
         link = root / pinned.MT_BENCH[name].path
@@ -281,8 +281,8 @@ def test_fastchat_mt_bench_has_gpt4_references_for_every_graded_question(tmp_pat
     """The pinned copies give FastChat's 80 questions; every math, reasoning and coding question carries
     GPT-4's reference answers for both turns (question 123 too, which has no `reference` of its own), so
     the judge grades all of them; the manifest records the files' URLs, commit and sha256."""
-    from lorarepro import pinned
-    from lorarepro.evaluation import judge
+    from lorarepro.core import pinned
+    from lorarepro.domain.evaluation import judge
 
     copy = fastchat_copy(tmp_path / "FastChat", QUESTIONS, REFERENCES)
     manifest = prepare_task("chat", fastchat_task(tmp_path / "src", path=str(copy)), 0, tmp_path / "out")
@@ -310,7 +310,7 @@ def test_fastchat_mt_bench_has_gpt4_references_for_every_graded_question(tmp_pat
 
 
 def test_fastchat_copy_that_is_not_the_pinned_one_is_refused_naming_the_file(tmp_path, no_download):
-    from lorarepro import pinned
+    from lorarepro.core import pinned
 
     (tmp_path / "q.jsonl").write_text(json.dumps({"question_id": 81, "category": "writing", "turns": ["a", "b"]}) + "\n")
     (tmp_path / "r.jsonl").write_text("")
@@ -331,7 +331,7 @@ def test_fastchat_files_are_downloaded_once_checked_and_cached(tmp_path, monkeyp
     `reference` field. (Small stand-in files, their sha256 pinned for the test.)"""
     import requests
 
-    from lorarepro import paths, pinned
+    from lorarepro.core import paths, pinned
 
     monkeypatch.chdir(tmp_path)
     files = {"questions": "".join(json.dumps(q) + "\n" for q in [
@@ -428,8 +428,8 @@ def test_metric_outside_its_family_or_on_generated_data_is_refused(params, famil
 def test_classification_metrics_are_scikit_learns_in_percent():
     from sklearn import metrics
 
-    from lorarepro.families import FAMILIES
-    from lorarepro.families.nlu import METRICS, score
+    from lorarepro.domain.families import FAMILIES
+    from lorarepro.domain.families.nlu import METRICS, score
 
     for family in ("nlu", "vision"):  # what their task rules accept, nlu's scorers compute
         assert sorted(METRICS) == sorted(FAMILIES[family].load_rules().METRICS)

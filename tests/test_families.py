@@ -4,10 +4,10 @@ import pandas as pd
 import pytest
 import torch
 
-from lorarepro import families
-from lorarepro.families.common import build_tokenizer, pad
-from lorarepro.families.generation import extract_answer
-from lorarepro.training.loop import step_plan
+from lorarepro.domain import families
+from lorarepro.domain.families.common import build_tokenizer, pad
+from lorarepro.domain.families.generation import extract_answer
+from lorarepro.stages.training.loop import step_plan
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_unknown_family_is_named():
 
 
 def test_vision_batches_are_normalized():
-    from lorarepro.families import vision
+    from lorarepro.domain.families import vision
 
     df = pd.DataFrame({"pixels": [[0.0] * 64, [1.0] * 64], "label": [0, 1]})
     batch = vision.encode(df, None, {"num_labels": 2}, 0).batch([0, 1])

@@ -1,6 +1,6 @@
-"""A family owns its task rules (lorarepro.families.rules): a toy family (toy_family.py), registered
+"""A family owns its task rules (lorarepro.domain.families.rules): a toy family (toy_family.py), registered
 like the real ones, gets its external data prepared and its metric checked with no change to
-lorarepro.data.external or lorarepro.experiment, which name no family."""
+lorarepro.domain.data.external or lorarepro.domain.experiment, which name no family."""
 
 import inspect
 import re
@@ -8,10 +8,10 @@ import re
 import pandas as pd
 import pytest
 
-from lorarepro.config import ConfigError
-from lorarepro.data import external, load_manifest, load_split, prepare_task
-from lorarepro.experiment import _check_metric
-from lorarepro.families import FAMILIES, Family
+from lorarepro.core.config import ConfigError
+from lorarepro.domain.data import external, load_manifest, load_split, prepare_task
+from lorarepro.domain.experiment import _check_metric
+from lorarepro.domain.families import FAMILIES, Family
 
 ROWS = pd.DataFrame({"sentence": ["a fine film", "dull", "great fun", "awful"], "score": [4.5, 1.0, 5.0, 0.5]})
 

@@ -35,7 +35,7 @@ def snakemake(cwd: Path, *args: str, config: str = CONFIG) -> subprocess.Complet
 
 
 def cli(*args: str) -> int:
-    from lorarepro.cli import main
+    from lorarepro.pipeline.cli import main
 
     return main(list(args))
 
@@ -79,8 +79,8 @@ def test_code_planted_in_the_backbone_never_runs_in_the_audit(repo):
 
 def test_the_marker_cannot_turn_remote_code_on(workspace, tmp_path, monkeypatch):
     """Only the config's backbone entry allows a model directory's code, never a file inside it."""
-    from lorarepro import paths
-    from lorarepro.families import common
+    from lorarepro.core import paths
+    from lorarepro.domain.families import common
 
     source = paths.backbone_dir("t5-tiny").resolve()
     monkeypatch.chdir(tmp_path)
@@ -118,10 +118,10 @@ def test_encoder_saved_without_the_class_prefix_reevaluates_bit_identical(params
     from transformers import BertConfig, BertModel
 
     from lorarepro.audit import artifacts, rerun
-    from lorarepro.data import prepare_task
-    from lorarepro.experiment import resolve_run
-    from lorarepro.families.common import build_tokenizer
-    from lorarepro.training.train import train_one
+    from lorarepro.domain.data import prepare_task
+    from lorarepro.domain.experiment import resolve_run
+    from lorarepro.domain.families.common import build_tokenizer
+    from lorarepro.stages.training.train import train_one
 
     monkeypatch.chdir(tmp_path)
     tok = build_tokenizer(WORDS)
@@ -139,7 +139,7 @@ def test_encoder_saved_without_the_class_prefix_reevaluates_bit_identical(params
                                  "label_words": ["different", "same"],
                                  "splits": {"train": "pairs.parquet", "validation": "pairs.parquet[:8]", "test": "pairs.parquet[:8]"}}}
     config["training"]["nlu"].update(epochs=1, batch_size=8)
-    from lorarepro.backbone import build
+    from lorarepro.stages.backbone import build
 
     build("bert-bare", config)
     prepare_task("pairs", config["tasks"]["pairs"], 0, Path("data/prepared/pairs"))
@@ -185,7 +185,7 @@ def test_another_configs_run_leaves_this_configs_audit_alone(repo, params):
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    from lorarepro import tracking
+    from lorarepro.core import tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -202,7 +202,7 @@ def _trainer_killed_mid_run(client, parent: str) -> str:
 
 
 def test_a_training_run_killed_alone_ends_killed_with_its_pipeline(store):
-    from lorarepro import tracking
+    from lorarepro.core import tracking
 
     config, client = store
     parent = tracking.start_parent(config, "snakemake")
@@ -213,7 +213,7 @@ def test_a_training_run_killed_alone_ends_killed_with_its_pipeline(store):
 
 
 def test_the_next_invocation_ends_what_an_ended_pipeline_left_running(store, tmp_path, monkeypatch):
-    from lorarepro import tracking
+    from lorarepro.core import tracking
 
     config, client = store
     parent = tracking.start_parent(config, "snakemake")
@@ -251,7 +251,7 @@ def _rewrite_metric(value_shift: float) -> None:
     """A forgery kept consistent: result JSON, MLflow's latest value and the tables all agree."""
     from mlflow.tracking import MlflowClient
 
-    from lorarepro.experiment import load
+    from lorarepro.domain.experiment import load
     from lorarepro.reporting.tables import build_all
 
     result = json.loads(Path(RUN).read_text())
@@ -315,7 +315,7 @@ def test_snakemake_timestamps_and_a_clone_without_dvcs_cache_raise_no_dvc_warnin
 # ---------------------------------------------------------------- 9. the MLflow store moves with its project
 
 def test_a_copied_project_writes_and_shows_its_own_artifacts(store, tmp_path, monkeypatch):
-    from lorarepro import tracking
+    from lorarepro.core import tracking
 
     config, client = store
     (tmp_path / "a.txt").write_text("first")
@@ -339,7 +339,7 @@ def test_a_copied_project_writes_and_shows_its_own_artifacts(store, tmp_path, mo
 # ---------------------------------------------------------------- 10. config errors
 
 def test_yaml_errors_name_the_file_and_line(tmp_path, capsys):
-    from lorarepro.config import ConfigError, read
+    from lorarepro.core.config import ConfigError, read
 
     bad = tmp_path / "broken.yaml"
     bad.write_text("seeds: [0, 1\nthreads: 1\n")
@@ -364,7 +364,7 @@ def test_snakemake_names_a_broken_params_file_and_an_unknown_figure_before_any_j
 
 
 def test_a_headerless_glue_tsv_named_by_header_says_to_use_positions(tmp_path):
-    from lorarepro.data import prepare_task
+    from lorarepro.domain.data import prepare_task
 
     (tmp_path / "CoLA").mkdir()
     (tmp_path / "CoLA" / "train.tsv").write_text("gj04\t1\t\tOur friends won't buy this.\ngj04\t0\t*\tThe more we study.\n")
@@ -376,8 +376,8 @@ def test_a_headerless_glue_tsv_named_by_header_says_to_use_positions(tmp_path):
 
 
 def test_text_outside_the_tokenizers_vocabulary_warns(workspace):
-    from lorarepro import paths
-    from lorarepro.families.common import ids, load_tokenizer
+    from lorarepro.core import paths
+    from lorarepro.domain.families.common import ids, load_tokenizer
 
     tokenizer = load_tokenizer(paths.backbone_dir("t5-tiny"))
     with warnings.catch_warnings(record=True) as seen:
@@ -396,8 +396,8 @@ def test_a_full_disk_while_saving_a_checkpoint_names_it_and_leaves_nothing(tmp_p
     `cannot write <path>: disk full` (benchmarks/reliability.py full_disk stages the real thing)."""
     from safetensors import SafetensorError
 
-    from lorarepro import checkpoints
-    from lorarepro.atomic import OutputError
+    from lorarepro.domain import checkpoints
+    from lorarepro.core.atomic import OutputError
 
     class Model:
         def save_pretrained(self, where, safe_serialization):
@@ -427,7 +427,7 @@ def test_the_reliability_matrix_covers_every_item_and_its_record_passes():
 def test_configfile_params_yaml_names_the_default_config(tmp_path, monkeypatch):
     """`snakemake --configfile params.yaml` is the embedded default: its tables index, metrics and
     audit keep the default's names (a second set beside them would go stale)."""
-    from lorarepro import paths
+    from lorarepro.core import paths
 
     monkeypatch.chdir(tmp_path)
     assert paths.config_id(["params.yaml"]) == paths.config_id() == ""

@@ -8,7 +8,8 @@ import pytest
 
 import pandas as pd
 
-from lorarepro import paths, records
+from lorarepro.core import paths
+from lorarepro.domain import records
 from lorarepro.reporting import figures
 
 SEEDS = [0, 1, 2]

@@ -1,4 +1,4 @@
-"""Flat-LoRA's perturbation (methods/flat.py): sigma, schedule, noise, exactness, determinism, scope."""
+"""Flat-LoRA's perturbation (domain/methods/flat.py): sigma, schedule, noise, exactness, determinism, scope."""
 
 import copy
 import math
@@ -9,7 +9,7 @@ from peft import LoraConfig, get_peft_model
 import torch.nn.functional as F
 from torch import nn
 
-from lorarepro.methods.flat import FlatLoRA, flat_factor, noise_seed
+from lorarepro.domain.methods.flat import FlatLoRA, flat_factor, noise_seed
 
 R, ALPHA = 4, 8
 SCALE = ALPHA / R  # PEFT's s = lora_alpha / r
@@ -609,7 +609,7 @@ def test_sigma_of_rows_the_adapter_cancels_stays_finite_and_bounded(dtype):
 def kernels():
     """(flat_kernels, device) where the kernels run: CUDA, or CPU under Triton's interpreter
     (TRITON_INTERPRET=1 in a venv with Triton); skipped with torch's CPU wheels (no Triton)."""
-    from lorarepro.methods import flat as flat_module
+    from lorarepro.domain.methods import flat as flat_module
 
     fk = flat_module.flat_kernels
     if fk is None:
@@ -694,7 +694,7 @@ def test_fused_sigma_rows_match_the_direct_formula_in_fp64(kernels, dtype, rank)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_exact_mode_gradients_match_explicit_perturbation(kernels, dtype):
     """Flat-LoRA end to end on the fused path: forward, backward (eps regenerated), W untouched, reruns."""
-    from lorarepro.methods import flat as flat_module
+    from lorarepro.domain.methods import flat as flat_module
 
     _, device = kernels
     model = make_model(dtype=dtype).to(device)

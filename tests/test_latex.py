@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from lorarepro import paths
-from lorarepro.config import column, spec_seeds, specs
+from lorarepro.core import paths
+from lorarepro.core.config import column, spec_seeds, specs
 from lorarepro.reporting import tables
 
 pytestmark = pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")

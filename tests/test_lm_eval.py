@@ -1,4 +1,4 @@
-"""lm-evaluation-harness as a task's evaluator (lorarepro.evaluation.harness), offline: the tiny
+"""lm-evaluation-harness as a task's evaluator (lorarepro.domain.evaluation.harness), offline: the tiny
 Llama of the reduced config and tiny lm-eval task files (local JSON data) written here."""
 
 import copy
@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
-from lorarepro import families, paths
-from lorarepro.config import ConfigError
-from lorarepro.data import load_manifest, load_split, prepare_task
-from lorarepro.evaluation import NotRun, harness
-from lorarepro.experiment import resolve_run, validate
+from lorarepro.core import paths
+from lorarepro.domain import families
+from lorarepro.core.config import ConfigError
+from lorarepro.domain.data import load_manifest, load_split, prepare_task
+from lorarepro.domain.evaluation import NotRun, harness
+from lorarepro.domain.experiment import resolve_run, validate
 
 CHOICE_TASK = """task: tiny_choice
 dataset_path: json
@@ -114,7 +115,7 @@ def test_trained_run_is_scored_by_the_harness_and_its_saved_adapter_rescores_the
     benchmark names, and the saved adapter, reloaded with PEFT, gives the same numbers."""
     from peft import PeftModel
 
-    from lorarepro.training.train import train_one
+    from lorarepro.stages.training.train import train_one
 
     folder, docs = tasks_dir
     cfg = copy.deepcopy(workspace)

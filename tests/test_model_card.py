@@ -6,12 +6,13 @@ import json
 import pytest
 import yaml
 
-from lorarepro import checkpoints, families, paths
-from lorarepro.checkpoints.saving import canonical_adapter_config, hub_base
-from lorarepro.data import load_split
-from lorarepro.experiment import resolve_run
-from lorarepro.hashing import sha256_dir
-from lorarepro.training.train import train_one
+from lorarepro.core import paths
+from lorarepro.domain import checkpoints, families
+from lorarepro.domain.checkpoints.saving import canonical_adapter_config, hub_base
+from lorarepro.domain.data import load_split
+from lorarepro.domain.experiment import resolve_run
+from lorarepro.core.hashing import sha256_dir
+from lorarepro.stages.training.train import train_one
 
 TASK_TYPES = {"sentiment": "SEQ_2_SEQ_LM", "arithmetic": "CAUSAL_LM", "digits": None}  # T5, Llama, ViT backbones
 

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from conftest import reduced
-from lorarepro import numerics
+from lorarepro.core import numerics
 from lorarepro.audit import reference
 from workspace import copy_repo, user_env
 
@@ -52,7 +52,7 @@ def test_unknown_mode_is_refused():
 
 def test_portable_refuses_a_process_whose_torch_runs_other_kernels(monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    with pytest.raises(numerics.NumericsError, match="imported before lorarepro.numerics.pin"):
+    with pytest.raises(numerics.NumericsError, match="imported before lorarepro.core.numerics.pin"):
         numerics.apply("portable", 1)
 
 

@@ -12,8 +12,8 @@ import yaml
 
 from conftest import ROOT
 from workspace import copy_repo
-from lorarepro.config import ConfigError, reported_pairs, reported_runs, resources
-from lorarepro.experiment import load, resolve_run, validate
+from lorarepro.core.config import ConfigError, reported_pairs, reported_runs, resources
+from lorarepro.domain.experiment import load, resolve_run, validate
 
 PAPER = ROOT / "workflow" / "configs" / "paper.yaml"
 
@@ -230,7 +230,7 @@ def test_adalora_noise_off_is_the_official_no_noise(one_thread):
     from peft import AdaLoraConfig, get_peft_model
     from torch import nn
 
-    from lorarepro.methods.flat import FlatLoRA, from_run
+    from lorarepro.domain.methods.flat import FlatLoRA, from_run
 
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))

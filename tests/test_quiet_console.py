@@ -7,7 +7,7 @@ import warnings
 
 PROBE = """
 import torch
-from lorarepro.training.memory import StepMemoryProbe
+from lorarepro.stages.training.memory import StepMemoryProbe
 probe = StepMemoryProbe(1)
 probe.on_step_start(1)
 x = torch.ones(1000) * 2
@@ -25,7 +25,7 @@ def test_memory_probe_prints_no_kineto_trace_lines():
 def test_peft_quietly_drops_only_the_is_gradient_checkpointing_warning():
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from lorarepro.methods import lora
+    from lorarepro.domain.methods import lora
 
     model = T5ForConditionalGeneration(T5Config(d_model=8, d_ff=8, num_layers=1, num_heads=1, d_kv=8, vocab_size=16))
     with warnings.catch_warnings(record=True) as seen:

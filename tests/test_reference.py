@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lorarepro import paths
+from lorarepro.core import paths
 from lorarepro.audit import reference
 
 FINGERPRINT = {"mode": "portable", "aten_cpu_capability": "AVX2", "mkl_cbwr": "COMPATIBLE", "onednn": "off", "threads": 1}
@@ -78,7 +78,7 @@ def test_the_reference_command_exits_1_listing_a_stale_file(project, capsys):
     import shutil
 
     from conftest import ROOT
-    from lorarepro import cli
+    from lorarepro.pipeline import cli
 
     shutil.copytree(ROOT / "workflow", project / "workflow")  # the claims file the default config names
     assert cli.main(["reference", "--check", "--params", str(ROOT / "params.yaml")]) == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorarepro import cli
+from lorarepro.pipeline import cli
 from lorarepro.reporting import registration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def _claims_output(root: Path, effect: float, note: str = "") -> None:
 
 
 def test_analysis_is_pinned_by_its_output(repo_root, capsys):
-    from lorarepro.config import read
+    from lorarepro.core.config import read
 
     config = read(repo_root / "params.yaml")
     _claims_output(repo_root, 0.1)
@@ -134,7 +134,7 @@ def test_analysis_is_pinned_by_its_output(repo_root, capsys):
 
 
 def test_status_and_markdown_list_every_deviation(repo_root):
-    from lorarepro.config import read
+    from lorarepro.core.config import read
 
     config = read(repo_root / "params.yaml")
     missing = registration.status(config, repo_root)
@@ -158,8 +158,8 @@ def test_the_committed_claims_are_the_registered_analysis_of_the_committed_runs(
     """The analysis is pinned by its behaviour: recomputed now on the committed run records (and the
     prepared labels the collapse test reads), it gives the committed claims.json, which the registration
     pins; and the committed config is the registered regime."""
-    from lorarepro import paths
-    from lorarepro.experiment import load
+    from lorarepro.core import paths
+    from lorarepro.domain.experiment import load
     from lorarepro.reporting import claims
     from lorarepro.reporting.tables.cells import load_reference
 

@@ -9,20 +9,20 @@ import sys
 import pytest
 import torch
 
-from lorarepro import paths
-from lorarepro.experiment import resolve_run
-from lorarepro.training.loop import NonFiniteLoss
-from lorarepro.training.resume import STATE
-from lorarepro.training.train import train_task_method, train_one
+from lorarepro.core import paths
+from lorarepro.domain.experiment import resolve_run
+from lorarepro.stages.training.loop import NonFiniteLoss
+from lorarepro.stages.training.resume import STATE
+from lorarepro.stages.training.train import train_task_method, train_one
 from test_train import _stable
 
 # Trains like the trainer, but SIGKILLs itself right after its second step checkpoint is written.
 KILLED_RUN = """
 import json, os, signal, sys
 import torch
-from lorarepro.training import resume
-from lorarepro.experiment import resolve_run
-from lorarepro.training.train import train_one
+from lorarepro.stages.training import resume
+from lorarepro.domain.experiment import resolve_run
+from lorarepro.stages.training.train import train_one
 
 saved = resume.StepCheckpoints.save
 def save_then_die(self, steps_done, *args, **kwargs):

@@ -96,7 +96,7 @@ def test_parallel_jobs_lose_no_run_or_metric(origin):
 def test_result_lineage_matches_mlflow_and_the_files(origin):
     from mlflow.tracking import MlflowClient
 
-    from lorarepro.hashing import sha256_dir
+    from lorarepro.core.hashing import sha256_dir
 
     root, _ = origin
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")

@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from lorarepro import experiment
-from lorarepro.config import reported_runs
+from lorarepro.domain import experiment
+from lorarepro.core.config import reported_runs
 from workspace import copy_repo, user_env
 
 # Snakemake's dry run of the default, in one process, with resolve_run counted.
 COUNTING_DRY_RUN = """
 import collections, json, sys
-import lorarepro.experiment as experiment
+import lorarepro.domain.experiment as experiment
 calls = collections.Counter()
 resolve = experiment.resolve_run
 def counted(config, task, method):
@@ -83,7 +83,7 @@ def test_a_spec_is_frozen_and_round_trips_through_the_record_layout(params):
 def test_longest_train_jobs_start_first(params):
     """Per-method jobs are ordered by their optimizer steps over all seeds (longest-first packing on
     few cores): the 20-seed primaries above the 3-seed variants, a quarter of the data below the whole."""
-    from lorarepro.config import train_priorities
+    from lorarepro.core.config import train_priorities
 
     specs = experiment.check(params)
     priority = train_priorities(params, specs, reported_runs(params))

@@ -2,7 +2,7 @@
 
 import subprocess
 
-from lorarepro.runinfo import git_state, versions
+from lorarepro.core.runinfo import git_state, versions
 
 
 def _git(repo, *args):

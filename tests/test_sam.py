@@ -1,4 +1,4 @@
-"""SAM baselines (methods/sam.py) through the real training loop: perturbation, exact restore, two passes."""
+"""SAM baselines (domain/methods/sam.py) through the real training loop: perturbation, exact restore, two passes."""
 
 import math
 from types import SimpleNamespace
@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from lorarepro.training.loop import train_steps
-from lorarepro.methods.sam import SAM
+from lorarepro.stages.training.loop import train_steps
+from lorarepro.domain.methods.sam import SAM
 
 D_IN, D_HID, D_OUT, N = 12, 24, 6, 32
 

@@ -1,10 +1,10 @@
-"""lorarepro.evaluation.sandbox: model-written code runs in a limited subprocess without network or new processes."""
+"""lorarepro.domain.evaluation.sandbox: model-written code runs in a limited subprocess without network or new processes."""
 
 from pathlib import Path
 
 import pytest
 
-from lorarepro.evaluation.sandbox import run_program
+from lorarepro.domain.evaluation.sandbox import run_program
 
 ROOT = Path(__file__).resolve().parents[1]
 ADD = "def add(a, b):\n    return a + b\n"

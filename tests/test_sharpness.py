@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lorarepro import paths, sharpness
-from lorarepro.experiment import resolve_run
-from lorarepro.training.train import train_one
+from lorarepro.core import paths
+from lorarepro.stages import sharpness
+from lorarepro.domain.experiment import resolve_run
+from lorarepro.stages.training.train import train_one
 
 SHAPE = (2, 3)  # W is 2 x 3: two output rows, n = 3
 

@@ -75,7 +75,7 @@ def test_every_job_runs_as_a_slurm_job_with_its_rules_resources(bench, runs, par
     # CPUs follow the config's threads; the config's gpu 0 sends no GPU request (this node has none)
     assert {j["cpus"] for j in jobs} == {cfg["threads"]}
     assert {j["gres"] for j in jobs} == {"N/A"}
-    assert "4000M" in {j["memory"] for j in jobs}  # train's mem_mb (lorarepro.config), not the profile's fallback
+    assert "4000M" in {j["memory"] for j in jobs}  # train's mem_mb (lorarepro.core.config), not the profile's fallback
 
 
 def test_results_equal_the_local_run(bench, runs):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lorarepro import paths
+from lorarepro.core import paths
 from lorarepro.reporting import tables
 
 REPO = Path(__file__).resolve().parents[1]

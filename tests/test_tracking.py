@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from lorarepro import tracking
+from lorarepro.core import tracking
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ def test_an_existing_experiment_gets_its_kind(config):
 
 
 def test_finished_parent_carries_params_artifacts_and_headline_numbers(config, tmp_path, monkeypatch):
-    from lorarepro import paths
+    from lorarepro.core import paths
 
     monkeypatch.chdir(tmp_path)
     config = {**config, "seeds": [0, 1], "tasks": {}, "methods": {}, "tables": [], "figures": [{"id": "fig", "tasks": ["t"], "methods": ["lora"]}]}

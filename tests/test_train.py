@@ -9,11 +9,12 @@ import json
 import pytest
 import torch
 
-from lorarepro import checkpoints, families, paths, records
-from lorarepro.experiment import resolve_run
-from lorarepro.data import load_manifest, load_split
-from lorarepro.training.loop import NonFiniteLoss
-from lorarepro.training.train import train_one
+from lorarepro.core import paths
+from lorarepro.domain import checkpoints, families, records
+from lorarepro.domain.experiment import resolve_run
+from lorarepro.domain.data import load_manifest, load_split
+from lorarepro.stages.training.loop import NonFiniteLoss
+from lorarepro.stages.training.train import train_one
 
 TASKS = ["sentiment", "digits", "arithmetic"]
 METHODS = ["full_ft", "lora_r8", "flat_lora_r8"]

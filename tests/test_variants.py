@@ -10,11 +10,12 @@ import json
 import pytest
 import torch
 
-from lorarepro import families, paths
-from lorarepro.config import ConfigError
-from lorarepro.experiment import resolve_run, validate
-from lorarepro.data import load_manifest, load_split
-from lorarepro.training.train import train_one
+from lorarepro.core import paths
+from lorarepro.domain import families
+from lorarepro.core.config import ConfigError
+from lorarepro.domain.experiment import resolve_run, validate
+from lorarepro.domain.data import load_manifest, load_split
+from lorarepro.stages.training.train import train_one
 from test_train import _stable
 
 VARIANTS = {
@@ -61,7 +62,7 @@ def logits(model, run, task: str, tokenizer) -> torch.Tensor:
 @pytest.mark.parametrize("flat", [False, True])
 def test_variant_trains_saves_peft_format_and_reloads_to_the_same_model(workspace, monkeypatch, variant, task, flat):
     """A few steps barely move the metric, so the reloaded model's logits are compared too."""
-    import lorarepro.training.train as train_module
+    import lorarepro.stages.training.train as train_module
 
     trained = {}
     evaluate = train_module.evaluate_splits
@@ -137,8 +138,8 @@ def test_plain_lora_init_leaves_a_plain_checkpoint(workspace):
 def test_loraplus_gives_b_a_larger_learning_rate():
     from peft import LoraConfig, get_peft_model
 
-    from lorarepro.methods import lora
-    from lorarepro.training.loop import make_optimizer
+    from lorarepro.domain.methods import lora
+    from lorarepro.stages.training.loop import make_optimizer
 
     model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(r=2, target_modules=["0"]))
     groups = lora.kind(VARIANTS["loraplus"]).param_groups(model, 1e-3, 0.0)
@@ -169,7 +170,7 @@ def test_dora_flat_noise_is_flat_lora_in_the_effective_weight_space():
     moves by diag(m/||.||)·eps, i.e. row i has std rho/sqrt(n)·||W_eff,i|| — Flat-LoRA on W_eff."""
     from peft import LoraConfig, get_peft_model
 
-    from lorarepro.methods.flat import FlatLoRA
+    from lorarepro.domain.methods.flat import FlatLoRA
 
     torch.manual_seed(0)
     model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(16, 12)), LoraConfig(r=4, target_modules=["0"], use_dora=True))
@@ -293,8 +294,8 @@ def test_flat_sigma_of_a_tuner_is_taken_from_its_delta_weight(tuner, n_in, n_out
     """sigma_i = rho/sqrt(n) * ||(W + D)_i|| at f(T) = 1, D the tuner's own get_delta_weight."""
     from peft import get_peft_model
 
-    from lorarepro.methods.flat import FlatLoRA
-    from lorarepro.methods.lora import tuner_config
+    from lorarepro.domain.methods.flat import FlatLoRA
+    from lorarepro.domain.methods.lora import tuner_config
 
     torch.manual_seed(0)
     adapter = tuner_config({**TUNERS[tuner], "init_weights": False}, ["0"], None)
@@ -312,7 +313,7 @@ def test_flat_sigma_of_a_tuner_is_taken_from_its_delta_weight(tuner, n_in, n_out
 def test_flat_refuses_a_tuner_without_a_delta_weight():
     from peft import IA3Config, get_peft_model
 
-    from lorarepro.methods.flat import FlatLoRA
+    from lorarepro.domain.methods.flat import FlatLoRA
 
     model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(16, 12)), IA3Config(target_modules=["0"], feedforward_modules=[]))
     flat = FlatLoRA(model, rho=0.3, total_steps=2, seed=7)
@@ -349,7 +350,7 @@ def cola_like(config: dict) -> dict:
 def test_cola_like_task_scored_by_matthews_correlation_with_a_tuner_by_config(workspace):
     from sklearn.metrics import matthews_corrcoef
 
-    from lorarepro.data import prepare_task
+    from lorarepro.domain.data import prepare_task
 
     cfg, name = with_tuner(workspace, "vera", flat=True)
     cfg["tasks"]["cola"] = cola_like(cfg)

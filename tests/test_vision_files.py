@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lorarepro import families
-from lorarepro.data import load_manifest, load_split, prepare_task
-from lorarepro.training.loop import make_optimizer, step_plan, train_steps
+from lorarepro.domain import families
+from lorarepro.domain.data import load_manifest, load_split, prepare_task
+from lorarepro.stages.training.loop import make_optimizer, step_plan, train_steps
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_image_files_without_a_processor_are_refused(folder_task):
 def clip_dir(tmp_path):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from lorarepro.families.common import build_tokenizer
+    from lorarepro.domain.families.common import build_tokenizer
 
     from tokenizers.processors import TemplateProcessing
 
@@ -93,7 +93,7 @@ def clip_dir(tmp_path):
 
 
 def test_clip_with_a_frozen_zero_shot_head_trains_its_adapter(clip_dir, folder_task, tmp_path):
-    from lorarepro.methods import lora
+    from lorarepro.domain.methods import lora
 
     vision = families.get("vision")
     manifest = load_manifest(folder_task)

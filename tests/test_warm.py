@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorarepro import paths, records
+from lorarepro.core import paths
+from lorarepro.domain import records
 from lorarepro.pipeline import warm
 
 TESTS = Path(__file__).parent

@@ -1,6 +1,6 @@
 """The task rules of a toy family for the tests (test_family_rules.py): text regression, a number
 predicted from a prompt. It shows what a new family brings to external data and the config check
-(lorarepro.families.rules), with no change to lorarepro.data.external or lorarepro.experiment."""
+(lorarepro.domain.families.rules), with no change to lorarepro.domain.data.external or lorarepro.domain.experiment."""
 
 import pandas as pd
 

@@ -29,7 +29,7 @@ def sleep(args: dict) -> None:
 
 
 def train(args: dict) -> None:
-    from lorarepro.experiment import resolve_run
-    from lorarepro.training.train import train_task_method
+    from lorarepro.domain.experiment import resolve_run
+    from lorarepro.stages.training.train import train_task_method
 
     train_task_method(args["config"], resolve_run(args["config"], args["task"], args["method"]))

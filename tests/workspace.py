@@ -9,10 +9,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from lorarepro import paths
-from lorarepro.backbone import build
-from lorarepro.families import of_arch
-from lorarepro.data import prepare_pretext, prepare_task
+from lorarepro.core import paths
+from lorarepro.stages.backbone import build
+from lorarepro.domain.families import of_arch
+from lorarepro.domain.data import prepare_pretext, prepare_task
 
 
 def prepare(root: Path, config: dict) -> None:
@@ -51,7 +51,7 @@ def copy_repo(root: Path, items=WORKFLOW) -> Path:
 def user_env(src: bool = False) -> dict:
     """The environment of a command as a user runs it: no tracking or numerics settings inherited from
     the test process (conftest pins its own); with `src`, this checkout's package first on the path."""
-    from lorarepro import numerics
+    from lorarepro.core import numerics
 
     inherited = ("MLFLOW_TRACKING_URI", "LORAREPRO_MLFLOW_PARENT", numerics.MODE_ENV, *numerics.PORTABLE_ENV,
                  *numerics.THREAD_ENV)

@@ -1,6 +1,6 @@
 """`python -m lorarepro ...`: the same as the `lorarepro` console script."""
 import sys
 
-from lorarepro.cli import main
+from lorarepro.pipeline.cli import main
 
 sys.exit(main())

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from lorarepro.data import verify_dataset
+from lorarepro.domain.data import verify_dataset
 
 
 # Names only: letters, digits, '_' and '-' (the schema enforces the same for config keys).
@@ -23,7 +23,7 @@ def train_rule(task, method):
 
 
 def rule_resources(rule):
-    """Resources of `rule` from the config (lorarepro.config.resources), per job: a task may override its train job's."""
+    """Resources of `rule` from the config (lorarepro.core.config.resources), per job: a task may override its train job's."""
     keys = set(resources(config, rule))
     if rule == "train":
         keys |= {k for t in config["tasks"].values() for k in (t.get("resources") or {})}
@@ -56,7 +56,7 @@ def checkpoint_dirs(runs):
 
 
 def check_prepared_data():
-    """Every prepared dataset a run reads matches its manifest's sha256 (lorarepro.data.verify_dataset),
+    """Every prepared dataset a run reads matches its manifest's sha256 (lorarepro.domain.data.verify_dataset),
     checked before any job: Snakemake cannot see a file changed inside a directory output, and a
     forced train job would delete its results before its own check (an error raised in an input
     function would not help: Snakemake then takes the existing outputs as source files)."""
@@ -133,7 +133,7 @@ def stop_warm_server():
 # (lorarepro.pipeline.warm): the server's address reaches every job through the environment.
 onstart:
     import os
-    from lorarepro import tracking
+    from lorarepro.core import tracking
     from lorarepro.pipeline import warm
 
     if config["warm_start"] and workflow.local_exec:
@@ -144,7 +144,7 @@ onstart:
 
 onsuccess:
     import os
-    from lorarepro import tracking
+    from lorarepro.core import tracking
 
     stop_warm_server()
     if os.environ.get("LORAREPRO_MLFLOW_PARENT"):
@@ -159,7 +159,7 @@ onsuccess:
 
 onerror:
     import os
-    from lorarepro import tracking
+    from lorarepro.core import tracking
 
     stop_warm_server()
     if os.environ.get("LORAREPRO_MLFLOW_PARENT"):

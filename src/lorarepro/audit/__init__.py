@@ -27,11 +27,11 @@ import traceback
 from pathlib import Path
 from dataclasses import asdict, dataclass, fields
 
-from lorarepro import paths
+from lorarepro.core import paths
 from lorarepro.audit import (artifacts, dvc_outs, exclusions, figures, identity, inputs, mlflow_runs, reference, rerun,
                              sharpness_records, stores, tables)
 from lorarepro.audit.report import STATUSES, record, summary, write, write_crash
-from lorarepro.families.common import allow_remote_code
+from lorarepro.domain.families.common import allow_remote_code
 
 
 @dataclass

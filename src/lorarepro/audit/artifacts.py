@@ -11,14 +11,15 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from lorarepro import checkpoints, paths, records
+from lorarepro.core import paths
+from lorarepro.domain import checkpoints, records
 from lorarepro.audit.inputs import BadInput, problem, read_json
 from lorarepro.audit.report import record
-from lorarepro.config import ConfigError, column, reported_runs, spec_seeds, specs
-from lorarepro.data.io import fingerprint
-from lorarepro.experiment import resolve_run
-from lorarepro.hashing import sha256_dir, sha256_file
-from lorarepro.tracking import flatten  # the one flattening of nested settings (as MLflow params)
+from lorarepro.core.config import ConfigError, column, reported_runs, spec_seeds, specs
+from lorarepro.domain.data.io import fingerprint
+from lorarepro.domain.experiment import resolve_run
+from lorarepro.core.hashing import sha256_dir, sha256_file
+from lorarepro.core.tracking import flatten  # the one flattening of nested settings (as MLflow params)
 
 RERUN = "rerun `snakemake --cores 2` (reruns the train jobs whose inputs or params changed)"
 _RESULT = re.compile(r"results/runs/([^/]+)/([^/]+)/seed(\d+)\.json$")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorarepro import paths
+from lorarepro.core import paths
 from lorarepro.audit.report import record
 
 COMMIT = "record the regenerated outputs: `dvc commit` (then commit dvc.lock)"

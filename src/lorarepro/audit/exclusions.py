@@ -1,6 +1,6 @@
 """Exclusions carry evidence: a run recorded as diverged (result JSON status FAILED with its
 `failed_step`) is left out of the tables and claims only when its own files show the divergence,
-re-derived here from what training leaves (lorarepro.training.train `_write_failed`):
+re-derived here from what training leaves (lorarepro.stages.training.train `_write_failed`):
 
 - the error names a non-finite loss (`… is nan at step N`) at the recorded failed step N;
 - its loss history stops right before that step: N rows, steps 0..N-1, every loss finite (the step
@@ -19,12 +19,13 @@ from __future__ import annotations
 import math
 import re
 
-from lorarepro import paths, records
+from lorarepro.core import paths
+from lorarepro.domain import records
 from lorarepro.audit.inputs import BadInput, problem, read_json, read_text
 from lorarepro.audit.mlflow_runs import identity_problems  # one identity rule for every run
 from lorarepro.audit.report import record
-from lorarepro.config import reported_runs
-from lorarepro.hashing import NOT_CONTENT
+from lorarepro.core.config import reported_runs
+from lorarepro.core.hashing import NOT_CONTENT
 
 _ERROR = re.compile(r" is (?P<value>[-+]?(nan|inf)) at step (?P<step>\d+)$")
 FIX = ("a run excluded as diverged must show the divergence in its own files: restore its files, or "

@@ -9,7 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from lorarepro import paths
+from lorarepro.core import paths
 from lorarepro.audit.report import record
 from lorarepro.reporting.figures import build_all_figures
 

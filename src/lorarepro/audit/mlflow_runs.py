@@ -1,5 +1,5 @@
 """Audit check against MLflow, read-only (audit.stores): each result JSON's run exists, is active and
-FINISHED, and logged the same params (the resolved run config with its seed, as lorarepro.tracking
+FINISHED, and logged the same params (the resolved run config with its seed, as lorarepro.core.tracking
 flattens it), final metrics (scores and cost, as tracking.run_metrics names them; the flatness
 measures beside its sharpness record) and tags (lineage, identity: task, method, seed, run name; a
 split not run: no metric, a `not_run.<split>` tag with the reason).
@@ -24,7 +24,8 @@ fails; otherwise (a clone that pulled the results) the verdict says "MLflow not 
 from __future__ import annotations
 
 
-from lorarepro import paths, records, tracking
+from lorarepro.core import paths, tracking
+from lorarepro.domain import records
 from lorarepro.audit.inputs import BadInput, problem, read_json
 from lorarepro.audit.report import record
 from lorarepro.audit.stores import StoreAbsent, local_artifacts, open_store

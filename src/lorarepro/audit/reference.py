@@ -5,7 +5,7 @@ hashes, which a fresh clone cannot break down).
 results/reference.json holds the numerics fingerprint the results were made under (and, as
 information, the CPU), the content hash of each prepared dataset and backbone with a hash of the
 config that decides it, and a canonical hash of every deterministic file under results/: a run
-record or flatness record without its volatile keys (lorarepro.records), any other file byte for
+record or flatness record without its volatile keys (lorarepro.domain.records), any other file byte for
 byte. Files of measured time are exempt by name (EXEMPT), and so is the reference itself.
 
     lorarepro reference --write    after regenerating results/ (then commit both)
@@ -23,10 +23,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from lorarepro import numerics, paths, records
-from lorarepro.atomic import write_json
+from lorarepro.core import numerics, paths
+from lorarepro.domain import records
+from lorarepro.core.atomic import write_json
 from lorarepro.audit.report import record
-from lorarepro.config import backbone_seed
+from lorarepro.core.config import backbone_seed
 
 REFERENCE = Path("results/reference.json")
 # Measured costs: times and memory (paths.measured_outputs), the reference itself, and what git never holds.

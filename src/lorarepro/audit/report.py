@@ -10,8 +10,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from lorarepro import paths
-from lorarepro.atomic import write_text
+from lorarepro.core import paths
+from lorarepro.core.atomic import write_text
 
 STATUSES = ("fail", "warn", "skip", "info", "pass")  # report order: failures first
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import torch
 
-from lorarepro import checkpoints, families, numerics, paths
+from lorarepro.core import numerics, paths
+from lorarepro.domain import checkpoints, families
 from lorarepro.audit.artifacts import dict_diff
 from lorarepro.audit.report import record
-from lorarepro.data import load_manifest
-from lorarepro.experiment import RunSpec
+from lorarepro.domain.data import load_manifest
+from lorarepro.domain.experiment import RunSpec
 
 FIX = "the checkpoint does not give the recorded metrics: restore it (`dvc checkout checkpoints`) or retrain it"
 
@@ -61,7 +62,7 @@ def skipped(check: str, run, why: str) -> dict:
 
 def other_numerics(check: str, run) -> dict | None:
     """A skip record when the run was made under other numerics than this process computes with:
-    exact agreement is promised only between equal fingerprints (lorarepro.numerics)."""
+    exact agreement is promised only between equal fingerprints (lorarepro.core.numerics)."""
     fix = "audit with the run's numerics (config key `numerics`, the same threads and pinned wheels)"
     try:
         checkpoints.deterministic(run.result["config"])  # the run's threads and numerics, where this process can
@@ -113,7 +114,7 @@ def retrain(config: dict, runs: list, gpu_tolerance: float, unverified: dict | N
     """Retrain each run from its recorded config and compare: exactly on CPU (metrics, final loss and
     checkpoint hash), within `gpu_tolerance` metric points on GPU. Not tracked in MLflow. A run in
     `unverified` ({run: why}) is skipped: its data or backbone failed their content check."""
-    from lorarepro.training.train import train_one  # deferred: only `--retrain` trains
+    from lorarepro.stages.training.train import train_one  # deferred: only `--retrain` trains
 
     out = []
     for run in runs:

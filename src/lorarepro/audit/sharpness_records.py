@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import math
 
-from lorarepro import paths, records
+from lorarepro.core import paths
+from lorarepro.domain import records
 from lorarepro.audit.inputs import BadInput, read_json
 from lorarepro.audit.report import record
-from lorarepro.config import sharpness_runs
+from lorarepro.core.config import sharpness_runs
 
 FIX = ("the flatness record differs from what its job wrote: measure again (`snakemake --cores 2 --forcerun "
        "sharpness`), never edit it")
 UNHASHED = "unhashed:"  # measured before the job hashed its records
 TAG = "lorarepro.sharpness_sha256"
-HESSIAN_RTOL = 1e-6  # λ_max re-measured: ARPACK's summation order (its own tol, 1e-3, bounds what the value means)  # lorarepro.sharpness.SHARPNESS_SHA256 (not imported: it loads torch)
+HESSIAN_RTOL = 1e-6  # λ_max re-measured: ARPACK's summation order (its own tol, 1e-3, bounds what the value means)  # lorarepro.stages.sharpness.SHARPNESS_SHA256 (not imported: it loads torch)
 
 
 def measured(config: dict, runs: list) -> list:
@@ -89,7 +90,7 @@ def remeasure(config: dict, runs: list, unverified: dict | None = None) -> list[
     """Measure the sampled runs' flatness again, without writing, and compare with their records:
     exactly (timings aside) under equal numerics; skipped, with the settings, under others."""
     from lorarepro.audit.rerun import other_numerics, skipped  # deferred: torch, only under --reevaluate
-    from lorarepro.sharpness import measure_run  # deferred: torch, transformers, PEFT
+    from lorarepro.stages.sharpness import measure_run  # deferred: torch, transformers, PEFT
 
     options = dict(config.get("sharpness") or {})
     detail_seeds = options.pop("detail_seeds", None)

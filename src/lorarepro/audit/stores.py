@@ -5,7 +5,7 @@ it, so the audit reads a SQLite store through sqlite3 in read-only mode (`mode=r
 fails) and MLflow's own tables (runs, params, tags, latest_metrics, metrics). Any other store (a
 tracking server, MLFLOW_TRACKING_URI=http://…) is read through MlflowClient, which creates nothing
 there. A run's artifacts (the result JSON and config.json that training logged) are read from the
-store's own mlruns/ (where a copied project's are: lorarepro.tracking.relocate_artifacts) or the
+store's own mlruns/ (where a copied project's are: lorarepro.core.tracking.relocate_artifacts) or the
 run's local artifact URI.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from lorarepro import tracking
+from lorarepro.core import tracking
 from lorarepro.audit.inputs import problem
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from lorarepro import paths
+from lorarepro.core import paths
 from lorarepro.reporting import tables
 from lorarepro.audit.report import record
-from lorarepro.config import specs
+from lorarepro.core.config import specs
 
 REBUILD = "rebuild the tables from the result JSONs: `snakemake --cores 2 --forcerun tables`"
 

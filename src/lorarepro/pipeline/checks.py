@@ -5,9 +5,9 @@ loading a config; and what a config merged over params.yaml would replace of the
 import json
 from pathlib import Path
 
-from lorarepro import paths
-from lorarepro.config import ConfigError, column, read, reported_runs, specs
-from lorarepro.experiment import run_specs
+from lorarepro.core import paths
+from lorarepro.core.config import ConfigError, column, read, reported_runs, specs
+from lorarepro.domain.experiment import run_specs
 
 SHOWN = 3  # paths named in the notice; the rest are counted
 

@@ -31,10 +31,10 @@ import re
 import shutil
 from pathlib import Path
 
-from lorarepro import paths
-from lorarepro.config import claim_comparisons, column, spec_seeds, specs
-from lorarepro.hashing import sha256_file, sha256_json
-from lorarepro.records import FINISHED, load
+from lorarepro.core import paths
+from lorarepro.core.config import claim_comparisons, column, spec_seeds, specs
+from lorarepro.core.hashing import sha256_file, sha256_json
+from lorarepro.domain.records import FINISHED, load
 
 OUT = Path("build") / "crate"  # /build/ is git-ignored: the crate holds times and a per-checkout verdict
 PROFILES = {  # the profiles the crate conforms to, by the versions ro-crate-py and roc-validator know
@@ -200,7 +200,7 @@ def build(out: Path = OUT, *, root: Path = Path("."), config: dict | None = None
                 "@type": "Dataset", "name": f"checkpoint {task}/{method}/seed{seed}", "url": f"{ckpt_dir}/",
                 "sha256": lineage.get("checkpoint_sha256"),
                 "description": "not bundled (lorarepro crate --bundle-checkpoints bundles it); sha256 of the directory "
-                               "as lorarepro.hashing.sha256_dir computes it"}))
+                               "as lorarepro.core.hashing.sha256_dir computes it"}))
         start, end, how = _record_times(record, root / rel)
         starts.append(start)
         action = crate.add_action(tool, identifier=run_id, object=[data, backbone, parameters],

@@ -14,17 +14,29 @@ Rates, the first that applies (each row of the output names its source):
    a measured Llama rate carries over to other Llama sizes by parameter count, to other GPUs by their
    dense bf16 peak, and to full fine-tuning by 6/4;
 2. otherwise FLOPs: 6·N per token for full fine-tuning, 4·N for LoRA (forward and input gradients, no
-   weight gradients), at UTILISATION of the GPU's dense bf16 peak (PEAK_TFLOPS); on `cpu`, at the
-   effective FLOP/s of the committed CPU benchmark (results/benchmarks/flat_overhead.json, its LoRA
-   step at its largest shape) per core.
-Flat and SAM multiply the LoRA time by the committed benchmark's time ratio at its largest shape
-(flat_overhead.json: Flat by mode and the nearest gradient accumulation, SAM-W at accumulation 1;
-LoRA-SAM is charged SAM-W's ratio: both take two forward/backward passes).
+   weight gradients), at UTILISATION of the GPU's dense bf16 peak (PEAK_TFLOPS); on `cpu`, at an
+   effective FLOP/s per core measured at the nearest scale: results/benchmarks/numerics_cost.json
+   (benchmarks/numerics_cost.py: `steps` pretraining steps of the tiny backbones params.yaml defines,
+   one thread, under the config's numerics; its seconds run from the pretrain() call to its return, so
+   they hold the family module's import and the model build, the loop with its per-step costs, and the
+   save, but not the process start or torch's import; counted as 6·N per token at the benchmark's batch
+   and max_length, the fixed part charged to the steps), or the committed
+   big-matrix benchmark (results/benchmarks/flat_overhead.json, its LoRA step at its largest shape,
+   4·N per token on 512x1376 matrices): whichever measured N is nearest the backbone's (log scale;
+   its own architecture's on a tie). The 64-wide backbones run 2-6x below the big-matrix rate.
+Flat and SAM multiply the LoRA time by the committed benchmark's time ratio (flat_overhead.json: Flat
+by mode and the nearest gradient accumulation, SAM-W at accumulation 1; LoRA-SAM is charged SAM-W's
+ratio: both take two forward/backward passes): on GPUs at its largest shape; on `cpu`, the benchmark's
+own kind of device, at the tokens per micro-batch nearest the run's (Flat's noise costs per weight per
+step, so its share falls as the tokens per step grow).
 
 GPU-hours assume data parallelism scales perfectly: a run on 4 GPUs costs its tokens at the per-GPU rate.
-`cpu` also adds what a local run spends outside training (backbone pretraining, evaluation, sharpness,
-job start-up from results/benchmarks/pipeline_overhead.json) and spreads it over `cores`, to compare
-with a measured pipeline wall time; GPU kinds count training only.
+`cpu` also adds what a local run spends outside training (backbone pretraining; evaluation of every
+split a run scores, the vision tasks' corrupted copies and generation's decoded tokens included;
+sharpness with its λ_max and landscape passes; job start-up from results/benchmarks/pipeline_overhead.json)
+and spreads it over `cores`, to compare with a measured pipeline wall time; GPU kinds count training
+only. Not modelled: a run's own set-up and save beyond the first of its job (no benchmark separates
+them), step checkpoints, report and audit jobs beyond their start-up.
 """
 
 from __future__ import annotations
@@ -34,15 +46,18 @@ import math
 import re
 from pathlib import Path
 
-from lorarepro import paths
-from lorarepro.config import column, reported_runs, sharpness_runs, spec_seeds, specs
-from lorarepro.experiment import resolve_run
-from lorarepro.records import load_finished
+import yaml
 
-BENCHMARKS = paths.RESULTS / "benchmarks"
+from lorarepro.core import paths
+from lorarepro.core.config import column, reported_runs, sharpness_runs, spec_seeds, specs
+from lorarepro.domain.experiment import resolve_run
+from lorarepro.domain.records import load_finished
+
+BENCHMARKS = paths.BENCHMARKS
 FLAT_OVERHEAD = BENCHMARKS / "flat_overhead.json"
 FLAT_OVERHEAD_7B = BENCHMARKS / "flat_overhead_7b.json"
 PIPELINE_OVERHEAD = BENCHMARKS / "pipeline_overhead.json"
+NUMERICS_COST = BENCHMARKS / "numerics_cost.json"  # the tiny backbones' pretraining, timed per numerics setting
 GPUS = ("h100", "h200", "a100", "4090", "cpu")
 PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "4090": 165.0}  # dense bf16, no sparsity
 UTILISATION = 0.40  # assumed share of that peak a training step reaches (model FLOPs utilisation)
@@ -142,7 +157,7 @@ def run_tokens(config: dict, task: str, training: dict) -> dict:
     """Tokens and optimizer steps of one training run (one seed)."""
     examples, how = train_examples(config, task)
     examples = max(1, round(examples * training.get("train_fraction", 1.0)))
-    batch = training["batch_size"] * training.get("grad_accum", 1)
+    batch = training["batch_size"]  # examples per optimizer step, split over grad_accum micro-batches (step_plan)
     per_example, per_how = tokens_per_example(config, task, training)
     steps = training["epochs"] * math.ceil(examples / batch)
     return {"examples": examples, "examples_from": how, "tokens_per_example": per_example,
@@ -155,33 +170,39 @@ def _points(path: Path) -> list[dict]:
     return json.loads(path.read_text(encoding="utf-8")).get("points") or []
 
 
-def _ratio(points: list[dict], method: str, accum: int) -> float | None:
-    """The benchmark's time ratio of `method` over LoRA at its largest tokens, at the nearest accumulation."""
+def _ratio(points: list[dict], method: str, accum: int, tokens: int | None = None) -> tuple[float, int] | tuple[None, None]:
+    """(time ratio of `method` over LoRA, at which tokens per micro-batch) in the benchmark, at the
+    nearest accumulation and at its largest tokens, or (`tokens` given) the tokens nearest those."""
     rows = [p for p in points if p["method"] == method]
     if not rows:
-        return None
+        return None, None
     near = min({p["accum"] for p in rows}, key=lambda a: (abs(math.log(a / max(accum, 1))), a))
     rows = [p for p in rows if p["accum"] == near]
-    return max(1.0, max(rows, key=lambda p: p["tokens"])["time_ratio"])  # below 1 is the benchmark's noise
+    row = max(rows, key=lambda p: p["tokens"]) if tokens is None else \
+        min(rows, key=lambda p: (abs(math.log(p["tokens"] / max(tokens, 1))), -p["tokens"]))
+    return max(1.0, row["time_ratio"]), row["tokens"]  # below 1 is the benchmark's noise
 
 
-def multiplier(spec, points: list[dict]) -> tuple[float, str]:
-    """(factor over a LoRA step, source) of a run's step strategy."""
+def multiplier(spec, points: list[dict], tokens: int | None = None) -> tuple[float, str]:
+    """(factor over a LoRA step, source) of a run's step strategy; `tokens` (a run's tokens per
+    micro-batch; `cpu` only): the benchmark's ratio nearest them, else at its largest shape."""
     accum = spec.training.get("grad_accum", 1)
     if spec.strategies.get("sam"):
-        ratio = _ratio(points, "sam_w", 1)
+        ratio, at = _ratio(points, "sam_w", 1, tokens)
         space = spec.strategies["sam"].get("space", "weight")
-        return (ratio, f"SAM ({space}): flat_overhead.json sam_w ratio {ratio:.2f}") if ratio else (2.0, "SAM: assumed 2x")
+        return (ratio, f"SAM ({space}): flat_overhead.json sam_w ratio {ratio:.2f} at {at} tokens") if ratio \
+            else (2.0, "SAM: assumed 2x")
     if spec.strategies.get("flat"):
         mode = spec.strategies["flat"].get("mode", "exact")
-        ratio = _ratio(points, f"flat_{mode}", accum)
-        return (ratio, f"Flat ({mode}): flat_overhead.json ratio {ratio:.3f}") if ratio else (1.0, "Flat: assumed 1x")
+        ratio, at = _ratio(points, f"flat_{mode}", accum, tokens)
+        return (ratio, f"Flat ({mode}): flat_overhead.json ratio {ratio:.3f} at {at} tokens") if ratio \
+            else (1.0, "Flat: assumed 1x")
     return 1.0, "LoRA/full: 1x"
 
 
 def cpu_flops_per_core(root: Path = Path(".")) -> tuple[float, str]:
-    """Effective FLOP/s of one core from the committed CPU benchmark: its LoRA step at the largest
-    shape, counted as 4·N·tokens (N: the stack's weights)."""
+    """Effective FLOP/s of one core from the committed big-matrix CPU benchmark: its LoRA step at the
+    largest shape, counted as 4·N·tokens (N: the stack's weights, 512x1376 matrices)."""
     data = json.loads((root / FLAT_OVERHEAD).read_text(encoding="utf-8"))
     n = sum(i * o for i, o in data["shapes"]["layers_in_out"])
     row = max((p for p in data["points"] if p["method"] == "lora" and p["accum"] == 1), key=lambda p: p["tokens"])
@@ -190,26 +211,84 @@ def cpu_flops_per_core(root: Path = Path(".")) -> tuple[float, str]:
                   f"-> {rate / 1e9:.1f} GFLOP/s per core")
 
 
+def _pretrain_tokens(spec: dict) -> int:
+    """Tokens per pretraining example of a backbone entry, an upper bound as for fine-tuning: the
+    pretext's max_length, or the image's patches plus the class token."""
+    p, size = spec.get("pretrain") or {}, spec.get("size") or {}
+    return p.get("max_length") or (size.get("image_size", 0) // max(1, size.get("patch_size", 1))) ** 2 + 1
+
+
+def measured_cpu_rates(root: Path = Path("."), numerics: str = "portable") -> list[dict]:
+    """Effective FLOP/s of one core at every scale a committed CPU benchmark measured, each with its N
+    and architecture: the tiny backbones of results/benchmarks/numerics_cost.json under the setting of
+    `numerics` (their `steps` pretraining steps, full fine-tuning: 6·N per token at the batch size and
+    max_length params.yaml gives them, the file numerics_cost.py reads; its median seconds run from
+    pretrain()'s call to its return, so the family module's import, the model build, per-step batch
+    building, optimizer and scheduler, and the save are in the rate, the process start and torch's
+    import are not), then the big-matrix LoRA step of results/benchmarks/flat_overhead.json."""
+    rates = []
+    cost, defined = root / NUMERICS_COST, root / paths.PARAMS
+    if cost.is_file() and defined.is_file():
+        data = json.loads(cost.read_text(encoding="utf-8"))
+        backbones = (yaml.safe_load(defined.read_text(encoding="utf-8")) or {}).get("backbones") or {}
+        setting = "native" if numerics == "native" else "portable"
+        for name, settings in sorted((data.get("results") or {}).items()):
+            spec, entry = backbones.get(name), settings.get(setting)
+            if not spec or not entry or not (spec.get("pretrain") or {}).get("batch_size"):
+                continue
+            n, _ = parameters({"backbones": {name: spec}}, name)
+            batch, length = spec["pretrain"]["batch_size"], _pretrain_tokens(spec)
+            rate = 6 * n * data["steps"] * batch * length / entry["median_seconds"]
+            rates.append({"name": name, "arch": spec.get("arch"), "n": n, "rate": rate, "how": (
+                f"{NUMERICS_COST} ({setting}): {data['steps']} pretraining steps of {name} (N={n:.3g}, "
+                f"{batch}x{length} tokens a step, 6·N per token) in {entry['median_seconds']} s "
+                f"-> {rate / 1e9:.1f} GFLOP/s per core")})
+    if (root / FLAT_OVERHEAD).is_file():
+        rate, how = cpu_flops_per_core(root)
+        data = json.loads((root / FLAT_OVERHEAD).read_text(encoding="utf-8"))
+        rates.append({"name": "big matrices", "arch": None, "rate": rate, "how": how,
+                      "n": float(sum(i * o for i, o in data["shapes"]["layers_in_out"]))})
+    return rates
+
+
+def cpu_rate(config: dict, backbone: str, measured: list[dict]) -> tuple[float, str]:
+    """(FLOP/s of one core, source) for a backbone: the measured rate whose N is nearest its own on a
+    log scale (its own architecture's on a tie), as matmuls this small run far below large ones."""
+    if not measured:
+        raise FileNotFoundError(f"no CPU rate: neither {NUMERICS_COST} nor {FLAT_OVERHEAD} is committed")
+    n, _ = parameters(config, backbone)
+    arch = config["backbones"][backbone].get("arch")
+    best = min(measured, key=lambda m: (round(abs(math.log(m["n"] / n)), 9), m["arch"] != arch))
+    if best["arch"] is None:
+        why = "the nearest measured size is the big-matrix benchmark"
+    elif best["arch"] != arch:
+        why = f"{arch} not measured at small scale; the nearest measured size, {best['name']}"
+    else:
+        why = "measured at its own scale" if math.isclose(best["n"], n) else f"the nearest measured {arch}, {best['name']}"
+    return best["rate"], f"{backbone} (N={n:.3g}): {why}: {best['how']}"
+
+
 def _recorded_rate(root: Path, task: str, method: str, spec) -> float | None:
     """Tokens/s of a finished GPU run of (task, method) from its seconds_per_step, if any."""
     for path in sorted((root / paths.RESULTS / "runs" / task / method).glob("seed*.json")):
         record = load_finished(path)
         res = (record or {}).get("resources") or {}
         if res.get("seconds_per_step") and str(res.get("device", "cpu")).startswith("cuda"):
-            tokens = spec.training["batch_size"] * spec.training.get("grad_accum", 1) * (spec.training.get("max_length") or 1)
+            tokens = spec.training["batch_size"] * (spec.training.get("max_length") or 1)  # batch_size: per optimizer step
             return tokens / res["seconds_per_step"]
     return None
 
 
-def lora_rate(config: dict, spec, gpu: str, root: Path, cpu_rate: float | None) -> tuple[float, str, str]:
-    """(tokens/s of a plain LoRA or full fine-tuning step, source, kind of rate) on one `gpu`."""
+def lora_rate(config: dict, spec, gpu: str, root: Path, cpu_rates: dict | None) -> tuple[float, str, str]:
+    """(tokens/s of a plain LoRA or full fine-tuning step, source, kind of rate) on one `gpu`;
+    `cpu_rates`: {backbone: (FLOP/s of one core, source)} (`cpu` only)."""
     n, n_how = parameters(config, spec.backbone)
     full = spec.adapter is None
     k = 6 if full else 4
     model = str(config["backbones"][spec.backbone].get("model") or "").lower()
     arch = config["backbones"][spec.backbone].get("arch")
     if gpu == "cpu":
-        return cpu_rate / (k * n), f"{k}·N FLOPs/token, N {n_how}; CPU rate above", "cpu"
+        return cpu_rates[spec.backbone][0] / (k * n), f"{k}·N FLOPs/token, N {n_how}; CPU rate of {spec.backbone} below", "cpu"
     if arch == "llama" and "llama-2-7b" in model and (root / FLAT_OVERHEAD_7B).is_file():
         lora = [p for p in _points(root / FLAT_OVERHEAD_7B) if p["method"] == "lora"]
         if lora:
@@ -231,29 +310,42 @@ def lora_rate(config: dict, spec, gpu: str, root: Path, cpu_rate: float | None) 
     return rate, f"FLOPs: {k}·N per token, N {n_how}, at {UTILISATION:.0%} of {gpu}'s {PEAK_TFLOPS[gpu]:g} TFLOP/s bf16", "flops"
 
 
-def _cpu_extras(config: dict, runs: dict, specs_: dict, cpu_rate: float, root: Path) -> dict:
-    """CPU seconds outside training, for the `cpu` estimate of a local pipeline (each a stated model)."""
+def _cpu_extras(config: dict, runs: dict, specs_: dict, cpu_rates: dict, root: Path) -> dict:
+    """CPU seconds outside training, for the `cpu` estimate of a local pipeline (each a stated model),
+    every FLOP count at its backbone's CPU rate (cpu_rate)."""
+    # deferred: these modules import torch, which only the `cpu` estimate needs
+    from lorarepro.domain.data import GENERATED_SOURCES
+    from lorarepro.domain.data.vision import SEVERITIES
+    from lorarepro.domain.families.generation import MAX_NEW_TOKENS
+    from lorarepro.stages.sharpness import ALPHAS
+
     out = {}
     pretrain = 0.0
+    used = {specs_[pair].backbone for pair in runs}
     for name, bb in config["backbones"].items():
-        if bb.get("source") != "pretrain" or not any(s.backbone == name for s in specs_.values()):
+        if bb.get("source") != "pretrain" or name not in used:
             continue
         n, _ = parameters(config, name)
         p = bb.get("pretrain") or {}
-        size = bb.get("size") or {}
-        length = p.get("max_length") or ((size.get("image_size", 0) // max(1, size.get("patch_size", 1))) ** 2 + 1)
-        pretrain += 6 * n * p.get("steps", 0) * p.get("batch_size", 0) * length / cpu_rate
+        # full training of every weight, 6·N per token, at the rate numerics_cost.json measured for this scale
+        pretrain += 6 * n * p.get("steps", 0) * p.get("batch_size", 0) * _pretrain_tokens(bb) / cpu_rates[name][0]
     out["backbone pretraining (6·N per token)"] = pretrain
     evaluation = 0.0
     for (task, method), seeds in runs.items():
-        spec = specs_[(task, method)]
+        spec, task_cfg = specs_[(task, method)], config["tasks"][task]
         n, _ = parameters(config, spec.backbone)
         per, _ = tokens_per_example(config, task, spec.training)
-        sizes = config["tasks"][task].get("sizes") or {}
-        # validation every epoch, test once: forward only, 2·N per token
-        examples = sizes.get("validation", 0) * spec.training["epochs"] + sizes.get("test", 0)
-        evaluation += len(seeds) * 2 * n * per * examples / cpu_rate
-    out["evaluation (validation each epoch + test, 2·N per token)"] = evaluation
+        sizes = task_cfg.get("sizes") or {}
+        # every split but train, scored once after training (data.load_eval_splits): validation and test
+        examples = sizes.get("validation", 0) + sizes.get("test", 0)
+        if task_cfg.get("family") == "vision" and task_cfg.get("source") in GENERATED_SOURCES:
+            examples += len(SEVERITIES) * sizes.get("test", 0)  # a generated vision task's corrupted test copies
+        if spec.training.get("checkpoint_selection", "last") != "last":
+            examples += spec.training["epochs"] * sizes.get("validation", 0)  # validation after every epoch (selection)
+        if task_cfg.get("family") == "generation":
+            per += task_cfg.get("max_new_tokens", MAX_NEW_TOKENS)  # greedy decoding: one forward per new token
+        evaluation += len(seeds) * 2 * n * per * examples / cpu_rates[spec.backbone][0]
+    out["evaluation (every split once, OOD copies, decoded tokens; 2·N per token)"] = evaluation
     sharp = config.get("sharpness")
     seconds = 0.0
     if sharp:
@@ -261,16 +353,23 @@ def _cpu_extras(config: dict, runs: dict, specs_: dict, cpu_rate: float, root: P
             spec = specs_.get((task, method)) or resolve_run(config, task, method)
             n, _ = parameters(config, spec.backbone)
             per, _ = tokens_per_example(config, task, spec.training)
-            forwards = 1 + sharp.get("draws", 8) * len(sharp.get("radii") or [1])
-            detail = len(set(seeds) & set(sharp.get("detail_seeds") or []))
-            seconds += len(seeds) * forwards * 2 * n * per * sharp.get("n_eval", 64) / cpu_rate
-            # λ_max: a Hessian-vector product ≈ 2 forward/backward passes (6·N each) per iteration
-            seconds += detail * sharp.get("hessian_iters", 12) * 12 * n * per * sharp.get("n_eval", 64) / cpu_rate
-    out["sharpness (probe forwards; Hessian-vector products)"] = seconds
+            probe = min(sharp.get("n_eval", 64), run_tokens(config, task, spec.training)["examples"])  # first training rows
+            per_token = 2 * n * per * probe / cpu_rates[spec.backbone][0]
+            detail = sharp.get("detail_seeds")
+            detail = len(seeds) if detail is None else len(set(seeds) & set(detail))  # default: every seed
+            # the clean loss, then one forward per (radius, draw)
+            seconds += len(seeds) * (1 + sharp.get("draws", 8) * len(sharp.get("radii") or [1])) * per_token
+            # λ_max: one Hessian-vector product per Lanczos vector, ≈ 2 forward/backward passes (6·N each);
+            # the landscape: one forward per α (sharpness.ALPHAS)
+            seconds += detail * (sharp.get("hessian_iters", 12) * 6 + len(ALPHAS)) * per_token
+    out["sharpness (probe forwards; Hessian-vector products; landscape)"] = seconds
     overhead = json.loads((root / PIPELINE_OVERHEAD).read_text(encoding="utf-8")) if (root / PIPELINE_OVERHEAD).is_file() else {}
     startup = overhead.get("job_startup_seconds") or {}
     warm, cold = (startup.get("warm") or {}).get("median", 0.5), (startup.get("cold") or {}).get("median", 5.0)
-    jobs = len(runs) + len(config["tasks"]) + len(config["backbones"]) + len(sharpness_runs(config)) + 4
+    pretext = sum(1 for b in used if config["backbones"][b].get("source") == "pretrain")
+    # one job per trained (task, method), prepared task, backbone and its pretext, sharpness pair, and
+    # tables, figures, captions and audit: each a fork of the warm server; the server's imports once
+    jobs = len(runs) + len({t for t, _ in runs}) + len(used) + pretext + len(sharpness_runs(config)) + 4
     out[f"job start-up ({jobs} jobs warm, {cold:g} s cold once; {PIPELINE_OVERHEAD})"] = jobs * warm + cold
     return out
 
@@ -283,13 +382,18 @@ def estimate(config: dict, gpu: str = "h100", root: Path = Path("."), cores: int
     runs = reported_runs(config)
     specs_ = {pair: resolve_run(config, *pair) for pair in runs}
     points = _points(root / FLAT_OVERHEAD)
-    cpu_rate, cpu_how = cpu_flops_per_core(root) if gpu == "cpu" else (None, None)
+    cpu_rates = None
+    if gpu == "cpu":
+        measured = measured_cpu_rates(root, config.get("numerics", "portable"))
+        cpu_rates = {b: cpu_rate(config, b, measured) for b in sorted({s.backbone for s in specs_.values()})}
     per_run = {}
     for pair, seeds in runs.items():
         spec = specs_[pair]
         tok = run_tokens(config, pair[0], spec.training)
-        rate, source, kind = lora_rate(config, spec, gpu, root, cpu_rate)
-        factor, factor_how = multiplier(spec, points)
+        rate, source, kind = lora_rate(config, spec, gpu, root, cpu_rates)
+        # on `cpu` (the benchmark's own kind of device) Flat's and SAM's ratio at the run's tokens per micro-batch
+        micro = math.ceil(spec.training["batch_size"] / spec.training.get("grad_accum", 1)) * tok["tokens_per_example"]
+        factor, factor_how = multiplier(spec, points, micro if gpu == "cpu" else None)
         seconds = tok["tokens"] / rate * factor
         per_run[pair] = {**tok, "seeds": seeds, "tokens_per_s": rate, "multiplier": factor, "rate_from": source,
                          "multiplier_from": factor_how, "kind": kind, "seconds_per_seed": seconds,
@@ -317,9 +421,9 @@ def estimate(config: dict, gpu: str = "h100", root: Path = Path("."), cores: int
                            "measured": MEASURED, "tables_overlap": "a run two tables read counts in both; the "
                            "total counts each run once"}}
     if gpu == "cpu":
-        extras = _cpu_extras(config, runs, specs_, cpu_rate, root)
+        extras = _cpu_extras(config, runs, specs_, cpu_rates, root)
         core_seconds = total["hours"] * 3600 + sum(extras.values())
-        out["cpu"] = {"rate": cpu_how, "cores": cores, "extras_seconds": extras,
+        out["cpu"] = {"rates": {b: how for b, (_, how) in cpu_rates.items()}, "cores": cores, "extras_seconds": extras,
                       "training_seconds": total["hours"] * 3600, "core_seconds": core_seconds,
                       "wall_seconds": core_seconds / cores,
                       "wall_range_seconds": [core_seconds / cores / UNCERTAINTY["cpu"],
@@ -347,7 +451,8 @@ def render(result: dict, runs: bool = False) -> str:
                      f"[{r['multiplier_from']}], x/÷{r['uncertainty']:g}")
     if "cpu" in result:
         c = result["cpu"]
-        lines += ["", f"CPU rate: {c['rate']}", f"training: {c['training_seconds']:.0f} core-s"]
+        lines += ["", "CPU rates (FLOP/s of one core, per backbone):", *(f"  {how}" for how in c["rates"].values()),
+                  f"training: {c['training_seconds']:.0f} core-s"]
         lines += [f"{k}: {v:.0f} core-s" for k, v in c["extras_seconds"].items()]
         lines.append(f"pipeline wall time on {c['cores']} cores: {c['wall_seconds']:.0f} s "
                      f"({c['wall_range_seconds'][0]:.0f}-{c['wall_range_seconds'][1]:.0f} s)")

@@ -12,15 +12,15 @@ import sys
 import warnings
 from pathlib import Path
 
-from lorarepro.families import of_arch
+from lorarepro.domain.families import of_arch
 from lorarepro.pipeline.gpus import claim
 
 # What the warm server imports once for all jobs ("module" or "module:attribute": transformers and
 # lorarepro import model classes lazily, on first use, so the classes the families load are named).
 PRELOAD = (
-    "lorarepro.training.train", "lorarepro.sharpness", "lorarepro.backbone", "lorarepro.data",
+    "lorarepro.stages.training.train", "lorarepro.stages.sharpness", "lorarepro.stages.backbone", "lorarepro.domain.data",
     "lorarepro.reporting.tables", "lorarepro.reporting.figures", "lorarepro.reporting.captions", "lorarepro.audit",
-    "lorarepro.tracking", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "peft", "peft.optimizers",
+    "lorarepro.core.tracking", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "peft", "peft.optimizers",
     "matplotlib.pyplot", "transformers:T5ForConditionalGeneration", "transformers:LlamaForCausalLM",
     "transformers:ViTForImageClassification", "transformers:PreTrainedTokenizerFast",
     "transformers:get_cosine_schedule_with_warmup",
@@ -69,7 +69,7 @@ def logged(log_path: str):
 
 def allow_remote_code(config: dict) -> None:
     """Which model directories may run their own code: the config's backbone entries decide, alone."""
-    from lorarepro.families.common import allow_remote_code as allow  # deferred: transformers
+    from lorarepro.domain.families.common import allow_remote_code as allow  # deferred: transformers
 
     allow(config)
 
@@ -85,7 +85,7 @@ def job_tags(smk) -> dict:
 def train(smk):
     # claim: this job's own GPUs (Snakemake never sets CUDA_VISIBLE_DEVICES locally)
     with logged(smk.log[0]), claim(smk.resources.get("gpu", 0)):
-        from lorarepro.experiment import RunSpec  # deferred: torch, transformers, PEFT
+        from lorarepro.domain.experiment import RunSpec  # deferred: torch, transformers, PEFT
         from lorarepro.pipeline.launcher import train_job
 
         allow_remote_code(smk.config)
@@ -94,7 +94,7 @@ def train(smk):
 
 def sharpness(smk):
     with logged(smk.log[0]), claim(smk.resources.get("gpu", 0)):
-        from lorarepro.sharpness import measure_pair  # deferred: torch, transformers, PEFT
+        from lorarepro.stages.sharpness import measure_pair  # deferred: torch, transformers, PEFT
 
         allow_remote_code(smk.config)
         measure_pair(smk.config, smk.wildcards.task, smk.wildcards.method, **smk.params.options)
@@ -102,8 +102,8 @@ def sharpness(smk):
 
 def prepare_data(smk):
     with logged(smk.log[0]):
-        from lorarepro.data import prepare_task  # deferred: pandas, pyarrow
-        from lorarepro.families.common import load_tokenizer  # deferred: transformers
+        from lorarepro.domain.data import prepare_task  # deferred: pandas, pyarrow
+        from lorarepro.domain.families.common import load_tokenizer  # deferred: transformers
 
         # a split filtered by token count (`max_tokens`) counts in the backbone's tokens
         allow_remote_code(smk.config)
@@ -113,7 +113,7 @@ def prepare_data(smk):
 
 def prepare_pretext(smk):
     with logged(smk.log[0]):
-        from lorarepro.data import prepare_pretext  # deferred: pandas, pyarrow
+        from lorarepro.domain.data import prepare_pretext  # deferred: pandas, pyarrow
 
         cfg = smk.params.backbone
         prepare_pretext(of_arch(cfg["arch"]), smk.params.data_seed, cfg["pretrain"]["examples"], Path(smk.output[0]))
@@ -121,7 +121,7 @@ def prepare_pretext(smk):
 
 def backbone(smk):
     with logged(smk.log[0]):
-        from lorarepro.backbone import build  # deferred: torch, transformers
+        from lorarepro.stages.backbone import build  # deferred: torch, transformers
 
         print(build(smk.wildcards.backbone, smk.config))
 

@@ -8,8 +8,8 @@ set CUDA_VISIBLE_DEVICES) calls `train_job`, which for N > 1 writes the config t
         -m lorarepro.pipeline.launcher <config.json> <task> <method> <seeds> <job tags>
 
 as an argv list (no shell). Each rank runs `main`, which calls the same
-lorarepro.training.train.train_task_method a one-process job calls; the rank comes from the
-environment torch.distributed.run sets (lorarepro.training.ranks.join). A rank that dies makes
+lorarepro.stages.training.train.train_task_method a one-process job calls; the rank comes from the
+environment torch.distributed.run sets (lorarepro.stages.training.ranks.join). A rank that dies makes
 torch.distributed.run stop the others and exit non-zero; `run_ranks` raises with the exit status.
 """
 
@@ -25,10 +25,10 @@ from pathlib import Path
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from lorarepro import records
-from lorarepro.experiment import RunSpec, distributed
-from lorarepro.families.common import allow_remote_code
-from lorarepro.training.train import train_task_method
+from lorarepro.domain import records
+from lorarepro.domain.experiment import RunSpec, distributed
+from lorarepro.domain.families.common import allow_remote_code
+from lorarepro.stages.training.train import train_task_method
 
 
 def run_ranks(target: list[str], processes: int, what: str = "job") -> None:

@@ -10,7 +10,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from lorarepro import paths
+from lorarepro.core import paths
 from lorarepro.reporting.claims import cost_claims
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lorarepro import paths, records
-from lorarepro.atomic import write_text
-from lorarepro.config import column, spec_seeds, specs
+from lorarepro.core import paths
+from lorarepro.domain import records
+from lorarepro.core.atomic import write_text
+from lorarepro.core.config import column, spec_seeds, specs
 from lorarepro.reporting import cost
 from lorarepro.reporting.claims import CLAIMS_ID, COST_ID
 from lorarepro.reporting.figures import caption_note

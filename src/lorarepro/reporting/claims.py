@@ -40,11 +40,12 @@ import pandas as pd
 from scipy import stats as sps
 from tabulate import tabulate
 
-from lorarepro import paths, records
-from lorarepro.config import ConfigError, claim_comparisons, entry, read_claims, spec_seeds
-from lorarepro.families import FAMILIES
-from lorarepro.hashing import sha256_file
-from lorarepro.registry import Registry
+from lorarepro.core import paths
+from lorarepro.domain import records
+from lorarepro.core.config import ConfigError, claim_comparisons, entry, read_claims, spec_seeds
+from lorarepro.domain.families import FAMILIES
+from lorarepro.core.hashing import sha256_file
+from lorarepro.core.registry import Registry
 from lorarepro.reporting import registration
 from lorarepro.reporting.stats import ALPHA, POWER, VERDICT_RHO, claim_verdict, holm, paired_test, weakest
 

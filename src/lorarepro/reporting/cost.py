@@ -1,5 +1,5 @@
 """The cost of a table with `cost: true` (the paper's Table 6): time per optimizer step and the
-measured peak memory of one training step (lorarepro.training.memory), read from the run records.
+measured peak memory of one training step (lorarepro.stages.training.memory), read from the run records.
 
 They are measurements that change from run to run and machine to machine, so they never enter the
 table's own files (which must repeat bit for bit): they make a companion table of their own,
@@ -12,15 +12,16 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from lorarepro import paths, records
-from lorarepro.config import column, entry
+from lorarepro.core import paths
+from lorarepro.domain import records
+from lorarepro.core.config import column, entry
 
 COST_HEADER = ["ms/step", "step peak MB"]
 COST_NOTE = (
     "Cost columns: `ms/step` = training wall time per optimizer step (this machine, other jobs running "
     "beside it, so ±20% is noise); `step peak MB` = peak of the torch CPU bytes allocated during one "
     "training step (the middle one) and live at the same time, measured with the torch profiler's "
-    "memory events (lorarepro.training.memory), not a process RSS. Means over the row's finished runs and tasks."
+    "memory events (lorarepro.stages.training.memory), not a process RSS. Means over the row's finished runs and tasks."
 )
 
 

@@ -1,5 +1,5 @@
 """Figures of the reproduced runs: training-loss curves, accuracy under corruption severity, 1-D
-loss-landscape slices of the merged weights (from lorarepro.sharpness) and the rank and noise-radius
+loss-landscape slices of the merged weights (from lorarepro.stages.sharpness) and the rank and noise-radius
 ablations.
 
 Every figure reads every seed of its spec. A curve is the mean over seeds with a band from the lowest
@@ -21,10 +21,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from lorarepro import paths, records
-from lorarepro.atomic import write_with
-from lorarepro.config import spec_seeds, specs
-from lorarepro.registry import Registry
+from lorarepro.core import paths
+from lorarepro.domain import records
+from lorarepro.core.atomic import write_with
+from lorarepro.core.config import spec_seeds, specs
+from lorarepro.core.registry import Registry
 
 FIGURES = Registry("figure")  # kind -> fn(config, figure_id) -> written paths; a `figures:` entry's kind (default: its id)
 SEVERITIES = list(range(6))  # 0 = clean test set, 1..5 = ood_s1..ood_s5

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import yaml
 
-from lorarepro import atomic, paths, records
-from lorarepro.hashing import sha256_json
+from lorarepro.core import atomic, paths
+from lorarepro.domain import records
+from lorarepro.core.hashing import sha256_json
 
 PATH = paths.REGISTRATION
 FORMAT = 1

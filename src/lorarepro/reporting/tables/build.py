@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lorarepro import paths
-from lorarepro.atomic import write_text
-from lorarepro.config import spec_seeds, specs
+from lorarepro.core import paths
+from lorarepro.core.atomic import write_text
+from lorarepro.core.config import spec_seeds, specs
 from lorarepro.reporting import cost
 from lorarepro.reporting.claims import claims_files
 from lorarepro.reporting.tables.cells import is_complete, load_reference, row_averages, table_cells, table_spec

@@ -11,8 +11,9 @@ from statistics import mean, stdev
 import pandas as pd
 import yaml
 
-from lorarepro import paths, records
-from lorarepro.config import column, entry, spec_seeds, specs
+from lorarepro.core import paths
+from lorarepro.domain import records
+from lorarepro.core.config import column, entry, spec_seeds, specs
 from lorarepro.reporting import claims
 
 # ----------------------------------------------------------------------------- small I/O helpers

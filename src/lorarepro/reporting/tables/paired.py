@@ -7,9 +7,10 @@ from __future__ import annotations
 import pandas as pd
 from tabulate import tabulate
 
-from lorarepro import paths, records
+from lorarepro.core import paths
+from lorarepro.domain import records
 from lorarepro.reporting.stats import direction, flat_pairs, paired_test
-from lorarepro.config import column, spec_seeds
+from lorarepro.core.config import column, spec_seeds
 from lorarepro.reporting.tables.cells import column_mirrors, is_complete, paper_value, seed_metric, table_spec
 
 SIG_COLUMNS = [

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from lorarepro.config import spec_seeds
+from lorarepro.core.config import spec_seeds
 from lorarepro.reporting.claims import COLLAPSE_ALPHA
 from lorarepro.reporting.stats import flat_pairs
 from lorarepro.reporting.tables.cells import is_complete, row_averages, table_spec

@@ -1,5 +1,5 @@
 """The flatness table (table_sharpness.csv|md): every measured run's flatness in the full weight
-space (lorarepro.sharpness) beside its accuracy, summarised per method, with a per-task verdict for
+space (lorarepro.stages.sharpness) beside its accuracy, summarised per method, with a per-task verdict for
 each Flat variant against its base."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from lorarepro import paths, records
-from lorarepro.config import entry, sharpness_runs, sharpness_specs
+from lorarepro.core import paths
+from lorarepro.domain import records
+from lorarepro.core.config import entry, sharpness_runs, sharpness_specs
 from lorarepro.reporting.stats import flatness_verdicts, method_summary
 
 def load_measures(task: str, method: str, seed: int) -> dict | None:

@@ -1,0 +1,1 @@
+"""Foundation: settings, paths, tracking, numerics and small helpers; imports nothing else of lorarepro."""

@@ -1,0 +1,2 @@
+"""The domain: the run spec, data, methods, task families, evaluation, checkpoints and the run record;
+imports only `core`."""
