@@ -106,8 +106,7 @@ def profile(log: str, clone: Path, cores: int) -> dict:
         kind = f"train:{parts[1]}" if parts[0] == "train" and len(parts) == 3 else parts[0]
         by_kind[kind] = by_kind.get(kind, 0.0) + span["end"] - span["start"]
     makespan = max(span["end"] for span in spans)
-    runs = [json.loads(p.read_text())["resources"] for p in sorted((clone / "results" / "runs").rglob("seed*.json"))
-            if not p.name.endswith(".sharpness.json")]
+    runs = [json.loads(p.read_text())["resources"] for p in planned_records(clone)]
     steps = sum(r.get("seconds", 0.0) for r in runs)
     evaluation = sum(r.get("evaluate_seconds", 0.0) for r in runs)
     train_jobs = sum(v for k, v in by_kind.items() if k.startswith("train"))
@@ -122,6 +121,17 @@ def profile(log: str, clone: Path, cores: int) -> dict:
     }
 
 
+def planned_records(clone: Path) -> list[Path]:
+    """The result JSONs of the runs params.yaml plans (not every file under results/runs/: records of
+    runs the config no longer plans stay in a clone until removed)."""
+    from lorarepro.core import paths  # deferred: read in the clone, after the run
+    from lorarepro.core.config import read, reported_runs
+
+    planned = reported_runs(read(clone / "params.yaml"))
+    return [clone / paths.run_result(task, method, seed) for (task, method), seeds in sorted(planned.items())
+            for seed in seeds]
+
+
 def numerics_of(clone: Path) -> dict | None:
     """The numerics fingerprint the run's records were made under (lorarepro.core.numerics)."""
     for path in sorted((clone / "results" / "runs").rglob("seed*.json")):
@@ -133,8 +143,13 @@ def numerics_of(clone: Path) -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, help="clone into this (new) directory and keep it")
+    parser.add_argument("--reprofile", type=Path, metavar="CLONE",
+                        help="recompute only the profile of the run kept in CLONE (its default_run.log) into the JSON")
     args = parser.parse_args(argv)
-    if args.keep:
+    if args.reprofile:
+        result = json.loads(OUT.read_text())
+        result["profile"] = profile((args.reprofile / "default_run.log").read_text(), args.reprofile, cores(result["command"]))
+    elif args.keep:
         result = run(args.keep)
     else:
         with tempfile.TemporaryDirectory(prefix="lorarepro-default-run-") as tmp:
