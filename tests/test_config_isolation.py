@@ -136,6 +136,10 @@ def test_a_merging_config_that_changes_a_default_run_is_told_which_files_it_repl
     assert "changes 2 of the default's runs (params.yaml: digits/lora_r8, sentiment/lora_r8)" in line
     assert f"will replace {len(shown) + len(runs)} of the default's files" in line
     assert "results/tables/table_small.csv" in line and "outputs/change/" in line
+    # other data (or another backbone) changes no run's settings, but every run on it, and the data itself
+    (repo / "data.yaml").write_text(yaml.safe_dump({"data_seed": 99}))
+    [line] = [line for line in plan(repo, "data.yaml").stderr.splitlines() if NOTICE.match(line)]
+    assert "changes 4 of the default's runs" in line and "of the default's files" in line
 
 
 # ---------------------------------------------------------------- the DVC check, scoped

@@ -35,21 +35,26 @@ def replaced_defaults(config: dict, runs: dict, config_id: str) -> str | None:
     """One line naming the embedded default's files (params.yaml's runs, tables and figures) that this
     config, merged over params.yaml, would replace at the paths they share; None when it replaces none.
     `runs`: this config's resolved runs (experiment.check). A seed counts where its (task, method)
-    resolves to other settings than the default's and its result JSON holds the default's run now:
-    its record, loss history, flatness and checkpoint, and the tables and figures of the same id as
-    the default's that read it."""
+    resolves to other settings than the default's, or reads other inputs (the task's data, the
+    backbone: their entries and seeds), and its result JSON holds the default's run now: its record,
+    loss history, flatness and checkpoint, the prepared data and backbone it replaces, and the tables
+    and figures of the same id as the default's that read it."""
     default = read(paths.PARAMS)
     theirs, seeds = run_specs(default), reported_runs(default)
     ours = reported_runs(config)
     changed, files = set(), []
-    for pair in sorted(runs.keys() & theirs.keys()):
-        if runs[pair].as_dict() == theirs[pair].as_dict():
+    inputs = {pair: [_inputs(c, spec) for c, spec in ((config, runs[pair]), (default, theirs[pair]))]
+              for pair in runs.keys() & theirs.keys()}
+    for pair in sorted(inputs):
+        if runs[pair].as_dict() == theirs[pair].as_dict() and inputs[pair][0] == inputs[pair][1]:
             continue
         for seed in sorted(set(ours[pair]) & set(seeds[pair])):
             if _recorded(paths.run_result(*pair, seed)) == theirs[pair].as_dict():  # the default's run, not yet replaced
                 changed.add(pair)
                 files += [p for p in (paths.run_result(*pair, seed), paths.run_history(*pair, seed),
                                       paths.run_sharpness(*pair, seed), paths.checkpoint_dir(*pair, seed)) if p.exists()]
+    for task, backbone in sorted({(t, runs[t, m].backbone) for t, m in changed if inputs[t, m][0] != inputs[t, m][1]}):
+        files += [p for p in (paths.prepared_dir(task), paths.backbone_dir(backbone)) if p.exists() and p not in files]
     shown = []
     for kind, where, variants in (("tables", paths.table, ("", "_significance", "_cost")), ("figures", paths.figure, ("",))):
         for name, spec in specs(config, kind).items():
@@ -62,6 +67,13 @@ def replaced_defaults(config: dict, runs: dict, config_id: str) -> str | None:
             f"{_first([f'{t}/{m}' for t, m in sorted(changed)])}) and will replace {len(files)} of the default's files "
             f"at the paths they share: {_first(files)}; a complete config with `standalone: true` writes under "
             f"{paths.OUTPUTS / config_id}/ instead")
+
+
+def _inputs(config: dict, spec) -> tuple:
+    """What a run reads besides its own settings: its task's data entry and seed, its backbone's entry
+    and seed (a change to either regenerates the data or the backbone, and every run on it)."""
+    return (config["tasks"].get(spec.task), config.get("data_seed"), config["backbones"].get(spec.backbone),
+            config.get("backbone_seed"))
 
 
 def _first(items: list) -> str:
