@@ -1,4 +1,4 @@
-"""Issue 27, the pipeline's own audit: a manual `lorarepro audit` writes its own files
+"""The pipeline's own audit: a manual `lorarepro audit` writes its own files
 (results/audit/manual/), never the audit rule's output, so Snakemake reruns its audit exactly when
 the rule's inputs changed, whatever a manual audit left behind."""
 

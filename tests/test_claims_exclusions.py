@@ -1,4 +1,4 @@
-"""Exclusions carry evidence (issue #27, item 3), the claims side: from constructed records, each claim
+"""Exclusions carry evidence, the claims side: from constructed records, each claim
 counts the runs it leaves out because they diverged (per method, pairs), gives its estimate and verdict
 with them included at their arm's worst, and says so plainly where that verdict differs."""
 

@@ -1,4 +1,4 @@
-"""The claims report's readings (issue #26), from constructed records: the paper's cells for the
+"""The claims report's readings, from constructed records: the paper's cells for the
 mirrored tasks, scale-bound claims judged by the overhead benchmark, multiplicity over the primary
 family, collapsed runs, "each" tested per pair, and the measures a claim names."""
 

@@ -1,4 +1,4 @@
-"""Issue 27, a config never silently replaces another's results: a standalone config writes everything
+"""A config never silently replaces another's results: a standalone config writes everything
 under outputs/<config id>/ (lorarepro.core.paths.select), a config merged over params.yaml that changes a
 run of the default's is told once, at the DAG, which of the default's files it would replace, and the
 audit's DVC check judges only what the audited config made."""
