@@ -71,7 +71,7 @@ if workflow.local_exec and not workflow.output_settings.dryrun:  # a dry run (a 
 check_reporting(config)  # every figure's drawer exists, before any job trains
 # A dry run of a GPU grid says what it would cost (lorarepro estimate: GPU-hours per table, with sources)
 if workflow.output_settings.dryrun and any(resources(config, "train", t)["gpu"] for t in config["tasks"]):
-    from lorarepro.pipeline.estimate import estimate, render
+    from lorarepro.reporting.estimate import estimate, render
 
     print(render(estimate(config, "h100")))
 

@@ -9,7 +9,7 @@ import yaml
 from conftest import ROOT
 from lorarepro.core.config import reported_runs
 from lorarepro.domain.experiment import load
-from lorarepro.pipeline import estimate as est
+from lorarepro.reporting import estimate as est
 
 
 @pytest.fixture
@@ -134,3 +134,45 @@ def test_default_estimate_within_a_factor_of_2_of_its_measured_wall_time(config)
     assert result["total"]["runs"] == runs
     predicted = result["cpu"]["wall_seconds"]
     assert abs(math.log(predicted / measured["pipeline_seconds"])) <= math.log(2), (predicted, measured["pipeline_seconds"])
+
+
+# ---------------------------------------------------------------- the audit: forecast against record
+
+
+def _run(task, method, seconds, device="cpu", gpu=None, ranks=1):
+    from lorarepro.audit.artifacts import Run
+
+    resources = {"seconds": seconds, "device": device, **({"gpu_model": gpu} if gpu else {})}
+    return Run(task, method, 0, {"status": "FINISHED", "resources": resources,
+                                 "train": {"distributed": {"processes": ranks}}})
+
+
+def test_the_audit_compares_the_estimate_with_the_recorded_training_time(monkeypatch):
+    from lorarepro.audit import cost_estimate
+
+    asked = []
+
+    def forecast(config, kind):
+        asked.append(kind)
+        return {"runs": {"a/lora": {"seconds_per_seed": 100.0, "uncertainty": 1.5}}}
+
+    monkeypatch.setattr(cost_estimate.estimate, "estimate", forecast)
+    [inside] = cost_estimate.check({}, [_run("a", "lora", 120.0), _run("a", "lora", 130.0)])
+    assert asked == ["cpu"] and inside["status"] == "info"
+    assert "estimated 0.0556 core-hours, recorded 0.0694 (x1.25), inside" in inside["detail"]
+    # two ranks of an H100 run: twice the GPU time; outside x/÷1.5, with a pointer to the rates
+    [outside] = cost_estimate.check({}, [_run("a", "lora", 160.0, "cuda", "NVIDIA H100 80GB HBM3", ranks=2)])
+    assert asked[-1] == "h100" and "h100 GPU-hours" in outside["detail"] and "(x3.20), outside" in outside["detail"]
+    assert "lorarepro estimate" in outside["fix"]
+    # runs on two kinds of device, or a GPU without a rate: said, not compared
+    [mixed] = cost_estimate.check({}, [_run("a", "lora", 1.0), _run("a", "lora", 1.0, "cuda", "NVIDIA H200")])
+    assert "no one estimate" in mixed["detail"] and len(asked) == 2
+    assert cost_estimate.device_kind({"device": "cuda", "gpu_model": "Tesla V100"}) is None
+
+
+def test_the_audit_without_a_committed_benchmark_says_so(tmp_path, monkeypatch, config):
+    from lorarepro.audit import cost_estimate
+
+    monkeypatch.chdir(tmp_path)  # no results/benchmarks/ here
+    [said] = cost_estimate.check(config, [_run("sentiment", "lora_r8", 1.0)])
+    assert said["status"] == "info" and "no estimate to compare with" in said["detail"]

@@ -28,8 +28,8 @@ from pathlib import Path
 from dataclasses import asdict, dataclass, fields
 
 from lorarepro.core import paths
-from lorarepro.audit import (artifacts, dvc_outs, exclusions, figures, identity, inputs, mlflow_runs, reference, rerun,
-                             sharpness_records, stores, tables)
+from lorarepro.audit import (artifacts, cost_estimate, dvc_outs, exclusions, figures, identity, inputs, mlflow_runs,
+                             reference, rerun, sharpness_records, stores, tables)
 from lorarepro.audit.report import STATUSES, record, summary, write, write_crash
 from lorarepro.domain.families.common import allow_remote_code
 
@@ -118,6 +118,7 @@ def run(config: dict, options: Options | None = None, configfiles=()) -> dict:
         records += _guarded("dvc", dvc_outs.check, runs, consistent, config_id)
     by_table = artifacts.runs_by_table(config, runs)
     records += _guarded("metrics", artifacts.check_metrics, runs)
+    records += _guarded("estimate", cost_estimate.check, config, runs)
     made_under = next((r.result["lineage"].get("numerics") for r in runs if r.result and r.result.get("lineage")), None)
     if not special:
         records += _guarded("reference", reference.check, config, made_under)

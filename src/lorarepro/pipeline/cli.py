@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     est = commands.add_parser(
         "estimate", help="GPU-hours (or CPU time) per table and in total before a run, with each rate's source",
         description="Tokens from the config (sizes or stated assumptions; max_length as an upper bound), rates from "
-                    "the committed benchmarks or a FLOP model (lorarepro.pipeline.estimate), with uncertainty.",
+                    "the committed benchmarks or a FLOP model (lorarepro.reporting.estimate), with uncertainty.",
         formatter_class=raw)
     est.add_argument("--gpu", default="h100", choices=["h100", "h200", "a100", "4090", "cpu"],
                      help="the device to price (default %(default)s; cpu: a local run on --cores cores)")
@@ -294,7 +294,7 @@ def estimate(args) -> int:
         return 2
     import json  # deferred: this command only
 
-    from lorarepro.pipeline import estimate as estimating  # deferred: this command only
+    from lorarepro.reporting import estimate as estimating  # deferred: this command only
     try:
         result = estimating.estimate(config, args.gpu, cores=args.cores)
     except (ValueError, KeyError) as err:

@@ -210,6 +210,8 @@ def train_one(config: dict, run: RunSpec, seed: int, tracker=None, ranks=None) -
             "evaluate_seconds": round(evaluate_seconds, 3), "run_seconds": round(time.perf_counter() - run_start, 3),
             "step_peak_mb": session.probe.peak_mb, "peak_rss_mb": round(peak_rss_mb(), 1),
             "device": session.device.type, "cpu_model": numerics.cpu_model(),
+            # the GPU's kind prices the run in `lorarepro estimate` (the audit compares forecast and record)
+            **({"gpu_model": torch.cuda.get_device_name(session.device)} if session.device.type == "cuda" else {}),
         },
         "lineage": {**_lineage(session.manifest, run, tracker), "checkpoint_sha256": ckpt},
         "versions": versions(),
