@@ -122,14 +122,15 @@ def profile(log: str, clone: Path, cores: int) -> dict:
 
 
 def planned_records(clone: Path) -> list[Path]:
-    """The result JSONs of the runs params.yaml plans (not every file under results/runs/: records of
-    runs the config no longer plans stay in a clone until removed)."""
+    """The result JSONs of the runs params.yaml plans that wrote one (not every file under results/runs/:
+    records of runs the config no longer plans stay in a clone until removed)."""
     from lorarepro.core import paths  # deferred: read in the clone, after the run
     from lorarepro.core.config import read, reported_runs
 
     planned = reported_runs(read(clone / "params.yaml"))
-    return [clone / paths.run_result(task, method, seed) for (task, method), seeds in sorted(planned.items())
-            for seed in seeds]
+    records = (clone / paths.run_result(task, method, seed) for (task, method), seeds in sorted(planned.items())
+               for seed in seeds)
+    return [record for record in records if record.is_file()]
 
 
 def numerics_of(clone: Path) -> dict | None:

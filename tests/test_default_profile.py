@@ -5,6 +5,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 
 LOG = """Building DAG of jobs...
@@ -39,9 +41,11 @@ def test_profile_splits_job_seconds_and_train_time(tmp_path):
     spans = bench.job_spans(LOG)
     assert [(s["rule"], s["start"], s["end"]) for s in spans] == [("backbone", 0, 10), ("train__nli__lora_r8", 0, 20),
                                                                   ("audit", 20, 25)]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "seeds": [0, 1]}))
     runs = tmp_path / "results" / "runs" / "nli" / "lora_r8"
     runs.mkdir(parents=True)
-    for seed in (0, 1):
+    for seed in (0, 1, 7):  # seed 7: a record of a run the config no longer plans, not counted
         (runs / f"seed{seed}.json").write_text(json.dumps({"resources": {"seconds": 6.0, "evaluate_seconds": 2.0}}))
     (runs / "seed0.sharpness.json").write_text(json.dumps({"seconds": 99}))  # not a training run
     result = bench.profile(LOG, tmp_path, bench.cores("snakemake --cores 2"))
