@@ -40,14 +40,19 @@ def root() -> Path:
     return Path(os.environ.get(ROOT_ENV) or ".")
 
 
+def _folder(name: str) -> Path:
+    """One of the selected root's folders (_FOLDERS), at the time of the call."""
+    return root() / _FOLDERS[name]
+
+
 def __getattr__(name: str) -> Path:
     if name in _FOLDERS:  # read at each use: a module that imported paths before `select` still sees the choice
-        return root() / _FOLDERS[name]
+        return _folder(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def prepared_dir(task: str) -> Path:
-    return root() / "data" / "prepared" / task
+    return _folder("DATA") / "prepared" / task
 
 
 def manifest(task: str) -> Path:
@@ -55,11 +60,11 @@ def manifest(task: str) -> Path:
 
 
 def pretext_dir(backbone: str) -> Path:
-    return root() / "data" / "pretext" / backbone
+    return _folder("DATA") / "pretext" / backbone
 
 
 def backbone_dir(backbone: str) -> Path:
-    return root() / "models" / backbone
+    return _folder("MODELS") / backbone
 
 
 def backbone_done(backbone: str) -> Path:
@@ -68,36 +73,36 @@ def backbone_done(backbone: str) -> Path:
 
 
 def checkpoint_dir(task: str, method: str, seed: int) -> Path:
-    return root() / "checkpoints" / task / method / f"seed{seed}"
+    return _folder("CHECKPOINTS") / task / method / f"seed{seed}"
 
 
 def resume_dir(task: str, method: str, seed: int) -> Path:
     """Step checkpoints for resuming an interrupted run: outside Snakemake's declared outputs and
     DVC's `checkpoints` (a half-finished run is not an artifact); deleted when the run finishes."""
-    return root() / "resume" / task / method / f"seed{seed}"
+    return _folder("RESUME") / task / method / f"seed{seed}"
 
 
 def run_result(task: str, method: str, seed: int) -> Path:
-    return root() / "results" / "runs" / task / method / f"seed{seed}.json"
+    return _folder("RESULTS") / "runs" / task / method / f"seed{seed}.json"
 
 
 def run_history(task: str, method: str, seed: int) -> Path:
     """Per-step training loss of one run (CSV), beside its result JSON."""
-    return root() / "results" / "runs" / task / method / f"seed{seed}.history.csv"
+    return _folder("RESULTS") / "runs" / task / method / f"seed{seed}.history.csv"
 
 
 def run_sharpness(task: str, method: str, seed: int) -> Path:
     """Flatness measures of one run's merged model (lorarepro.stages.sharpness), beside its result JSON."""
-    return root() / "results" / "runs" / task / method / f"seed{seed}.sharpness.json"
+    return _folder("RESULTS") / "runs" / task / method / f"seed{seed}.sharpness.json"
 
 
 def pair_sharpness(task: str, method: str) -> Path:
     """Written last by sharpness.measure_pair: which runs of (task, method) were measured (a fixed output)."""
-    return root() / "results" / "runs" / task / method / "sharpness.json"
+    return _folder("RESULTS") / "runs" / task / method / "sharpness.json"
 
 
 def table(table_id: str, ext: str) -> Path:
-    return root() / "results" / "tables" / f"{table_id}.{ext}"
+    return _folder("RESULTS") / "tables" / f"{table_id}.{ext}"
 
 
 def config_id(configfiles=()) -> str:
@@ -116,22 +121,22 @@ def _per_config(path: Path, config: str) -> Path:
 
 def tables_index(config: str = "") -> Path:
     """Which run files each table was computed from (`config`: see config_id)."""
-    return _per_config(root() / "results" / "tables" / "index.json", config)
+    return _per_config(_folder("RESULTS") / "tables" / "index.json", config)
 
 
 def figure(figure_id: str, ext: str) -> Path:
-    return root() / "results" / "figures" / f"{figure_id}.{ext}"
+    return _folder("RESULTS") / "figures" / f"{figure_id}.{ext}"
 
 
 def claims(ext: str, config: str = "") -> Path:
     """The verdict on each claim of the paper (lorarepro.reporting.claims): md, csv or json; per config
     (`config`: see config_id), so that another config's claims never replace the default's."""
-    return _per_config(root() / "results" / f"claims.{ext}", config)
+    return _per_config(_folder("RESULTS") / f"claims.{ext}", config)
 
 
 def claims_cost(ext: str, config: str = "") -> Path:
     """The claims on a measured cost (time, memory), apart from paths.claims (they vary between runs): md, csv or json."""
-    return _per_config(root() / "results" / f"claims_cost.{ext}", config)
+    return _per_config(_folder("RESULTS") / f"claims_cost.{ext}", config)
 
 
 def cost_table(table_id: str, ext: str) -> Path:
@@ -155,35 +160,35 @@ def measured_outputs() -> list[str]:
 
 
 def metrics_summary(config: str = "") -> Path:
-    return _per_config(root() / "results" / "metrics.json", config)
+    return _per_config(_folder("RESULTS") / "metrics.json", config)
 
 
 def audit_report(config: str = "") -> Path:
     """The audit for people (lorarepro.audit): one line per check, failures first; written by the
     pipeline's audit rule only (a manual `lorarepro audit` writes manual_audit_report)."""
-    return _per_config(root() / "results" / "audit" / "report.md", config)
+    return _per_config(_folder("RESULTS") / "audit" / "report.md", config)
 
 
 def audit_json(config: str = "") -> Path:
     """The audit for machines: every record, the counts, the paper comparison."""
-    return _per_config(root() / "results" / "audit" / "audit.json", config)
+    return _per_config(_folder("RESULTS") / "audit" / "audit.json", config)
 
 
 def manual_audit_report(config: str = "") -> Path:
     """`lorarepro audit`'s report, apart from the pipeline's (audit_report): Snakemake decides whether
     its audit rule runs from the rule's own files, so a manual audit must never write them."""
-    return _per_config(root() / "results" / "audit" / "manual" / "report.md", config)
+    return _per_config(_folder("RESULTS") / "audit" / "manual" / "report.md", config)
 
 
 def manual_audit_json(config: str = "") -> Path:
     """`lorarepro audit`'s JSON, apart from the pipeline's (audit_json; see manual_audit_report)."""
-    return _per_config(root() / "results" / "audit" / "manual" / "audit.json", config)
+    return _per_config(_folder("RESULTS") / "audit" / "manual" / "audit.json", config)
 
 
 def caption(item_id: str) -> Path:
     """The caption `snakemake --report` shows beside a table, figure or the audit (lorarepro.reporting.captions)."""
-    return root() / "results" / "report" / "captions" / f"{item_id}.rst"
+    return _folder("RESULTS") / "report" / "captions" / f"{item_id}.rst"
 
 
 def log(*parts: str) -> Path:
-    return (root() / "logs").joinpath(*parts[:-1], f"{parts[-1]}.log")
+    return _folder("LOGS").joinpath(*parts[:-1], f"{parts[-1]}.log")

@@ -2,11 +2,9 @@
 import: the Snakefile runs them before any job (so `snakemake -n` already fails), the CLI after
 loading a config; and what a config merged over params.yaml would replace of the default's files."""
 
-import json
-from pathlib import Path
-
 from lorarepro.core import paths
 from lorarepro.core.config import ConfigError, column, read, reported_runs, specs
+from lorarepro.domain import records
 from lorarepro.domain.experiment import run_specs
 
 SHOWN = 3  # paths named in the notice; the rest are counted
@@ -49,7 +47,7 @@ def replaced_defaults(config: dict, runs: dict, config_id: str) -> str | None:
         if runs[pair].as_dict() == theirs[pair].as_dict() and inputs[pair][0] == inputs[pair][1]:
             continue
         for seed in sorted(set(ours[pair]) & set(seeds[pair])):
-            if _recorded(paths.run_result(*pair, seed)) == theirs[pair].as_dict():  # the default's run, not yet replaced
+            if _recorded(*pair, seed) == theirs[pair].as_dict():  # the default's run, not yet replaced
                 changed.add(pair)
                 files += [p for p in (paths.run_result(*pair, seed), paths.run_history(*pair, seed),
                                       paths.run_sharpness(*pair, seed), paths.checkpoint_dir(*pair, seed)) if p.exists()]
@@ -81,9 +79,9 @@ def _first(items: list) -> str:
     return ", ".join(str(i) for i in items[:SHOWN]) + more
 
 
-def _recorded(path: Path) -> dict | None:
+def _recorded(task: str, method: str, seed: int) -> dict | None:
     """The run settings a result JSON records (its `config`), or None when it is absent or unreadable."""
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("config")
+        return (records.read(task, method, seed) or {}).get("config")
     except (OSError, ValueError, AttributeError):
         return None
