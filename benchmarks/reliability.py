@@ -578,15 +578,20 @@ def failed_audit_keeps_report(base: Project) -> tuple[str, bool]:
         done.returncode != 0 and points and verdict == "# Audit: FAILED")
 
 
-@case("17.4_another_config", "a run with another --configfile leaves this config's tables index, metrics and audit "
-      "alone: this config's audit still passes, and its fixes name its --configfile")
-def another_config(base: Project) -> tuple[str, bool]:
-    p = base.copy("another_config")
+def run_other_config(p: Project) -> subprocess.CompletedProcess:
+    """The pipeline under other.yaml: the reduced config with its own table (table_other, LoRA only), no figures."""
     other = reduced_config()
     other["tables"][0].update(id="table_other", methods=["lora_r8"])
     other["figures"] = []
     p.path("other.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
-    ran = p.snakemake(config="other.yaml")
+    return p.snakemake(config="other.yaml")
+
+
+@case("17.4_another_config", "a run with another --configfile leaves this config's tables index, metrics and audit "
+      "alone: this config's audit still passes, and its fixes name its --configfile")
+def another_config(base: Project) -> tuple[str, bool]:
+    p = base.copy("another_config")
+    ran = run_other_config(p)
     status, _ = p.audit()
     p.path("results/tables/index.reliability.json").unlink()
     _, records = p.audit()
@@ -1090,11 +1095,7 @@ def other_config_no_dvc_warning(base: Project) -> tuple[str, bool]:
     from lorarepro.core.hashing import sha256_dir
 
     p = base.copy("other_config_no_dvc_warning")
-    other = reduced_config()
-    other["tables"][0].update(id="table_other", methods=["lora_r8"])
-    other["figures"] = []
-    p.path("other.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
-    ran = p.snakemake(config="other.yaml")
+    ran = run_other_config(p)
     regenerated = "results/runs/digits/full_ft/seed0.json"
     checkpoint = p.path("checkpoints/digits/full_ft/seed0")
     flip_byte(checkpoint / "model.safetensors")
